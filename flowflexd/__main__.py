@@ -1,0 +1,3 @@
+from flowflexd.cli import main
+
+raise SystemExit(main())

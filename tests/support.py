@@ -1,0 +1,231 @@
+"""Helpers shared by the tests: polling waits, subprocess logs, misbehaving servers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flowflexd.client import FlowFlex
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return sha256(path.read_bytes())
+
+
+class LoggedProcess:
+    """A subprocess whose stderr and stdout lines are collected as they come."""
+
+    def __init__(
+        self, argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            text=True,
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.proc.stdout, self.proc.stderr)
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.snapshot():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def wait_for_log(self, event: str, *, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for record in self.json_lines():
+                if record.get("event") == event and all(
+                    record.get(k) == v for k, v in fields.items()
+                ):
+                    return record
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"process exited ({self.proc.returncode}) before logging {event!r}:\n"
+                    + "\n".join(self.snapshot())
+                )
+            return None
+
+        return wait_until(find, timeout=timeout, what=f"log line {event!r} {fields}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("process did not exit:\n" + "\n".join(self.snapshot())) from None
+
+    def output(self) -> str:
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return "\n".join(self.snapshot())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def flowflexd_argv(*args: str) -> list[str]:
+    """Run the real console script from the same environment as the tests."""
+    script = Path(sys.executable).with_name("flowflexd")
+    return [str(script), *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWFLEX", "NOTIFY_SOCKET"))}
+    env.update(extra)
+    return env
+
+
+class RawServer:
+    """A TCP server on loopback that misbehaves on purpose, counting connections.
+
+    ``mode`` is ``close`` (accept and hang up at once) or ``silent`` (accept
+    and never answer).
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.accepted = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "close":
+                conn.recv(65536)
+                conn.close()
+            else:
+                self._held.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
+
+
+class _EchoAuthHandler(BaseHTTPRequestHandler):
+    """A hostile API that repeats the caller's Authorization header in its errors."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        auth = self.headers.get("Authorization", "")
+        body = json.dumps(
+            {
+                "error": f"rejected {auth}",
+                "code": "BAD",
+                "echo": {"authorization": auth, "list": [auth]},
+            }
+        ).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def echo_auth_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoAuthHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def client_for(emulator: Any, **options: Any) -> FlowFlex:
+    """Our client pointed at an emulator, with backoff short enough for tests."""
+    options.setdefault("backoff_base_seconds", 0.01)
+    options.setdefault("backoff_max_seconds", 0.05)
+    return FlowFlex(
+        api_key=emulator.api_key,
+        api_secret=emulator.api_secret,
+        integration_code=emulator.integration_code,
+        base_url=emulator.url,
+        **options,
+    )
