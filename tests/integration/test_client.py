@@ -394,3 +394,44 @@ def test_retry_logs_carry_no_credential(
     assert "retrying" in caplog.text
     assert emulator.api_secret not in caplog.text
     assert client._auth_header.reveal() not in caplog.text
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_each_transient_status_is_retried(emulator: Emulator, status: int) -> None:
+    client = client_for(emulator, max_retry_after_seconds=0)
+    emulator.state.faults.retry_after_seconds = 0
+    emulator.fail_next(2, status=status)
+
+    client.send_event("x", payload={})
+
+    assert len(emulator.events()) == 1
+    assert emulator.stats()["requests_by_path"]["/v1/events/ic_emulator"] == 3
+
+
+@pytest.mark.parametrize("status", [400, 403, 409, 422])
+def test_other_client_errors_are_raised_at_once(emulator: Emulator, status: int) -> None:
+    client = client_for(emulator)
+    emulator.fail_next(1, status=status)
+
+    with pytest.raises(FlowFlexError) as caught:
+        client.send_event("x", payload={})
+
+    assert caught.value.status == status
+    assert not caught.value.retryable
+    assert emulator.stats()["requests_by_path"]["/v1/events/ic_emulator"] == 1
+
+
+def test_failed_storage_puts_are_retried(tmp_path: Path) -> None:
+    with Emulator(data_dir=tmp_path / "e", storage_fail_rate=0.5, seed=5) as emulator:
+        client = client_for(emulator, max_attempts=20)
+        files = []
+        for i in range(10):
+            files.append(tmp_path / f"f{i}.pdf")
+            files[-1].write_bytes(f"%PDF {i}".encode())
+        for path in files:
+            client.send_event("x", payload={"f": client.file(path)})
+        stats = emulator.stats()
+
+    assert stats["uploads"] == 10
+    assert stats["events_fired"] == 10
+    assert stats["requests_by_path"]["/_storage"] > 10
