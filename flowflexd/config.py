@@ -1,0 +1,684 @@
+"""The configuration file: YAML with line marks -> defaults -> validation -> frozen dataclasses.
+
+Every problem is collected with its file, line and key (``config.yaml:14:
+folders[0].rules[1].event: required ...``) and raised once as a
+``ConfigError``. ``${VAR}`` and ``${VAR:-default}`` read the environment in
+any string; ``$${`` is a literal ``${``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowflexd.errors import ConfigError
+from flowflexd.rules import Rule, glob_matcher
+from flowflexd.templates import (
+    NAME_KINDS,
+    Placeholder,
+    Template,
+    TemplateError,
+    compile_tree,
+    parse,
+    tree_placeholders,
+)
+
+Key = tuple[str | int, ...]
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ATTACH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+TOP_KEYS = (
+    "flowflex",
+    "workers",
+    "settle_seconds",
+    "rescan_seconds",
+    "shutdown_grace_seconds",
+    "state_dir",
+    "folders",
+)
+API_KEYS = (
+    "base_url",
+    "api_key",
+    "api_secret",
+    "api_secret_file",
+    "integration_code",
+    "timeout_seconds",
+)
+FOLDER_KEYS = ("path", "done", "failed", "poll", "poll_interval", "unmatched", "rules")
+RULE_KEYS = (
+    "name",
+    "pattern",
+    "regex",
+    "event",
+    "sidecar",
+    "sidecar_required",
+    "sidecar_timeout",
+    "attach",
+    "payload",
+)
+WORK_DIR_NAME = ".flowflexd"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str
+    api_key: str
+    integration_code: str
+    api_secret: str = field(repr=False)
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: Path
+    done: Path
+    failed: Path
+    rules: tuple[Rule, ...]
+    poll: bool = False
+    poll_interval: float = 2.0
+    unmatched: str = "ignore"
+
+    @property
+    def work(self) -> Path:
+        """Claimed files wait here, on the inbox's own filesystem."""
+        return self.path / WORK_DIR_NAME
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    api: ApiSettings
+    folders: tuple[Folder, ...]
+    state_dir: Path
+    workers: int = 4
+    settle_seconds: float = 2.0
+    rescan_seconds: float = 60.0
+    shutdown_grace_seconds: float = 20.0
+    warnings: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ YAML -> data
+
+
+def _dotted(key: Key) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+class _Document:
+    """Plain Python data from YAML, with the line of every key and item."""
+
+    def __init__(self, text: str, source: Path) -> None:
+        self.source = source
+        self.lines: dict[Key, int] = {}
+        self.problems: list[str] = []
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            self.data = None if node is None else self._build(loader, node, ())
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            line = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+            problem = err.problem or err.context or "invalid YAML"
+            raise ConfigError([f"{source}:{line}: not valid YAML: {problem}"]) from err
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{source}: not valid YAML: {err}"]) from err
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, key: Key) -> Any:
+        self.lines.setdefault(key, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                name = loader.construct_object(key_node, deep=True)
+                name = str(name)
+                line = key_node.start_mark.line + 1
+                if name in out:
+                    self.problems.append(
+                        f"{self.source}:{line}: {_dotted((*key, name))}: given twice; keep one"
+                    )
+                self.lines[(*key, name)] = line
+                out[name] = self._build(loader, value_node, (*key, name))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(loader, item, (*key, i)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    def where(self, key: Key) -> str:
+        probe = key
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe)
+        return f"{self.source}:{line}" if line else str(self.source)
+
+
+# ------------------------------------------------------------------- checking
+
+
+class _Checker:
+    """Reads values out of the document, noting every problem with its place."""
+
+    def __init__(self, doc: _Document, environ: Mapping[str, str]) -> None:
+        self.doc = doc
+        self.environ = environ
+        self.problems: list[str] = list(doc.problems)
+        self.warnings: list[str] = []
+
+    def fail(self, key: Key, message: str) -> None:
+        self.problems.append(f"{self.doc.where(key)}: {_dotted(key)}: {message}")
+
+    def warn(self, key: Key, message: str) -> None:
+        self.warnings.append(f"{self.doc.where(key)}: {_dotted(key)}: {message}")
+
+    def mapping(self, value: Any, key: Key, known: tuple[str, ...]) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping of keys ({', '.join(known)}), got {_kind(value)}")
+            return None
+        for name in value:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else f"; known keys: {', '.join(known)}"
+                )
+                self.fail((*key, name), f"unknown key{hint}")
+        return value
+
+    def expand(self, text: str, key: Key) -> str:
+        def replace(found: re.Match[str]) -> str:
+            if found.group(0) == "$${":
+                return "${"
+            name, default = found.group(1), found.group(2)
+            value = self.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                self.fail(
+                    key, f"environment variable {name} is not set (set it, or write the value here)"
+                )
+                return ""
+            return value
+
+        return _ENV.sub(replace, text)
+
+    def text(
+        self, section: dict[str, Any], name: str, key: Key, *, required: bool = False
+    ) -> str | None:
+        if name not in section or section[name] is None:
+            if required:
+                self.fail((*key, name), "required")
+            return None
+        value = section[name]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.fail((*key, name), f"expected text, got {_kind(value)}")
+            return None
+        before = len(self.problems)
+        expanded = self.expand(str(value), (*key, name))
+        if len(self.problems) > before:
+            return None
+        if required and not expanded.strip():
+            self.fail((*key, name), "must not be empty")
+        return expanded
+
+    def number(
+        self,
+        section: dict[str, Any],
+        name: str,
+        key: Key,
+        *,
+        default: float,
+        minimum: float,
+        integer: bool = False,
+        above: bool = False,
+    ) -> float:
+        if name not in section:
+            return default
+        value = section[name]
+        if isinstance(value, str):
+            value = self.expand(value, (*key, name))
+            with contextlib.suppress(ValueError):
+                value = int(value) if integer else float(value)
+        kind = "a whole number" if integer else "a number"
+        bound = f"above {minimum:g}" if above else f"{minimum:g} or more"
+        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            self.fail((*key, name), f"expected {kind} {bound}, got {_kind(value)} {value!r}")
+            return default
+        if value < minimum or (above and value == minimum):
+            self.fail((*key, name), f"expected {kind} {bound}, got {value!r}")
+            return default
+        return int(value) if integer else float(value)
+
+    def boolean(self, section: dict[str, Any], name: str, key: Key, *, default: bool) -> bool:
+        if name not in section:
+            return default
+        value = section[name]
+        if not isinstance(value, bool):
+            self.fail((*key, name), f"expected true or false, got {_kind(value)} {value!r}")
+            return default
+        return value
+
+    def choice(
+        self,
+        section: dict[str, Any],
+        name: str,
+        key: Key,
+        *,
+        options: tuple[str, ...],
+        default: str,
+    ) -> str:
+        if name not in section:
+            return default
+        value = section[name]
+        if value not in options:
+            self.fail((*key, name), f"expected one of {' | '.join(options)}, got {value!r}")
+            return default
+        return str(value)
+
+    def path(self, value: str, base: Path) -> Path:
+        return Path(os.path.normpath(base / os.path.expanduser(value)))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return type(value).__name__
+
+
+# -------------------------------------------------------------------- secrets
+
+
+def read_secret_file(path: Path) -> str:
+    """The one-line secret in ``path``; refuses a file other users can read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ValueError(
+                f"{path} can be read by every user (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        raw = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    lines = raw.decode("utf-8", "replace").strip().splitlines()
+    if len(lines) != 1 or not lines[0].strip():
+        raise ValueError(f"{path} must hold the secret on exactly one line")
+    return lines[0].strip()
+
+
+def _secret(
+    check: _Checker, section: dict[str, Any], key: Key, base: Path, source_mode: int
+) -> str:
+    """api_secret, api_secret_file, or the systemd credential named api_secret."""
+    if "api_secret" in section and "api_secret_file" in section:
+        check.fail((*key, "api_secret_file"), "give api_secret or api_secret_file, not both")
+        return ""
+    if "api_secret_file" in section:
+        secret_path = check.text(section, "api_secret_file", key, required=True)
+        if not secret_path:
+            return ""
+        try:
+            return read_secret_file(check.path(secret_path, base))
+        except ValueError as err:
+            check.fail((*key, "api_secret_file"), str(err))
+            return ""
+    if "api_secret" in section:
+        literal = section.get("api_secret")
+        if isinstance(literal, str) and "${" not in literal and source_mode & stat.S_IROTH:
+            check.warn(
+                (*key, "api_secret"),
+                "the secret is written in a file every user can read; run chmod 600 on it, or "
+                "use api_secret: ${FLOWFLEX_API_SECRET} or api_secret_file",
+            )
+        return check.text(section, "api_secret", key, required=True) or ""
+    credentials = check.environ.get("CREDENTIALS_DIRECTORY")
+    credential = Path(credentials) / "api_secret" if credentials else None
+    if credential is None or not credential.exists():
+        check.fail(
+            (*key, "api_secret"),
+            "required: api_secret (e.g. ${FLOWFLEX_API_SECRET}), api_secret_file, "
+            "or a systemd credential named api_secret",
+        )
+        return ""
+    try:
+        return read_secret_file(credential)
+    except ValueError as err:
+        check.fail((*key, "api_secret"), f"systemd credential: {err}")
+        return ""
+
+
+def _api_settings(
+    check: _Checker, raw: Any, base: Path, source_mode: int, *, emulator: bool
+) -> ApiSettings:
+    key: Key = ("flowflex",)
+    if emulator:
+        # The emulator supplies its own address and credentials; only the
+        # timeout of this section is used, so unset ${VAR}s are no error.
+        section = check.mapping(raw, key, API_KEYS) if raw is not None else {}
+        timeout = check.number(
+            section or {}, "timeout_seconds", key, default=30.0, minimum=0, above=True
+        )
+        return ApiSettings("", "", "", "", timeout)
+    section = check.mapping(raw, key, API_KEYS) if raw is not None else None
+    if section is None:
+        if raw is None:
+            check.fail(
+                key, "required: the FlowFlex base_url, api_key, api_secret and integration_code"
+            )
+        return ApiSettings("", "", "", "")
+    base_url = check.text(section, "base_url", key, required=True) or ""
+    api_key = check.text(section, "api_key", key, required=True) or ""
+    code = check.text(section, "integration_code", key, required=True) or ""
+    timeout = check.number(section, "timeout_seconds", key, default=30.0, minimum=0, above=True)
+    if base_url and not re.match(r"https?://", base_url):
+        check.fail((*key, "base_url"), f"expected an https:// URL, got {base_url!r}")
+    secret = _secret(check, section, key, base, source_mode)
+    return ApiSettings(base_url, api_key, code, secret, timeout)
+
+
+# ---------------------------------------------------------------------- rules
+
+
+def _template(check: _Checker, value: Any, key: Key) -> Template | None:
+    if not isinstance(value, str):
+        check.fail(key, f"expected text, got {_kind(value)}")
+        return None
+    try:
+        return parse(check.expand(value, key))
+    except TemplateError as err:
+        check.fail(key, str(err))
+        return None
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a rule's templates may name: its regex groups, attachments, sidecar."""
+
+    groups: set[str] | None
+    attach: set[str]
+    has_sidecar: bool
+
+    def check(self, check: _Checker, template: Any, key: Key, allowed: frozenset[str]) -> None:
+        for ph in tree_placeholders(template):
+            problem = self._problem(ph, allowed)
+            if problem:
+                check.fail(key, problem)
+
+    def _problem(self, ph: Placeholder, allowed: frozenset[str]) -> str | None:
+        if ph.kind not in allowed:
+            return f"{ph.text} cannot be used here; allowed: {', '.join(sorted(allowed))}"
+        if ph.kind == "match":
+            if self.groups is None:
+                return f"{ph.text} needs a regex rule with named groups; this rule uses pattern"
+            if ph.key not in self.groups:
+                known = ", ".join(sorted(self.groups)) or "none"
+                return f"{ph.text}: the regex has no group named {ph.key!r} (groups: {known})"
+        if ph.kind == "attach" and ph.key not in self.attach:
+            known = ", ".join(sorted(self.attach)) or "none"
+            return f"{ph.text}: no attachment named {ph.key!r} under attach (have: {known})"
+        if ph.kind == "sidecar" and not self.has_sidecar:
+            return f'{ph.text} needs a sidecar: set sidecar, e.g. "{{stem}}.json"'
+        return None
+
+
+def _matcher(
+    check: _Checker, section: dict[str, Any], key: Key
+) -> tuple[re.Pattern[str] | None, set[str] | None, str | None, str | None]:
+    """The rule's compiled glob or regex, its named groups, and both texts."""
+    pattern = check.text(section, "pattern", key)
+    regex_text = check.text(section, "regex", key)
+    if pattern and regex_text:
+        check.fail((*key, "regex"), "give pattern or regex, not both")
+    elif pattern:
+        return glob_matcher(pattern), None, pattern, None
+    elif regex_text:
+        try:
+            compiled = re.compile(regex_text)
+        except re.error as err:
+            check.fail((*key, "regex"), f"not a valid regular expression: {err}")
+        else:
+            return compiled, set(compiled.groupindex), None, regex_text
+    else:
+        check.fail(key, 'needs pattern (a glob such as "INV-*.pdf") or regex')
+    return None, None, pattern, regex_text
+
+
+def _attachments(check: _Checker, section: dict[str, Any], key: Key) -> dict[str, Template]:
+    raw = section.get("attach")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        check.fail(
+            (*key, "attach"), 'expected a mapping of names to file names, e.g. label: "{stem}.png"'
+        )
+        return {}
+    attach: dict[str, Template] = {}
+    for name, value in raw.items():
+        if not _ATTACH_NAME.fullmatch(name):
+            check.fail((*key, "attach", name), "attachment names are letters, digits, _ and -")
+            continue
+        template = _template(check, value, (*key, "attach", name))
+        if template is not None:
+            attach[name] = template
+    return attach
+
+
+def _payload(check: _Checker, section: dict[str, Any], key: Key) -> Any:
+    raw = section.get("payload")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        check.fail((*key, "payload"), "expected a mapping: FlowFlex events carry a JSON object")
+        return None
+    try:
+        return compile_tree(_expand_tree(check, raw, (*key, "payload")))
+    except TemplateError as err:
+        check.fail((*key, "payload"), str(err))
+        return None
+
+
+def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
+    section = check.mapping(raw, key, RULE_KEYS)
+    if section is None:
+        return None
+    matcher, groups, pattern, regex_text = _matcher(check, section, key)
+    name = check.text(section, "name", key) or pattern or regex_text or f"rule {key[-1]}"
+    event = None
+    if "event" not in section:
+        check.fail((*key, "event"), "required: the event name to fire, e.g. invoice.created")
+    else:
+        event = _template(check, section["event"], (*key, "event"))
+    sidecar = (
+        _template(check, section["sidecar"], (*key, "sidecar")) if "sidecar" in section else None
+    )
+    required = check.boolean(section, "sidecar_required", key, default=sidecar is not None)
+    if "sidecar_required" in section and sidecar is None:
+        check.warn((*key, "sidecar_required"), "has no effect without sidecar")
+    timeout = check.number(section, "sidecar_timeout", key, default=60.0, minimum=0)
+    attach = _attachments(check, section, key)
+    payload = _payload(check, section, key)
+    scope = _Scope(groups, set(attach), sidecar is not None)
+    scope.check(check, event, (*key, "event"), NAME_KINDS | {"sidecar"})
+    scope.check(check, sidecar, (*key, "sidecar"), NAME_KINDS)
+    for attach_name, template in attach.items():
+        scope.check(check, template, (*key, "attach", attach_name), NAME_KINDS)
+    scope.check(check, payload, (*key, "payload"), NAME_KINDS | {"sidecar", "file", "attach"})
+    if matcher is None or event is None:
+        return None
+    return Rule(
+        name=name,
+        matcher=matcher,
+        event=event,
+        pattern=pattern,
+        regex=regex_text,
+        sidecar=sidecar,
+        sidecar_required=required,
+        sidecar_timeout=timeout,
+        attach=attach,
+        payload=payload,
+    )
+
+
+def _expand_tree(check: _Checker, value: Any, key: Key) -> Any:
+    if isinstance(value, str):
+        return check.expand(value, key)
+    if isinstance(value, dict):
+        return {k: _expand_tree(check, v, (*key, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_tree(check, v, (*key, i)) for i, v in enumerate(value)]
+    return value
+
+
+# -------------------------------------------------------------------- folders
+
+
+def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
+    section = check.mapping(raw, key, FOLDER_KEYS)
+    if section is None:
+        return None
+    path_text = check.text(section, "path", key, required=True)
+    done_text = check.text(section, "done", key)
+    failed_text = check.text(section, "failed", key)
+    poll = check.boolean(section, "poll", key, default=False)
+    interval = check.number(section, "poll_interval", key, default=2.0, minimum=0, above=True)
+    unmatched = check.choice(
+        section, "unmatched", key, options=("ignore", "fail"), default="ignore"
+    )
+    rules: list[Rule] = []
+    raw_rules = section.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        check.fail(
+            (*key, "rules"), "required: a list of rules, each with pattern or regex and event"
+        )
+    else:
+        for i, raw_rule in enumerate(raw_rules):
+            rule = _rule(check, raw_rule, (*key, "rules", i))
+            if rule is not None:
+                rules.append(rule)
+    if not path_text:
+        return None
+    path = check.path(path_text, base)
+    done = check.path(done_text, base) if done_text else path / "done"
+    failed = check.path(failed_text, base) if failed_text else path / "failed"
+    for label, value in (("done", done), ("failed", failed)):
+        if value == path:
+            check.fail((*key, label), "must be another folder than the inbox itself")
+    if done == failed:
+        check.fail((*key, "failed"), "must be another folder than done")
+    return Folder(
+        path=path,
+        done=done,
+        failed=failed,
+        rules=tuple(rules),
+        poll=poll,
+        poll_interval=interval,
+        unmatched=unmatched,
+    )
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """systemd's StateDirectory, else the XDG state directory."""
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    home = environ.get("HOME") or os.path.expanduser("~")
+    xdg = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    return Path(xdg) / "flowflexd"
+
+
+# ------------------------------------------------------------------------ load
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    emulator: bool = False,
+) -> Config:
+    """Read and validate a configuration file; raise ``ConfigError`` listing every problem."""
+    environ = os.environ if environ is None else environ
+    source = Path(os.path.abspath(path))
+    try:
+        raw_bytes = source.read_bytes()
+        mode = source.stat().st_mode
+    except OSError as err:
+        raise ConfigError([f"{source}: cannot read the configuration: {err.strerror}"]) from err
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{source}: not UTF-8 text (byte {err.start})"]) from err
+    doc = _Document(text, source)
+    check = _Checker(doc, environ)
+    base = source.parent
+    top = check.mapping(doc.data, (), TOP_KEYS) if doc.data is not None else None
+    if top is None:
+        if doc.data is None:
+            check.problems.append(f"{source}: the file is empty; start from config.example.yaml")
+        raise ConfigError(check.problems)
+    api = _api_settings(check, top.get("flowflex"), base, mode, emulator=emulator)
+    workers = int(check.number(top, "workers", (), default=4, minimum=1, integer=True))
+    settle = check.number(top, "settle_seconds", (), default=2.0, minimum=0)
+    rescan = check.number(top, "rescan_seconds", (), default=60.0, minimum=0, above=True)
+    grace = check.number(top, "shutdown_grace_seconds", (), default=20.0, minimum=0)
+    state_text = check.text(top, "state_dir", ())
+    state_dir = check.path(state_text, base) if state_text else default_state_dir(environ)
+    folders: list[Folder] = []
+    raw_folders = top.get("folders")
+    if not isinstance(raw_folders, list) or not raw_folders:
+        check.fail(("folders",), "required: a list of inbox folders, each with path and rules")
+    else:
+        seen: dict[Path, int] = {}
+        for i, raw_folder in enumerate(raw_folders):
+            folder = _folder(check, raw_folder, ("folders", i), base)
+            if folder is None:
+                continue
+            if folder.path in seen:
+                check.fail(("folders", i, "path"), f"same inbox as folders[{seen[folder.path]}]")
+            seen[folder.path] = i
+            folders.append(folder)
+    if check.problems:
+        raise ConfigError(check.problems)
+    return Config(
+        source=source,
+        api=api,
+        folders=tuple(folders),
+        state_dir=state_dir,
+        workers=workers,
+        settle_seconds=settle,
+        rescan_seconds=rescan,
+        shutdown_grace_seconds=grace,
+        warnings=tuple(check.warnings),
+    )
+
+
+def with_api(config: Config, api: ApiSettings) -> Config:
+    """The same configuration pointed at another API (the built-in emulator)."""
+    return Config(**{**config.__dict__, "api": api})

@@ -1,0 +1,163 @@
+"""What a file name means: which rule takes it, what travels with it, what is sent.
+
+Pure functions, no I/O: the watcher and the pipeline ask, this module answers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowflexd.errors import FileRejected
+from flowflexd.templates import (
+    MISSING,
+    Context,
+    Template,
+    name_pattern,
+    render_text,
+    render_tree,
+    split_name,
+)
+
+# Names that partial, temporary or desktop-metadata files carry; never taken.
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download")
+DESKTOP_FILES = frozenset({"thumbs.db", ".ds_store", "desktop.ini"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_MAX_BYTES = 255
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of a folder, as the configuration defines it (templates compiled)."""
+
+    name: str
+    matcher: re.Pattern[str]
+    event: Template
+    pattern: str | None = None
+    regex: str | None = None
+    sidecar: Template | None = None
+    sidecar_required: bool = True
+    sidecar_timeout: float = 60.0
+    attach: Mapping[str, Template] = field(default_factory=dict)
+    payload: Any = None  # a compiled tree (see templates.compile_tree), or None
+
+    def companion_templates(self) -> dict[str, Template]:
+        roles: dict[str, Template] = {}
+        if self.sidecar is not None:
+            roles["sidecar"] = self.sidecar
+        for attach_name, template in self.attach.items():
+            roles[f"attach.{attach_name}"] = template
+        return roles
+
+
+@dataclass(frozen=True)
+class Match:
+    rule: Rule
+    name: str
+    groups: Mapping[str, str | None]
+
+    def context(
+        self, *, sidecar: Any = MISSING, assets: Mapping[str, str] | None = None
+    ) -> Context:
+        stem, ext = split_name(self.name)
+        return Context(
+            name=self.name,
+            stem=stem,
+            ext=ext,
+            match=self.groups,
+            sidecar=sidecar,
+            assets=assets or {},
+        )
+
+
+def glob_matcher(pattern: str) -> re.Pattern[str]:
+    """A glob on the file name, case-insensitive: scanners and Windows users mix cases."""
+    return re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Partial copies, office lock files, dotfiles and desktop metadata: never taken."""
+    lower = name.lower()
+    return (
+        name.startswith((".", "~$")) or lower in DESKTOP_FILES or lower.endswith(TEMPORARY_SUFFIXES)
+    )
+
+
+def match(rules: Iterable[Rule], name: str) -> Match | None:
+    """The first rule that takes ``name`` (a glob matches the whole name; a regex searches)."""
+    for rule in rules:
+        if rule.regex is not None:
+            found = rule.matcher.search(name)
+            if found:
+                return Match(rule, name, found.groupdict())
+        elif rule.matcher.match(name):
+            return Match(rule, name, {})
+    return None
+
+
+def check_plain_name(name: str, *, what: str) -> None:
+    """A rendered name must stay a name in its folder: no path, no traversal."""
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "is empty or a directory reference"
+    elif "/" in name or "\x00" in name:
+        problem = "contains '/' or NUL, so it would leave the folder"
+    elif len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
+        problem = f"is longer than {NAME_MAX_BYTES} bytes"
+    if problem:
+        raise FileRejected(f"{what} {name!r} {problem}", code="BAD_COMPANION_NAME")
+
+
+def companions(found: Match) -> dict[str, str]:
+    """The sidecar and attachment names that travel with this file, by role."""
+    ctx = found.context()
+    names: dict[str, str] = {}
+    for role, template in found.rule.companion_templates().items():
+        name = render_text(template, ctx)
+        check_plain_name(name, what=f"the {role} name")
+        if name == found.name:
+            raise FileRejected(
+                f"the {role} name {name!r} is the file's own name", code="BAD_COMPANION_NAME"
+            )
+        names[role] = name
+    return names
+
+
+def companion_patterns(rules: Iterable[Rule]) -> list[tuple[Rule, re.Pattern[str]]]:
+    return [
+        (rule, name_pattern(template))
+        for rule in rules
+        for template in rule.companion_templates().values()
+    ]
+
+
+def could_be_companion(patterns: Iterable[tuple[Rule, re.Pattern[str]]], name: str) -> Rule | None:
+    """The rule whose sidecar or attachment ``name`` could be, arriving before its file."""
+    for rule, pattern in patterns:
+        if pattern.fullmatch(name):
+            return rule
+    return None
+
+
+def event_name(found: Match, *, sidecar: Any = MISSING) -> str:
+    name = render_text(found.rule.event, found.context(sidecar=sidecar))
+    if not name.strip():
+        raise FileRejected("the event name rendered empty", code="BAD_EVENT_NAME")
+    if _CONTROL.search(name):
+        raise FileRejected("the event name would contain control characters", code="BAD_EVENT_NAME")
+    return name
+
+
+def payload(found: Match, *, sidecar: Any = MISSING, assets: Mapping[str, str]) -> Any:
+    """The event body: the rule's payload rendered, or the sidecar plus the assetIds."""
+    ctx = found.context(sidecar=sidecar, assets=assets)
+    if found.rule.payload is not None:
+        return render_tree(found.rule.payload, ctx)
+    body: dict[str, Any] = dict(sidecar) if isinstance(sidecar, dict) else {}
+    body["assetId"] = assets["file"]
+    for attach_name in found.rule.attach:
+        body[attach_name] = assets[f"attach.{attach_name}"]
+    return body

@@ -1,0 +1,284 @@
+"""Placeholders in rule templates: parsed once at config load, rendered per file.
+
+Pure functions only. ``{file}`` ``{attach.NAME}`` ``{name}`` ``{stem}``
+``{ext}`` ``{match.NAME}`` ``{sidecar}`` ``{sidecar.a.b}``
+``{sidecar.items[0].sku}``; ``{{`` and ``}}`` are literal braces. A value that
+is one placeholder alone keeps the JSON type of what it names; text mixed with
+placeholders renders a string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowflexd.errors import FileRejected
+
+KNOWN = "{file} {attach.NAME} {name} {stem} {ext} {match.NAME} {sidecar} {sidecar.PATH}"
+NAME_KINDS = frozenset({"name", "stem", "ext", "match"})
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_PATH_STEP = re.compile(r"\.([^.\[\]{}]+)|\[(\d+)\]")
+
+
+class TemplateError(ValueError):
+    """A template cannot be parsed; raised at config load, never per file."""
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    kind: str  # file, attach, name, stem, ext, match, sidecar
+    key: str | None = None  # attach NAME or match NAME
+    path: tuple[str | int, ...] = ()  # steps into the sidecar
+    text: str = ""  # as written, for messages
+
+    @property
+    def path_text(self) -> str:
+        out = "sidecar"
+        for step in self.path:
+            out += f"[{step}]" if isinstance(step, int) else f".{step}"
+        return out
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str
+    parts: tuple[str | Placeholder, ...]
+
+    @property
+    def single(self) -> Placeholder | None:
+        """The placeholder when the template is exactly one, else None."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], Placeholder):
+            return self.parts[0]
+        return None
+
+    def placeholders(self) -> Iterator[Placeholder]:
+        return (part for part in self.parts if isinstance(part, Placeholder))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What placeholders can name for one file."""
+
+    name: str
+    stem: str
+    ext: str
+    match: Mapping[str, str | None] = field(default_factory=dict)
+    sidecar: Any = MISSING
+    assets: Mapping[str, str] = field(default_factory=dict)  # "file", "attach.NAME" -> assetId
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``INV-1.pdf`` -> (``INV-1``, ``pdf``); no extension -> (name, "")."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return name, ""
+    return stem, ext
+
+
+def _placeholder(body: str) -> Placeholder:
+    text = "{" + body + "}"
+    if body in ("file", "name", "stem", "ext"):
+        return Placeholder(body, text=text)
+    head, dot, rest = body.partition(".")
+    if head in ("attach", "match") and dot:
+        if not _IDENT.fullmatch(rest):
+            raise TemplateError(f"{text}: {head} needs a name such as {{{head}.label}}")
+        return Placeholder(head, key=rest, text=text)
+    if body == "sidecar" or body.startswith(("sidecar.", "sidecar[")):
+        tail = body[len("sidecar") :]
+        steps: list[str | int] = []
+        pos = 0
+        while pos < len(tail):
+            step = _PATH_STEP.match(tail, pos)
+            if step is None:
+                raise TemplateError(
+                    f"{text}: cannot read the path after 'sidecar' at {tail[pos:]!r}; "
+                    "write it as {sidecar.a.b} or {sidecar.items[0].sku}"
+                )
+            steps.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
+            pos = step.end()
+        return Placeholder("sidecar", path=tuple(steps), text=text)
+    raise TemplateError(f"unknown placeholder {text}; known: {KNOWN}")
+
+
+def parse(source: str) -> Template:
+    """Parse a template string; ``TemplateError`` says what is wrong and where."""
+    parts: list[str | Placeholder] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(source):
+        char = source[i]
+        if char in "{}" and source[i : i + 2] in ("{{", "}}"):
+            literal.append(char)
+            i += 2
+            continue
+        if char == "}":
+            raise TemplateError(
+                f"{source!r}: '}}' at position {i} closes nothing; write '}}}}' for a literal brace"
+            )
+        if char == "{":
+            end = source.find("}", i + 1)
+            if end < 0:
+                raise TemplateError(
+                    f"{source!r}: '{{' at position {i} is never closed; "
+                    "write '{{{{' for a literal brace"
+                )
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(_placeholder(source[i + 1 : end].strip()))
+            i = end + 1
+            continue
+        literal.append(char)
+        i += 1
+    if literal:
+        parts.append("".join(literal))
+    return Template(source, tuple(parts))
+
+
+def compile_tree(value: Any) -> Any:
+    """Turn every string in a YAML payload (at any depth) into a Template."""
+    if isinstance(value, str):
+        return parse(value)
+    if isinstance(value, dict):
+        return {str(k): compile_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compile_tree(v) for v in value]
+    return value
+
+
+def tree_placeholders(tree: Any) -> Iterator[Placeholder]:
+    if isinstance(tree, Template):
+        yield from tree.placeholders()
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from tree_placeholders(item)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from tree_placeholders(item)
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
+    if sidecar is MISSING:
+        raise FileRejected(
+            f"{ph.text} is used but no sidecar arrived for this file", code="SIDECAR_MISSING"
+        )
+    value = sidecar
+    walked = "sidecar"
+    for step in ph.path:
+        if isinstance(step, int):
+            if not isinstance(value, list) or step >= len(value):
+                raise FileRejected(
+                    f"the sidecar has no value at {ph.path_text} "
+                    f"({walked} is {_kind(value)}{_len_hint(value)})",
+                    code="SIDECAR_PATH_MISSING",
+                )
+            value = value[step]
+            walked += f"[{step}]"
+        else:
+            if not isinstance(value, dict) or step not in value:
+                raise FileRejected(
+                    f"the sidecar has no value at {ph.path_text} "
+                    f"({walked} is {_kind(value)}{_keys_hint(value)})",
+                    code="SIDECAR_PATH_MISSING",
+                )
+            value = value[step]
+            walked += f".{step}"
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "text",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _keys_hint(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = ", ".join(sorted(map(str, value))[:8]) or "none"
+        return f" with keys: {keys}"
+    return ""
+
+
+def _len_hint(value: Any) -> str:
+    return f" of {len(value)} items" if isinstance(value, list) else ""
+
+
+def lookup(ph: Placeholder, ctx: Context) -> Any:
+    """The value a placeholder names for this file (its JSON type kept)."""
+    if ph.kind == "name":
+        return ctx.name
+    if ph.kind == "stem":
+        return ctx.stem
+    if ph.kind == "ext":
+        return ctx.ext
+    if ph.kind == "match":
+        return ctx.match.get(ph.key or "") or ""
+    if ph.kind == "file":
+        return ctx.assets["file"]
+    if ph.kind == "attach":
+        return ctx.assets[f"attach.{ph.key}"]
+    return _walk_sidecar(ctx.sidecar, ph)
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool | dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def render_text(template: Template, ctx: Context) -> str:
+    return "".join(
+        part if isinstance(part, str) else as_text(lookup(part, ctx)) for part in template.parts
+    )
+
+
+def render_value(template: Template, ctx: Context) -> Any:
+    single = template.single
+    return lookup(single, ctx) if single is not None else render_text(template, ctx)
+
+
+def render_tree(tree: Any, ctx: Context) -> Any:
+    """Render a compiled payload: Templates become values, the rest stays."""
+    if isinstance(tree, Template):
+        return render_value(tree, ctx)
+    if isinstance(tree, dict):
+        return {k: render_tree(v, ctx) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [render_tree(v, ctx) for v in tree]
+    return tree
+
+
+def name_pattern(template: Template) -> re.Pattern[str]:
+    """A regex for the names a companion template can produce (to recognise early ones)."""
+    out = []
+    for part in template.parts:
+        if isinstance(part, str):
+            out.append(re.escape(part))
+        elif part.kind == "ext":
+            out.append(r"[^.]*")
+        else:
+            out.append(r".+")
+    return re.compile("".join(out), re.DOTALL)
