@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import structlog
 
-from flowflexd import __version__
+from flowflexd import __version__, preflight, views
+from flowflexd import config as configuration
 from flowflexd import log as logsetup
+from flowflexd.client import FlowFlex
+from flowflexd.daemon import Daemon
 from flowflexd.emulator import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
     DEFAULT_INTEGRATION_CODE,
     Emulator,
 )
-from flowflexd.errors import UserError
+from flowflexd.errors import ConfigError, FlowFlexConfigError, UserError
+from flowflexd.replay import replay_one
 
 log = structlog.get_logger("flowflexd")
 
@@ -48,19 +56,6 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
         help="json lines (for journald), console lines, or auto: console on a terminal",
     )
     parser.add_argument("--log-level", choices=logsetup.LEVELS, default="info")
-
-
-def wait_for_stop_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not stop.wait(1.0):
-        pass
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -94,12 +89,216 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         fail_rate=args.fail_rate,
         events_url=f"{emulator.url}/_emulator/events",
     )
+    stop = threading.Event()
+    on_signals(lambda count: stop.set())
     try:
-        wait_for_stop_signal()
+        while not stop.wait(1.0):
+            pass
     finally:
         emulator.stop()
         log.info("emulator stopped")
     return 0
+
+
+def on_signals(handler: Callable[[int], None]) -> None:
+    """Call ``handler`` with 1 on the first SIGINT/SIGTERM, 2 on the second, and so on."""
+    count = 0
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        handler(count)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+# ----------------------------------------------------------------- the daemon
+
+
+def load_config(args: argparse.Namespace) -> configuration.Config:
+    config = configuration.load(args.config, emulator=getattr(args, "emulator", False))
+    for warning in config.warnings:
+        log.warning("configuration warning", problem=warning)
+    return config
+
+
+def make_client(config: configuration.Config, cancel: threading.Event | None = None) -> FlowFlex:
+    api = config.api
+    logsetup.add_secret(api.api_secret)
+    try:
+        return FlowFlex(
+            api_key=api.api_key,
+            api_secret=api.api_secret,
+            integration_code=api.integration_code,
+            base_url=api.base_url,
+            timeout_seconds=api.timeout_seconds,
+            # The daemon retries files itself, with a circuit breaker; keep the
+            # client's own retries short so workers are not held for minutes.
+            max_attempts=3,
+            backoff_max_seconds=5.0,
+            max_retry_after_seconds=30.0,
+            pool_maxsize=2 * config.workers + 4,
+            cancel_event=cancel,
+        )
+    except FlowFlexConfigError as err:
+        raise ConfigError([f"{config.source}: flowflex: {err.message}"]) from err
+
+
+def start_emulator(config: configuration.Config) -> tuple[Emulator, configuration.Config]:
+    emulator = Emulator(data_dir=config.state_dir / "emulator").start()
+    api = configuration.ApiSettings(
+        base_url=emulator.url,
+        api_key=emulator.api_key,
+        integration_code=emulator.integration_code,
+        api_secret=emulator.api_secret,
+        timeout_seconds=config.api.timeout_seconds,
+    )
+    log.info(
+        "using the built-in emulator instead of FlowFlex",
+        base_url=emulator.url,
+        events_url=f"{emulator.url}/_emulator/events",
+    )
+    return emulator, configuration.with_api(config, api)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    emulator = None
+    if args.emulator:
+        emulator, config = start_emulator(config)
+    cancel = threading.Event()
+    daemon = Daemon(config, make_client(config, cancel))
+
+    def stop(count: int) -> None:
+        cancel.set()
+        daemon.request_stop(force=count > 1)
+
+    on_signals(stop)
+    try:
+        return daemon.run()
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+class Progress:
+    """A live progress line on a terminal: done, failed, waiting, files per second."""
+
+    def __init__(self, daemon: Daemon, stream: TextIO) -> None:
+        self._daemon = daemon
+        self._stream = stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._draw()
+        self._stream.write("\n")
+        self._stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._draw()
+
+    def _draw(self) -> None:
+        totals = self._daemon.totals
+        elapsed = max(time.monotonic() - totals.started, 1e-6)
+        rate = (totals.done + totals.failed) / elapsed
+        snapshot = self._daemon.snapshot
+        self._stream.write(
+            f"\r\x1b[Kdone {totals.done}  failed {totals.failed}  "
+            f"waiting {snapshot.get('waiting', 0)}  {rate:.1f} files/s"
+        )
+        self._stream.flush()
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    emulator = None
+    if args.emulator:
+        emulator, config = start_emulator(config)
+    daemon = Daemon(config, make_client(config), once=True)
+    on_signals(lambda count: daemon.request_stop(force=count > 1))
+    try:
+        if sys.stdout.isatty():
+            with Progress(daemon, sys.stdout):
+                daemon.run()
+        else:
+            daemon.run()
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    totals = daemon.totals
+    log.info("once: finished", done=totals.done, failed=totals.failed, left_claimed=totals.left)
+    return 1 if totals.failed or totals.left else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    findings = preflight.check(config)
+    out = sys.stdout
+    print(f"{config.source}: configuration is valid", file=out)
+    print(f"  FlowFlex: {config.api.base_url} integration {config.api.integration_code}", file=out)
+    for folder in config.folders:
+        mode = "polling" if folder.poll else "inotify"
+        print(
+            f"  inbox {folder.path} ({mode}, {len(folder.rules)} rules) -> done {folder.done}, "
+            f"failed {folder.failed}",
+            file=out,
+        )
+    for note in findings.notes:
+        print(f"  note: {note}", file=out)
+    for warning in findings.warnings:
+        print(f"  warning: {warning}", file=out)
+    for error in findings.errors:
+        print(f"  error: {error}", file=out)
+    return 2 if findings.errors else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    blocks: list[list[str]] = []
+    for given in args.files:
+        path = Path(given).absolute()
+        folder = views.folder_for(config, path)
+        if folder is not None:
+            blocks.append(views.explain(folder, path))
+            continue
+        for candidate in config.folders:
+            lines = views.explain(candidate, candidate.path / path.name)
+            lines[0] = f"{path} (not in an inbox; as if dropped into {candidate.path}):"
+            blocks.append(lines)
+    print("\n\n".join("\n".join(block) for block in blocks))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    rows = views.status(config)
+    if args.json:
+        print(json.dumps([{**row.__dict__, "path": str(row.path)} for row in rows], indent=2))
+    else:
+        print("\n".join(views.render_status(rows)))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    problems = 0
+    for given in args.files:
+        try:
+            for line in replay_one(config, Path(given)):
+                print(f"replayed {line}")
+        except UserError as err:
+            print(f"flowflexd: {err}", file=sys.stderr)
+            problems += 1
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--seed", type=int, help="make injected failures repeatable")
     _add_logging(emu)
     emu.set_defaults(handler=cmd_emulator)
+
+    def command(name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument("-c", "--config", required=True, help="the YAML configuration file")
+        _add_logging(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command("run", cmd_run, "watch the inboxes and send files until SIGTERM or SIGINT")
+    run.add_argument(
+        "--emulator",
+        action="store_true",
+        help="start the built-in FlowFlex emulator and send to it instead of FlowFlex",
+    )
+    once = command(
+        "once",
+        cmd_once,
+        "process what is in the inboxes now, wait for every outcome, exit "
+        "(0 all done, 1 any failed, 2 bad configuration)",
+    )
+    once.add_argument("--emulator", action="store_true", help="send to the built-in emulator")
+    command("check", cmd_check, "validate the configuration and the folders (exit 0 or 2)")
+    explain = command(
+        "explain", cmd_explain, "show the rule, event and payload each file would get, offline"
+    )
+    explain.add_argument("files", nargs="+", metavar="FILE")
+    status = command("status", cmd_status, "files waiting, in progress, done and failed per folder")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = command(
+        "replay", cmd_replay, "put failed files back into their inbox to be processed again"
+    )
+    replay.add_argument("files", nargs="+", metavar="FILE", help="files in a failed folder")
     return parser
 
 

@@ -98,7 +98,8 @@ class FileRejected(FlowflexdError):
     ``NOT_A_REGULAR_FILE`` ...) written into the file's error report.
     """
 
-    def __init__(self, message: str, *, code: str) -> None:
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status

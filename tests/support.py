@@ -16,7 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
+from flowflexd.cli import make_client
 from flowflexd.client import FlowFlex
+from flowflexd.config import load
+from flowflexd.daemon import Daemon
 
 T = TypeVar("T")
 
@@ -229,3 +234,88 @@ def client_for(emulator: Any, **options: Any) -> FlowFlex:
         base_url=emulator.url,
         **options,
     )
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def write_config(
+    path: Path,
+    emulator: Any,
+    *,
+    folders: list[dict[str, Any]],
+    secret: str | None = None,
+    **top: Any,
+) -> Path:
+    """A configuration file pointing at ``emulator``, readable only by its owner."""
+    data: dict[str, Any] = {
+        "flowflex": {
+            "base_url": emulator.url,
+            "api_key": emulator.api_key,
+            "api_secret": secret or emulator.api_secret,
+            "integration_code": emulator.integration_code,
+            "timeout_seconds": 5,
+        },
+        "workers": 4,
+        "settle_seconds": 0.3,
+        "state_dir": str(path.parent / "state"),
+        **top,
+        "folders": folders,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+class RunningDaemon:
+    """The real daemon (scheduler, workers, watchdog observers) on a thread."""
+
+    def __init__(self, config_path: Path, *, once: bool = False) -> None:
+        self.config = load(config_path)
+        self.cancel = threading.Event()
+        self.client = make_client(self.config, self.cancel)
+        self.daemon = Daemon(self.config, self.client, once=once)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.daemon.ready.is_set() or self.error, what="daemon ready")
+        if self.error:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as err:
+            self.error = err
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        if self.error:
+            raise self.error
+
+    def __enter__(self) -> RunningDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def drop(folder: Path, name: str, data: bytes) -> Path:
+    """Write a file the way a quick copier does: open, write, close."""
+    path = folder / name
+    with path.open("wb") as fh:
+        fh.write(data)
+    return path
+
+
+def files_in(folder: Path) -> set[str]:
+    try:
+        return {p.name for p in folder.iterdir() if p.is_file()}
+    except FileNotFoundError:
+        return set()
+
+
+def read_report(failed: Path, name: str) -> dict[str, Any]:
+    return dict(json.loads((failed / f"{name}.error.json").read_text()))

@@ -1,0 +1,528 @@
+"""Lifecycle: folders, the scheduler loop, the worker pool, pausing, stopping.
+
+One scheduler thread owns every tracker: watchdog threads and workers only
+put messages on its queue. Workers claim and carry files. A circuit breaker
+(``Gate``) stops new sends while FlowFlex is unreachable or refuses our
+configuration; one probe at a time tests whether it is back, and files wait
+where they are meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from flowflexd.client import FlowFlex
+from flowflexd.config import Config, Folder
+from flowflexd.errors import UserError
+from flowflexd.journal import Journal
+from flowflexd.pipeline import Outcome, Pipeline, Result
+from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
+from flowflexd.tracker import Ready, Tracker, inbox_identity
+from flowflexd.watcher import FolderWatcher
+
+log = structlog.get_logger("flowflexd")
+
+OFFLINE_CHECK_SECONDS = 5.0
+OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between probes while FlowFlex is down
+CONFIG_PROBE = (30.0, 300.0)  # ... while it refuses our credentials or integration
+FILESYSTEM_RETRY = (1.0, 60.0)
+ONCE_OUTAGE_PROBES = 3
+
+
+class Gate:
+    """A circuit breaker in front of FlowFlex: open, or paused until a probe succeeds."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None  # None (open), "outage" or "config"
+        self.reason = ""
+        self.trips = 0
+        self.probe_at = 0.0
+        self.probing = False
+
+    @property
+    def open(self) -> bool:
+        return self.kind is None
+
+    def trip(self, kind: str, reason: str, now: float, *, probe: bool) -> None:
+        """Pause sending; a failed probe (not a file already in flight) waits longer."""
+        if not probe and self.kind == kind:
+            return
+        first, longest = CONFIG_PROBE if kind == "config" else OUTAGE_PROBE
+        changed = kind != self.kind
+        self.kind, self.reason = kind, reason
+        self.trips += 1
+        delay = min(longest, first * 2 ** (self.trips - 1))
+        self.probe_at = now + delay
+        self.probing = False
+        if changed or self.trips in (2, 5) or self.trips % 20 == 0:
+            if kind == "config":
+                log.error(
+                    "FlowFlex refuses our configuration; sending is paused and files stay "
+                    "where they are",
+                    reason=reason,
+                    fix="check flowflex.api_key, api_secret and integration_code, then reload "
+                    "(systemctl reload flowflexd)",
+                    next_try_s=round(delay),
+                )
+            else:
+                log.warning(
+                    "FlowFlex is unreachable; sending is paused and files wait",
+                    reason=reason,
+                    next_try_s=round(delay),
+                )
+
+    def reset(self) -> None:
+        if self.kind is not None:
+            log.info("FlowFlex answers again; sending resumes", after_trips=self.trips)
+        self.kind = None
+        self.reason = ""
+        self.trips = 0
+        self.probing = False
+
+
+@dataclass
+class FolderRuntime:
+    folder: Folder
+    spool: Spool
+    tracker: Tracker
+    watcher: FolderWatcher
+    online: bool = False
+    identity: tuple[int, int] | None = None
+    next_rescan: float = 0.0
+    said_offline: bool = False
+
+
+@dataclass
+class Job:
+    runtime: FolderRuntime
+    ready: Ready | None = None  # a file to claim
+    claim: Claim | None = None  # or a claim to carry on
+    probe: bool = False
+
+
+@dataclass
+class Totals:
+    done: int = 0
+    failed: int = 0
+    left: int = 0  # claims given up on by ``once`` (they stay claimed for next time)
+    started: float = field(default_factory=time.monotonic)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        client: FlowFlex,
+        *,
+        once: bool = False,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.once = once
+        self.journal = Journal(config.state_dir)
+        self.pipeline = Pipeline(client, self.journal)
+        self.gate = Gate()
+        self.totals = Totals()
+        self.ready = threading.Event()
+        self._on_event = on_event or (lambda kind, info: None)
+        self._messages: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting: deque[tuple[FolderRuntime, Ready]] = deque()
+        self._retries: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._inflight = 0
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._workers: list[threading.Thread] = []
+        self.runtimes: list[FolderRuntime] = []
+        #: Live counts, replaced whole by the scheduler; safe to read from any thread.
+        self.snapshot: dict[str, Any] = {}
+        self._published = 0.0
+
+    # ------------------------------------------------------------- threading
+
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop taking files; let those in flight finish (or not, with ``force``)."""
+        self._messages.put(("stop", force))
+
+    def _hint(self, runtime: FolderRuntime) -> Callable[[str | None], None]:
+        def hint(name: str | None) -> None:
+            self._messages.put(("hint", (runtime, name)))
+
+        return hint
+
+    def _worker(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                outcome = self._run_job(job)
+            except Exception as err:  # a bug must not kill the worker or lose the file
+                log.exception("unexpected error; the file stays where it is", error=str(err))
+                outcome = Outcome(Result.RETRY, job.claim, str(err), "INTERNAL")
+            self._messages.put(("finished", (job, outcome)))
+
+    def _run_job(self, job: Job) -> Outcome:
+        spool = job.runtime.spool
+        if job.claim is not None:
+            return self.pipeline.carry(spool, job.claim)
+        assert job.ready is not None
+        ready = job.ready
+        return self.pipeline.take(
+            spool, ready.members, rule=ready.rule, expect=ready.expect, reject=ready.reject
+        )
+
+    # -------------------------------------------------------------- startup
+
+    def _start_folders(self) -> None:
+        for folder in self.config.folders:
+            runtime = FolderRuntime(
+                folder=folder,
+                spool=Spool(folder),
+                tracker=Tracker(folder, settle_seconds=self.config.settle_seconds),
+                watcher=FolderWatcher(folder, lambda name: None),
+            )
+            runtime.watcher = FolderWatcher(folder, self._hint(runtime))
+            self.runtimes.append(runtime)
+            try:
+                runtime.spool.prepare()
+            except FolderMisplaced:
+                raise
+            except FolderUnavailable as err:
+                log.error(
+                    "inbox unavailable; other folders keep running",
+                    folder=str(folder.path),
+                    error=err.message,
+                    hint=err.hint,
+                )
+                runtime.said_offline = True
+                continue
+            self._bring_online(runtime, time.monotonic())
+
+    def _bring_online(self, runtime: FolderRuntime, now: float) -> None:
+        runtime.identity = inbox_identity(runtime.folder.path)
+        runtime.online = True
+        for claim in runtime.spool.pending():
+            log.info(
+                "resuming a claimed file",
+                folder=str(runtime.folder.path),
+                file=claim.name,
+                idempotency_key=claim.key,
+            )
+            self._retry(Job(runtime, claim=claim), now)
+        if not self.once:
+            runtime.watcher.stop()
+            mode = runtime.watcher.start()
+            log.info("watching", folder=str(runtime.folder.path), mode=mode)
+        runtime.tracker.rescan()
+        runtime.next_rescan = now + self.config.rescan_seconds
+
+    def run(self) -> int:
+        try:
+            self._start_folders()
+        except UserError:
+            self._shutdown_folders()
+            raise
+        for i in range(self.config.workers):
+            worker = threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        log.info(
+            "flowflexd ready",
+            folders=[str(r.folder.path) for r in self.runtimes],
+            workers=self.config.workers,
+            settle_seconds=self.config.settle_seconds,
+            mode="once" if self.once else "run",
+        )
+        self.ready.set()
+        self._on_event("ready", {})
+        try:
+            self._loop()
+        finally:
+            for _ in self._workers:
+                self._jobs.put(None)
+            self._shutdown_folders()
+            self.journal.close()
+        log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
+        return 0
+
+    def _shutdown_folders(self) -> None:
+        for runtime in self.runtimes:
+            runtime.watcher.stop()
+            runtime.spool.unlock()
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, min(self._next_wakeup(now) - now, 1.0))
+            try:
+                message: tuple[str, Any] | None = self._messages.get(timeout=timeout)
+            except queue.Empty:
+                message = None
+            while message is not None:
+                if self._handle(message):
+                    return
+                try:
+                    message = self._messages.get_nowait()
+                except queue.Empty:
+                    message = None
+            if self._stopping:
+                if self._inflight == 0 or (
+                    self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+                ):
+                    if self._inflight:
+                        log.warning(
+                            "grace period over; files still in flight stay claimed "
+                            "and resume at the next start",
+                            in_flight=self._inflight,
+                        )
+                    return
+                continue
+            self._tick(time.monotonic())
+            self._publish()
+            if self.once and self._once_finished():
+                return
+
+    def _next_wakeup(self, now: float) -> float:
+        times = [now + 1.0]
+        for runtime in self.runtimes:
+            due = runtime.tracker.next_due()
+            if due is not None:
+                times.append(due)
+            times.append(runtime.next_rescan)
+        if self.gate.open:
+            if self._retries:
+                times.append(self._retries[0][0])
+        elif not self.gate.probing:
+            times.append(self.gate.probe_at)
+        return min(times)
+
+    def _handle(self, message: tuple[str, Any]) -> bool:
+        """Handle one message; True to leave the loop at once."""
+        kind, data = message
+        if kind == "hint":
+            runtime, name = data
+            if name is None:
+                runtime.next_rescan = 0.0
+            else:
+                runtime.tracker.note(name)
+        elif kind == "finished":
+            self._finished(*data)
+        elif kind == "stop":
+            if data or self._stopping:
+                log.warning(
+                    "stopping now; claimed files resume at the next start", in_flight=self._inflight
+                )
+                return True
+            self._begin_stop()
+        return False
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.config.shutdown_grace_seconds
+        for runtime in self.runtimes:
+            runtime.watcher.stop()
+        # Jobs not yet started go back: their files were never touched.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._inflight -= 1
+        log.info(
+            "stopping: no new files are taken; waiting for files in flight",
+            in_flight=self._inflight,
+            grace_s=self.config.shutdown_grace_seconds,
+        )
+
+    def _tick(self, now: float) -> None:
+        for runtime in self.runtimes:
+            if now >= runtime.next_rescan:
+                self._rescan(runtime, now)
+            if runtime.online:
+                self._waiting.extend((runtime, ready) for ready in runtime.tracker.step(now))
+        self._dispatch(now)
+
+    def _rescan(self, runtime: FolderRuntime, now: float) -> None:
+        folder = runtime.folder.path
+        identity = inbox_identity(folder)
+        if identity is None:
+            runtime.next_rescan = now + OFFLINE_CHECK_SECONDS
+            if runtime.online or not runtime.said_offline:
+                log.error(
+                    "inbox is gone (unmounted or removed); other folders keep running, "
+                    "this one resumes when it is back",
+                    folder=str(folder),
+                )
+                runtime.watcher.stop()
+                runtime.online = False
+                runtime.said_offline = True
+            return
+        if (
+            not runtime.online
+            or identity != runtime.identity
+            or (not self.once and not runtime.watcher.alive())
+        ):
+            try:
+                runtime.spool.prepare()
+            except UserError as err:
+                runtime.next_rescan = now + OFFLINE_CHECK_SECONDS
+                if not runtime.said_offline:
+                    log.error("inbox unavailable", folder=str(folder), error=str(err))
+                    runtime.said_offline = True
+                runtime.online = False
+                return
+            if runtime.said_offline or runtime.identity is not None:
+                log.info("inbox is back", folder=str(folder))
+            runtime.said_offline = False
+            self._bring_online(runtime, now)
+            return
+        runtime.tracker.rescan()
+        runtime.next_rescan = now + self.config.rescan_seconds
+
+    # ------------------------------------------------------------- dispatch
+
+    @property
+    def _capacity(self) -> int:
+        return 2 * self.config.workers - self._inflight
+
+    def _submit(self, job: Job) -> None:
+        self._inflight += 1
+        self._jobs.put(job)
+
+    def _retry(self, job: Job, now: float, delay: float = 0.0) -> None:
+        heapq.heappush(self._retries, (now + delay, next(self._seq), job))
+
+    def _dispatch(self, now: float) -> None:
+        gate = self.gate
+        if not gate.open:
+            if not gate.probing and now >= gate.probe_at and self._capacity > 0:
+                probe = self._take_probe()
+                if probe is not None:
+                    gate.probing = True
+                    self._submit(probe)
+            # Files that need no API call (set aside as failed) still move.
+            self._submit_rejects()
+            return
+        while self._retries and self._retries[0][0] <= now and self._capacity > 0:
+            self._submit(heapq.heappop(self._retries)[2])
+        while self._waiting and self._capacity > 0:
+            runtime, ready = self._waiting.popleft()
+            self._submit(Job(runtime, ready=ready))
+
+    def _take_probe(self) -> Job | None:
+        if self._retries:
+            job = heapq.heappop(self._retries)[2]
+        elif self._waiting:
+            runtime, ready = self._waiting.popleft()
+            job = Job(runtime, ready=ready)
+        else:
+            return None
+        job.probe = True
+        return job
+
+    def _submit_rejects(self) -> None:
+        keep: deque[tuple[FolderRuntime, Ready]] = deque()
+        while self._waiting:
+            item = self._waiting.popleft()
+            if item[1].reject is not None and self._capacity > 0:
+                self._submit(Job(item[0], ready=item[1]))
+            else:
+                keep.append(item)
+        self._waiting = keep
+
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        self._inflight -= 1
+        now = time.monotonic()
+        runtime = job.runtime
+        if job.ready is not None:
+            runtime.tracker.release(job.ready, look_again=outcome.result is Result.GONE)
+        result = outcome.result
+        if result is Result.DONE:
+            self.totals.done += 1
+        elif result is Result.FAILED:
+            self.totals.failed += 1
+        if job.probe or (result in (Result.DONE, Result.FAILED) and not self.gate.open):
+            if result in (Result.DONE, Result.FAILED):
+                self.gate.reset()
+            else:
+                self.gate.probing = False
+        if result in (Result.RETRY, Result.PAUSE) and outcome.claim is not None:
+            retry = Job(runtime, claim=outcome.claim)
+            if result is Result.PAUSE:
+                self.gate.trip("config", outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)
+            elif outcome.code == "FILESYSTEM":
+                first, longest = FILESYSTEM_RETRY
+                delay = min(longest, first * 2 ** min(outcome.claim.attempts, 10))
+                self._retry(retry, now, delay)
+            else:
+                self.gate.trip("outage", outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)
+        elif result is Result.RETRY:
+            log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
+        self._on_event(result.value, {"job": job, "outcome": outcome})
+
+    # ---------------------------------------------------------------- once
+
+    def _once_finished(self) -> bool:
+        if self._inflight:
+            return False
+        if self.gate.kind == "config" or (
+            self.gate.kind == "outage" and self.gate.trips > ONCE_OUTAGE_PROBES
+        ):
+            self.totals.left = len(self._retries)
+            log.error(
+                "giving up for now: FlowFlex is not accepting files",
+                reason=self.gate.reason,
+                left_claimed=self.totals.left,
+            )
+            return True
+        if self._waiting or self._retries:
+            return False
+        return all(not r.online or r.tracker.unfinished() == 0 for r in self.runtimes)
+
+    # -------------------------------------------------------------- status
+
+    def _publish(self) -> None:
+        now = time.monotonic()
+        if now - self._published < 0.25:
+            return
+        self._published = now
+        waiting = 0
+        oldest: float | None = None
+        states: dict[str, int] = {}
+        for runtime in self.runtimes:
+            count, first = runtime.tracker.waiting()
+            waiting += count
+            if first is not None:
+                oldest = first if oldest is None else min(oldest, first)
+            for state, n in runtime.tracker.states().items():
+                states[state] = states.get(state, 0) + n
+        self.snapshot = {
+            "empty": states.get("empty", 0),
+            "ignored": states.get("ignored", 0),
+            "companions": states.get("companion", 0),
+            "waiting": max(0, waiting - self._inflight),
+            "in_flight": self._inflight + len(self._retries),
+            "done": self.totals.done,
+            "failed": self.totals.failed,
+            "oldest_waiting_s": round(time.time() - oldest) if oldest is not None else 0,
+            "paused": self.gate.kind,
+            "offline": [str(r.folder.path) for r in self.runtimes if not r.online],
+        }

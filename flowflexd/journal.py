@@ -1,0 +1,59 @@
+"""The append-only record of outcomes: one JSON line per file, fsynced.
+
+Each line: time, outcome (done or failed), folder, file, sha256, rule, event,
+idempotency key, assetIds, and the API's answer or the error. A line that a
+crash cut short is skipped by readers; a claim finished again after a crash
+may appear twice, with the same claim id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+JOURNAL_NAME = "journal.jsonl"
+
+
+class Journal:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = state_dir / JOURNAL_NAME
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        self._lock = threading.Lock()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        data = line.encode("utf-8", "surrogateescape")
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """Every whole record in a journal, oldest first."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            try:
+                entry = json.loads(raw.decode("utf-8", "surrogateescape"))
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry

@@ -1,0 +1,338 @@
+"""One file's journey: claim -> sidecar -> upload -> send -> done or failed.
+
+Each stage is a method; ``carry`` resumes a claim wherever it stopped, so a
+restart after a crash continues with the same idempotency key. An upload
+older than ``REUPLOAD_AFTER`` (a safe margin under FlowFlex's 48 h asset
+lifetime) is redone before the event is fired again; otherwise a retry sends
+the identical body.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import structlog
+
+from flowflexd.client import FileRef, FlowFlex
+from flowflexd.errors import FileRejected, FlowFlexError, FlowFlexUploadError
+from flowflexd.filetypes import MAX_FILE_BYTES
+from flowflexd.journal import Journal
+from flowflexd.rules import Match, Rule, event_name, match, payload
+from flowflexd.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
+from flowflexd.templates import MISSING
+
+log = structlog.get_logger("flowflexd.pipeline")
+
+REUPLOAD_AFTER = 24 * 3600.0
+MAX_SIDECAR_DEPTH = 64
+PAUSE_STATUSES = frozenset({401, 403, 404})
+
+
+class Result(Enum):
+    DONE = "done"
+    FAILED = "failed"
+    RETRY = "retry"  # transient: the file stays claimed and is tried again later
+    PAUSE = "pause"  # FlowFlex says the configuration is wrong: stop sending until fixed
+    GONE = "gone"  # the file vanished or changed before it could be claimed
+
+
+@dataclass
+class Outcome:
+    result: Result
+    claim: Claim | None = None
+    reason: str = ""
+    code: str = ""
+
+
+def _sidecar_depth(value: Any, limit: int) -> bool:
+    """True when ``value`` nests deeper than ``limit``, checked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
+    """A sidecar's JSON object, or FileRejected saying exactly what is wrong."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise FileRejected(
+            f"sidecar {name} is not UTF-8 text (byte 0x{raw[err.start]:02x} at {err.start}); "
+            "save it as UTF-8",
+            code="SIDECAR_INVALID",
+        ) from err
+    try:
+        value = json.loads(text)
+    except RecursionError as err:
+        raise FileRejected(f"sidecar {name} is nested too deeply", code="SIDECAR_INVALID") from err
+    except ValueError as err:
+        raise FileRejected(
+            f"sidecar {name} is not valid JSON: {err}", code="SIDECAR_INVALID"
+        ) from err
+    if not isinstance(value, dict):
+        raise FileRejected(
+            f"sidecar {name} holds {type(value).__name__}, not a JSON object",
+            code="SIDECAR_INVALID",
+        )
+    if _sidecar_depth(value, MAX_SIDECAR_DEPTH):
+        raise FileRejected(
+            f"sidecar {name} nests deeper than {MAX_SIDECAR_DEPTH} levels", code="SIDECAR_INVALID"
+        )
+    return value
+
+
+class Pipeline:
+    def __init__(self, client: FlowFlex, journal: Journal) -> None:
+        self.client = client
+        self.journal = journal
+
+    # ------------------------------------------------------------- entry points
+
+    def take(
+        self,
+        spool: Spool,
+        members: dict[str, str],
+        *,
+        rule: str,
+        expect: os.stat_result | None,
+        reject: dict[str, str] | None = None,
+    ) -> Outcome:
+        try:
+            claim = spool.claim(members, rule=rule, expect=expect, reject=reject)
+        except (OSError, FolderUnavailable) as err:
+            return Outcome(Result.RETRY, reason=f"cannot claim: {err}", code="CLAIM_FAILED")
+        if claim is None:
+            return Outcome(Result.GONE)
+        log.info(
+            "file claimed",
+            folder=str(spool.inbox),
+            file=claim.name,
+            rule=claim.rule or None,
+            idempotency_key=claim.key,
+            companions=[n for r, n in claim.members.items() if r != "file"] or None,
+        )
+        return self.carry(spool, claim)
+
+    def carry(self, spool: Spool, claim: Claim) -> Outcome:
+        """Take a claim as far as it goes: to done, to failed, or back to wait."""
+        started = time.monotonic()
+        claim.attempts += 1
+        bound = log.bind(
+            folder=str(spool.inbox),
+            file=claim.name,
+            rule=claim.rule or None,
+            idempotency_key=claim.key,
+            attempt=claim.attempts,
+        )
+        try:
+            if claim.answer is None:
+                if claim.reject:
+                    rejected = FileRejected(claim.reject["reason"], code=claim.reject["code"])
+                    return self._fail(spool, claim, rejected, bound)
+                outcome = self._send(spool, claim, bound)
+                if outcome is not None:
+                    return outcome
+            return self._done(spool, claim, bound, started)
+        except FileRejected as err:
+            return self._fail(spool, claim, err, bound)
+        except OSError as err:
+            # Full disk, read-only or unreadable folder: nothing is lost by waiting.
+            reason = f"{os.strerror(err.errno) if err.errno else err}"
+            bound.warning(
+                "cannot finish this file now; it stays claimed and is retried",
+                error=reason,
+                errno=errno.errorcode.get(err.errno or 0),
+            )
+            self._save_quietly(spool, claim)
+            return Outcome(Result.RETRY, claim, reason, "FILESYSTEM")
+
+    # ------------------------------------------------------------------- stages
+
+    def _rule(self, spool: Spool, claim: Claim) -> Match:
+        rules: dict[str, Rule] = {r.name: r for r in spool.folder.rules}
+        rule = rules.get(claim.rule)
+        if rule is not None:
+            found = rule.matcher.search(claim.name) if rule.regex else None
+            return Match(rule, claim.name, found.groupdict() if found else {})
+        found_now = match(spool.folder.rules, claim.name)
+        if found_now is None:
+            raise FileRejected(
+                "no rule takes this file any more (the configuration changed)", code="UNMATCHED"
+            )
+        return found_now
+
+    def _sidecar(self, spool: Spool, claim: Claim, found: Match) -> Any:
+        if found.rule.sidecar is None:
+            return MISSING
+        if "sidecar" not in claim.present():
+            if found.rule.sidecar_required:
+                raise FileRejected("the sidecar is gone", code="SIDECAR_MISSING")
+            return MISSING
+        name = claim.members["sidecar"]
+        try:
+            raw = spool.read_member(claim, "sidecar", limit=SIDECAR_MAX_BYTES)
+        except FileRejected as err:
+            if err.code in ("FILE_TOO_LARGE", "SIDECAR_TOO_LARGE"):
+                raise FileRejected(
+                    f"sidecar {name} is over {SIDECAR_MAX_BYTES:,} bytes", code="SIDECAR_TOO_LARGE"
+                ) from err
+            raise FileRejected(f"sidecar {name} {err.message}", code=err.code) from err
+        return parse_sidecar(raw, name)
+
+    def _send(self, spool: Spool, claim: Claim, bound: Any) -> Outcome | None:
+        found = self._rule(spool, claim)
+        missing = [
+            role
+            for role in claim.members
+            if role.startswith("attach.") and role not in claim.present()
+        ]
+        if missing:
+            raise FileRejected(f"{', '.join(missing)} is gone", code="ATTACHMENT_MISSING")
+        sidecar = self._sidecar(spool, claim, found)
+        event = claim.event = event_name(found, sidecar=sidecar)
+        roles = ["file", *(r for r in claim.members if r.startswith("attach."))]
+        # Render once with stand-ins, so a bad template fails before any upload.
+        payload(found, sidecar=sidecar, assets={role: f"<{role}>" for role in roles})
+        for round_ in (1, 2):
+            try:
+                assets = self._upload(spool, claim, roles, bound)
+                body = payload(found, sidecar=sidecar, assets=assets)
+                answer = self.client.fire_event(event, body, claim.key)
+            except FlowFlexError as err:
+                if err.code == "ASSET_FILE_MISSING" and round_ == 1:
+                    bound.warning("FlowFlex lost the uploaded file; uploading it again")
+                    claim.uploads = {}
+                    continue
+                return self._api_error(spool, claim, err, bound)
+            claim.answer = answer
+            claim.sent_at = time.time()
+            spool.save(claim)
+            bound.info(
+                "event sent",
+                event_name=event,
+                asset_ids={r: u["asset_id"] for r, u in claim.uploads.items()},
+            )
+            return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload(self, spool: Spool, claim: Claim, roles: list[str], bound: Any) -> dict[str, str]:
+        now = time.time()
+        fresh = all(
+            role in claim.uploads and now - claim.uploads[role]["uploaded_at"] < REUPLOAD_AFTER
+            for role in roles
+        )
+        if not fresh:
+            uploads: dict[str, dict[str, Any]] = {}
+            for role in roles:
+                uploads[role] = self._upload_one(spool, claim, role)
+            claim.uploads = uploads
+            spool.save(claim)
+        return {role: claim.uploads[role]["asset_id"] for role in roles}
+
+    def _upload_one(self, spool: Spool, claim: Claim, role: str) -> dict[str, Any]:
+        fd, info = spool.open_member(claim, role, max_bytes=MAX_FILE_BYTES)
+        with os.fdopen(fd, "rb") as stream:
+            digest = hashlib.sha256()
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+            stream.seek(0)
+            ref = FileRef(stream, filename=claim.members[role], size=info.st_size)
+            asset_id = self.client.upload_file(ref)
+        return {
+            "asset_id": asset_id,
+            "uploaded_at": time.time(),
+            "sha256": digest.hexdigest(),
+            "size": info.st_size,
+        }
+
+    def _api_error(self, spool: Spool, claim: Claim, err: FlowFlexError, bound: Any) -> Outcome:
+        code = err.code or (f"HTTP_{err.status}" if err.status else "NETWORK")
+        if isinstance(err, FlowFlexUploadError) and err.status is None and not err.retryable:
+            raise FileRejected(err.message, code=err.code or "UPLOAD_REFUSED")
+        if err.status in PAUSE_STATUSES and not isinstance(err, FlowFlexUploadError):
+            self._save_quietly(spool, claim)
+            return Outcome(Result.PAUSE, claim, err.message, code)
+        if err.retryable or isinstance(err, FlowFlexUploadError):
+            bound.warning(
+                "FlowFlex call failed; the file stays claimed and is retried",
+                error=err.message,
+                status=err.status,
+            )
+            self._save_quietly(spool, claim)
+            return Outcome(Result.RETRY, claim, err.message, code)
+        raise FileRejected(f"FlowFlex refused it: {err.message}", code=code, status=err.status)
+
+    # ----------------------------------------------------------------- endings
+
+    def _done(self, spool: Spool, claim: Claim, bound: Any, started: float) -> Outcome:
+        self.journal.record(self._entry(spool, claim, "done"))
+        moved = spool.finish(claim)
+        bound.info(
+            "file done",
+            moved_to=moved["file"],
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+        return Outcome(Result.DONE, claim)
+
+    def _fail(self, spool: Spool, claim: Claim, err: FileRejected, bound: Any) -> Outcome:
+        report = {
+            "file": claim.name,
+            "reason": err.message,
+            "code": err.code,
+            "status": err.status,
+            "rule": claim.rule or None,
+            "event": claim.event,
+            "idempotency_key": claim.key,
+            "attempts": claim.attempts,
+            "time": _now_iso(),
+            "members": claim.members,
+        }
+        entry = self._entry(spool, claim, "failed")
+        self.journal.record(
+            {**entry, "code": err.code, "reason": err.message, "status": err.status}
+        )
+        moved = spool.finish(claim, report=report)
+        bound.warning("file failed", code=err.code, reason=err.message, moved_to=moved["file"])
+        return Outcome(Result.FAILED, claim, err.message, err.code)
+
+    def _entry(self, spool: Spool, claim: Claim, outcome: str) -> dict[str, Any]:
+        file_upload = claim.uploads.get("file", {})
+        return {
+            "time": _now_iso(),
+            "outcome": outcome,
+            "folder": str(spool.inbox),
+            "file": claim.name,
+            "claim": claim.id,
+            "sha256": file_upload.get("sha256"),
+            "rule": claim.rule or None,
+            "event": claim.event,
+            "idempotency_key": claim.key,
+            "asset_ids": {r: u["asset_id"] for r, u in claim.uploads.items()},
+            "answer": claim.answer,
+            "attempts": claim.attempts,
+        }
+
+    @staticmethod
+    def _save_quietly(spool: Spool, claim: Claim) -> None:
+        try:
+            spool.save(claim)
+        except OSError as err:
+            log.warning("cannot save claim progress", file=claim.name, error=str(err))
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,91 @@
+"""What ``flowflexd check`` verifies about the folders, without changing anything."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowflexd.config import Config, Folder
+
+NETWORK_FILESYSTEMS = frozenset(
+    {"cifs", "smb3", "smbfs", "nfs", "nfs4", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs"}
+)
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def mount_of(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
+    """(mount point, filesystem type) holding ``path``, from the mount table."""
+    try:
+        with open(mounts_file, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(_existing_ancestor(path))
+    best: tuple[str, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, fields[2])
+    return best
+
+
+def _check_dir(label: str, path: Path, findings: Findings) -> int | None:
+    """Exists or can be created, and is writable; returns its device."""
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        findings.errors.append(f"{label} {path}: {base} is not a folder")
+        return None
+    if not os.access(base, os.W_OK | os.X_OK):
+        what = "is not writable" if base == path else f"cannot be created ({base} is not writable)"
+        findings.errors.append(f"{label} {path} {what} by this user")
+        return None
+    if base != path:
+        findings.notes.append(f"{label} {path} does not exist yet; flowflexd will create it")
+    return os.stat(base).st_dev
+
+
+def check_folder(
+    folder: Folder, findings: Findings, mounts_file: str = "/proc/self/mounts"
+) -> None:
+    inbox_dev = _check_dir("inbox", folder.path, findings)
+    for label, path in (("done", folder.done), ("failed", folder.failed)):
+        dev = _check_dir(label, path, findings)
+        if inbox_dev is not None and dev is not None and dev != inbox_dev:
+            findings.errors.append(
+                f"{label} {path} is on another filesystem than the inbox {folder.path}: files "
+                "move by atomic rename, which cannot cross filesystems"
+            )
+    mount = mount_of(folder.path, mounts_file)
+    if mount and mount[1] in NETWORK_FILESYSTEMS and not folder.poll:
+        findings.warnings.append(
+            f"inbox {folder.path} is on a network filesystem ({mount[1]} at {mount[0]}) "
+            "without poll: true; inotify sees no writes made by other machines there"
+        )
+
+
+def check(config: Config, mounts_file: str = "/proc/self/mounts") -> Findings:
+    findings = Findings(warnings=list(config.warnings))
+    for folder in config.folders:
+        check_folder(folder, findings, mounts_file)
+    state = _existing_ancestor(config.state_dir)
+    if not os.access(state, os.W_OK | os.X_OK):
+        findings.errors.append(f"state_dir {config.state_dir} is not writable by this user")
+    return findings

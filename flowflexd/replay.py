@@ -1,0 +1,81 @@
+"""``flowflexd replay``: failed files back into their inbox, their reports set aside."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flowflexd.config import Config, Folder
+from flowflexd.errors import UserError
+from flowflexd.sanitize import printable
+from flowflexd.spool import REPORT_SUFFIX, fsync_dir, move_no_replace, report_name, suffixed
+
+REPLAYED_DIR = "replayed"
+
+
+def _move_free(src: Path, folder: Path, name: str) -> Path:
+    for n in range(10_000):
+        dst = folder / suffixed(name, n)
+        try:
+            move_no_replace(src, dst)
+        except FileExistsError:
+            continue
+        return dst
+    raise OSError(f"no free name for {name} in {folder}")
+
+
+def _folder_of(config: Config, path: Path) -> Folder:
+    for folder in config.folders:
+        if path.parent == folder.failed:
+            return folder
+    raise UserError(
+        f"{printable(str(path))} is not in a failed folder of this configuration",
+        hint="give the path of a file inside a folder's failed folder",
+    )
+
+
+def _report(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def replay_one(config: Config, given: Path) -> list[str]:
+    """Move one failed file (and what travelled with it) back; returns what moved."""
+    path = Path(os.path.abspath(given))
+    if path.name.endswith(REPORT_SUFFIX):
+        report_path = path
+        report = _report(report_path)
+        path = path.with_name(
+            str(report.get("files", {}).get("file") or path.name[: -len(REPORT_SUFFIX)])
+        )
+    else:
+        report_path = path.with_name(report_name(path.name))
+        report = _report(report_path)
+    folder = _folder_of(config, path)
+    if not os.path.lexists(path):
+        raise UserError(f"{printable(str(path))} does not exist")
+    files = report.get("files") if isinstance(report.get("files"), dict) else None
+    raw_originals = report.get("members")
+    originals: dict[str, Any] = raw_originals if isinstance(raw_originals, dict) else {}
+    members: dict[str, str] = dict(files) if files else {"file": path.name}
+    moved: list[str] = []
+    # Companions first, so the file never waits for a sidecar that is still in failed.
+    for role in sorted(members, key=lambda r: r == "file"):
+        src = folder.failed / members[role]
+        if not os.path.lexists(src):
+            continue
+        dst = _move_free(src, folder.path, str(originals.get(role, members[role])))
+        moved.append(f"{printable(str(src))} -> {printable(str(dst))}")
+    fsync_dir(folder.path)
+    if os.path.lexists(report_path):
+        aside = folder.failed / REPLAYED_DIR
+        aside.mkdir(exist_ok=True)
+        dst = _move_free(report_path, aside, report_path.name)
+        moved.append(f"{printable(str(report_path))} -> {printable(str(dst))}")
+    fsync_dir(folder.failed)
+    return moved

@@ -1,0 +1,532 @@
+"""The file system, safely: claims by rename, moves that never replace, durable steps.
+
+A claimed file lives in ``<inbox>/.flowflexd/work/<id>/`` beside its
+``claim.json`` (idempotency key, rule, uploads, the API's answer). Every move
+is a rename or a hard link within the inbox's filesystem, never a copy; a
+move never replaces a name; what the next step needs is fsynced, file and
+directory, before that step runs. Files are opened without following links,
+checked with fstat on the open descriptor, and read from that descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowflexd.config import WORK_DIR_NAME, Folder
+from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
+from flowflexd.rules import is_temporary_name
+from flowflexd.templates import split_name
+
+CLAIM_FILE = "claim.json"
+REPORT_SUFFIX = ".error.json"
+SIDECAR_MAX_BYTES = 1024 * 1024
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+class FolderUnavailable(UserError):
+    """An inbox (or its done, failed or work folder) cannot be used right now."""
+
+    exit_code = 2
+
+
+class FolderMisplaced(FolderUnavailable):
+    """done or failed is on another filesystem than its inbox: a configuration error."""
+
+
+# ------------------------------------------------------------ low-level helpers
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically; file and directory fsynced."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def open_regular(path: Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
+    """Open a file for reading only if it is what it claims to be.
+
+    ``O_NOFOLLOW`` refuses a symbolic link, even one swapped in after any
+    earlier check; ``O_NONBLOCK`` keeps a FIFO from hanging the open; fstat
+    on the descriptor then requires a regular file with no other hard link
+    and a size within the cap. The caller reads from the returned descriptor.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise FileRejected(
+                "is a symbolic link; links are never followed", code="SYMLINK"
+            ) from err
+        if err.errno == errno.ENXIO:
+            raise FileRejected("is a socket, not a file", code="NOT_A_REGULAR_FILE") from err
+        if err.errno == errno.EACCES:
+            raise FileRejected(
+                "cannot be read by flowflexd (permission denied)", code="PERMISSION_DENIED"
+            ) from err
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRejected(
+                f"is a {describe_mode(info.st_mode)}, not a regular file", code="NOT_A_REGULAR_FILE"
+            )
+        if info.st_nlink > 1:
+            raise FileRejected(
+                f"has {info.st_nlink} hard links: another name points at the same data, "
+                "so it was not put here only for flowflexd",
+                code="HARD_LINKED",
+            )
+        if info.st_size > max_bytes:
+            raise FileRejected(
+                f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit",
+                code="FILE_TOO_LARGE",
+            )
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def describe_mode(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_limited(fd: int, limit: int, *, what: str) -> bytes:
+    """Read a whole small file from a descriptor, refusing one over ``limit`` bytes."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := os.read(fd, min(65536, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise FileRejected(f"{what} is over {limit:,} bytes", code="SIDECAR_TOO_LARGE")
+    return b"".join(chunks)
+
+
+def suffixed(name: str, n: int) -> str:
+    """``INV-1.pdf`` -> ``INV-1 (2).pdf``, trimmed to fit the 255-byte name limit."""
+    if n == 0:
+        return name
+    stem, ext = split_name(name)
+    tail = f" ({n})" + (f".{ext}" if ext else "")
+    room = 255 - len(tail.encode("utf-8", "surrogateescape"))
+    raw = stem.encode("utf-8", "surrogateescape")[:room]
+    return raw.decode("utf-8", "surrogateescape") + tail
+
+
+def report_name(name: str) -> str:
+    """``<name>.error.json`` beside a failed file, trimmed to fit 255 bytes."""
+    room = 255 - len(REPORT_SUFFIX)
+    raw = name.encode("utf-8", "surrogateescape")[:room]
+    return raw.decode("utf-8", "surrogateescape") + REPORT_SUFFIX
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def move_no_replace(src: Path, dst: Path) -> None:
+    """Give ``src`` the name ``dst`` without ever replacing an existing ``dst``.
+
+    A hard link then an unlink: the link fails when the name is taken. After
+    a crash between the two, the next attempt finds ``dst`` already naming
+    the same file and only finishes the unlink. Filesystems without hard
+    links fall back to a rename guarded by a check (``FileExistsError`` when
+    taken).
+    """
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        if not _same_file(src, dst):
+            raise
+    except OSError as err:
+        if err.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "name taken", str(dst)) from err
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+# --------------------------------------------------------------------- claims
+
+
+@dataclass
+class Claim:
+    """One claimed file, its companions, and how far its journey got."""
+
+    id: str
+    inbox: str
+    members: dict[str, str]  # role ("file", "sidecar", "attach.NAME") -> file name
+    key: str  # the idempotency key, minted at claim time
+    rule: str
+    claimed_at: float
+    reject: dict[str, str] | None = None  # decided before the claim: code and reason
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> assetId, time
+    event: str | None = None  # the rendered event name, once known
+    answer: Any = None  # the API's answer, once the event was accepted
+    sent_at: float | None = None
+    attempts: int = 0
+    version: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.members["file"]
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.inbox) / WORK_DIR_NAME / "work" / self.id
+
+    def path(self, role: str) -> Path:
+        return self.dir / self.members[role]
+
+    def present(self) -> dict[str, str]:
+        """The members that really are in the claim folder."""
+        return {
+            role: name for role, name in self.members.items() if os.path.lexists(self.dir / name)
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Claim:
+        raw = json.loads(data.decode("utf-8", "surrogateescape"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("members"), dict):
+            raise ValueError("not a claim")
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+class Spool:
+    """Claims, moves and reads the files of one inbox."""
+
+    def __init__(self, folder: Folder) -> None:
+        self.folder = folder
+        self.inbox = folder.path
+        self.home = folder.work  # <inbox>/.flowflexd
+        self.work = self.home / "work"
+        self._lock_fd: int | None = None
+
+    # ---------------------------------------------------------- preparation
+
+    def prepare(self) -> None:
+        """Create the folders, check they share the inbox's filesystem, take the lock."""
+        for path in (self.inbox, self.folder.done, self.folder.failed):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise FolderUnavailable(
+                    f"cannot create {path}: {err.strerror}",
+                    hint="create it, or give flowflexd's user write access to its parent",
+                ) from err
+        self._make_home()
+        inbox_dev = os.stat(self.inbox).st_dev
+        for label, path in (("done", self.folder.done), ("failed", self.folder.failed)):
+            if os.stat(path).st_dev != inbox_dev:
+                raise FolderMisplaced(
+                    f"the {label} folder {path} is on another filesystem than its inbox "
+                    f"{self.inbox}; files move by atomic rename, which cannot cross filesystems",
+                    hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
+                )
+        self._lock()
+
+    def _make_home(self) -> None:
+        for path in (self.home, self.work):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise FolderUnavailable(
+                    f"{path} is not a folder owned by flowflexd's user; "
+                    "someone else created or replaced it",
+                    hint=f"move it aside; flowflexd recreates it (sticky bit on {self.inbox} "
+                    "stops other users renaming what is not theirs)",
+                )
+
+    def _lock(self) -> None:
+        path = self.home / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"{self.inbox} is already watched by another flowflexd (pid {holder})",
+                hint="stop the other one first; two daemons on one inbox are refused",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --------------------------------------------------------------- claims
+
+    def claim(
+        self,
+        members: dict[str, str],
+        *,
+        rule: str,
+        expect: os.stat_result | None = None,
+        reject: dict[str, str] | None = None,
+    ) -> Claim | None:
+        """Take a file and its companions out of the inbox, by rename.
+
+        The claim (with its new idempotency key) is durable before the first
+        rename. Returns None when the file is gone or changed since it was
+        judged complete: someone else took it, or it is being written again.
+        """
+        self._make_home()
+        name = members["file"]
+        source = self.inbox / name
+        if expect is not None:
+            try:
+                now = os.lstat(source)
+            except FileNotFoundError:
+                return None
+            if signature(now) != signature(expect):
+                return None
+        claim = Claim(
+            id=uuid.uuid4().hex,
+            inbox=str(self.inbox),
+            members=dict(members),
+            key=str(uuid.uuid4()),
+            rule=rule,
+            claimed_at=time.time(),
+            reject=reject,
+        )
+        os.mkdir(claim.dir, 0o700)
+        self.save(claim)
+        fsync_dir(self.work)
+        try:
+            os.rename(source, claim.path("file"))
+        except FileNotFoundError:
+            self._discard(claim)
+            return None
+        self._take_companions(claim)
+        fsync_dir(claim.dir)
+        fsync_dir(self.inbox)
+        return claim
+
+    def _take_companions(self, claim: Claim) -> None:
+        for role, name in claim.members.items():
+            if role == "file" or os.path.lexists(claim.dir / name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.inbox / name, claim.dir / name)
+
+    def _discard(self, claim: Claim) -> None:
+        """Remove a claim that took nothing: only our own claim.json is in it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim.dir / CLAIM_FILE)
+        with contextlib.suppress(OSError):
+            os.rmdir(claim.dir)
+
+    def save(self, claim: Claim) -> None:
+        write_durable(claim.dir / CLAIM_FILE, claim.to_json())
+
+    def pending(self) -> Iterator[Claim]:
+        """Claims left by an earlier run (a crash, a kill, a power cut), oldest first.
+
+        A claim whose file never arrived is undone: companions it took go back
+        to the inbox. A folder with no readable claim.json gives its files back.
+        """
+        try:
+            self._make_home()
+            entries = sorted(
+                os.scandir(self.work), key=lambda e: e.stat(follow_symlinks=False).st_mtime
+            )
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            claim_dir = Path(entry.path)
+            try:
+                fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=SIDECAR_MAX_BYTES)
+                try:
+                    claim = Claim.from_json(read_limited(fd, SIDECAR_MAX_BYTES, what="claim.json"))
+                finally:
+                    os.close(fd)
+                if claim.id != entry.name:
+                    raise ValueError("claim.json belongs to another claim")
+            except (FileNotFoundError, ValueError, FileRejected, OSError):
+                self._return_orphans(claim_dir)
+                continue
+            if not os.path.lexists(claim.path("file")):
+                self._return_orphans(claim_dir)
+                continue
+            self._take_companions(claim)
+            yield claim
+
+    def _return_orphans(self, claim_dir: Path) -> None:
+        for entry in list(os.scandir(claim_dir)):
+            if entry.name == CLAIM_FILE or entry.name.startswith(".claim.json"):
+                os.unlink(entry.path)
+                continue
+            for n in range(1000):
+                try:
+                    move_no_replace(Path(entry.path), self.inbox / suffixed(entry.name, n))
+                    break
+                except FileExistsError:
+                    continue
+        with contextlib.suppress(OSError):
+            os.rmdir(claim_dir)
+        fsync_dir(self.inbox)
+
+    # ----------------------------------------------------------------- reads
+
+    def open_member(self, claim: Claim, role: str, *, max_bytes: int) -> tuple[int, os.stat_result]:
+        return open_regular(claim.path(role), max_bytes=max_bytes)
+
+    def read_member(self, claim: Claim, role: str, *, limit: int) -> bytes:
+        fd, _ = open_regular(claim.path(role), max_bytes=limit)
+        try:
+            return read_limited(fd, limit, what=f"the {role}")
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- moves
+
+    def finish(self, claim: Claim, *, report: dict[str, Any] | None = None) -> dict[str, str]:
+        """Move a claim's files to done (or to failed, with ``report`` beside the file).
+
+        Names are never replaced: when one is taken, every member gets the
+        same ``(n)`` suffix so the file and its sidecar stay a pair. Safe to
+        call again after a crash part-way. Returns role -> final path.
+        """
+        target = self.folder.failed if report is not None else self.folder.done
+        present = claim.present()
+        for n in range(10_000):
+            names = {role: suffixed(name, n) for role, name in present.items()}
+            report_file = report_name(names["file"]) if report is not None else None
+            if not self._free(target, names, claim, report_file):
+                continue
+            try:
+                for role, name in names.items():
+                    move_no_replace(claim.dir / present[role], target / name)
+            except FileExistsError:
+                continue  # taken between the check and the move: next suffix
+            if report is not None and report_file is not None:
+                body = {**report, "claim": claim.id, "files": names}
+                write_durable(target / report_file, _json_bytes(body))
+            fsync_dir(target)
+            self.close(claim)
+            return {role: str(target / name) for role, name in names.items()}
+        raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
+
+    def _free(
+        self, target: Path, names: dict[str, str], claim: Claim, report_file: str | None
+    ) -> bool:
+        for role, name in names.items():
+            dst = target / name
+            if os.path.lexists(dst) and not _same_file(claim.dir / claim.members[role], dst):
+                return False
+        if report_file and os.path.lexists(target / report_file):
+            return _report_claim(target / report_file) == claim.id
+        return True
+
+    def close(self, claim: Claim) -> None:
+        """Remove a finished claim's folder (only claim.json is left in it)."""
+        for entry in list(os.scandir(claim.dir)):
+            if entry.name == CLAIM_FILE or entry.name.startswith(".claim.json"):
+                os.unlink(entry.path)
+        os.rmdir(claim.dir)
+        fsync_dir(self.work)
+
+    # ---------------------------------------------------------------- status
+
+    def waiting(self) -> list[tuple[str, os.stat_result]]:
+        """Files in the inbox that could be taken (not temporary, not empty)."""
+        out = []
+        try:
+            entries = list(os.scandir(self.inbox))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if is_temporary_name(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+                out.append((entry.name, info))
+        return out
+
+    def claimed_count(self) -> int:
+        try:
+            return sum(1 for e in os.scandir(self.work) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return 0
+
+
+def _report_claim(path: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_bytes())
+        if isinstance(data, dict):
+            return str(data.get("claim"))
+    return None
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def signature(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What must not change for a file to count as still (size, mtime, ctime, inode)."""
+    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)

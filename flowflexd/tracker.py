@@ -1,0 +1,377 @@
+"""Which files of one inbox are complete and ready to take, and what goes with each.
+
+Driven by one thread (the daemon's scheduler): hints and rescans say which
+names to look at; ``step`` looks, and returns the files to claim. A file is
+complete once its size, mtime and ctime held still for ``settle_seconds``
+(all of them: Samba reserves a file's full size when a copy starts, and
+ctime moves on every write or rename, which no copier can set back). Empty
+files and temporary names are never taken. A file whose sidecar or
+attachments have not come waits for them up to the rule's
+``sidecar_timeout``; companions are never sent on their own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import structlog
+
+from flowflexd.config import WORK_DIR_NAME, Folder
+from flowflexd.errors import FileRejected
+from flowflexd.rules import (
+    Match,
+    companion_patterns,
+    companions,
+    could_be_companion,
+    is_temporary_name,
+    match,
+)
+from flowflexd.spool import describe_mode, signature
+
+log = structlog.get_logger("flowflexd.tracker")
+
+
+class State(Enum):
+    WATCHING = "watching"  # seen, not yet still for settle_seconds
+    WAITING = "waiting"  # complete, waiting for its sidecar or attachments
+    EMPTY = "empty"  # 0 bytes: a scanner's placeholder, never taken
+    IGNORED = "ignored"  # no rule takes it (unmatched: ignore), or a subfolder
+    COMPANION = "companion"  # a sidecar or attachment; moves with its file
+    QUEUED = "queued"  # handed over to be claimed
+
+
+WAITING_STATES = frozenset({State.WATCHING, State.WAITING, State.QUEUED})
+
+
+@dataclass
+class Entry:
+    name: str
+    sig: tuple[int, int, int, int] | None = None
+    still_since: float = 0.0  # monotonic time since when nothing changed
+    state: State = State.WATCHING
+    complete_at: float | None = None  # monotonic: when the wait for companions began
+    due: float | None = None
+    first_seen: float = field(default_factory=time.time)  # wall clock, for "oldest waiting"
+    said: set[str] = field(default_factory=set)
+
+    def say_once(self, key: str) -> bool:
+        if key in self.said:
+            return False
+        self.said.add(key)
+        return True
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A file to claim with its companions, or to set aside with ``reject``."""
+
+    folder: Folder
+    members: dict[str, str]  # role -> name
+    rule: str
+    expect: os.stat_result
+    match: Match | None = None
+    reject: dict[str, str] | None = None
+
+
+class Tracker:
+    def __init__(
+        self,
+        folder: Folder,
+        *,
+        settle_seconds: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.folder = folder
+        self.inbox = folder.path
+        self.settle = settle_seconds
+        # On a network mount, ctime comes from another machine's clock.
+        self.trust_ctime = not folder.poll
+        self._wall = wall
+        self._entries: dict[str, Entry] = {}
+        self._pending: set[str] = set()
+        self._heap: list[tuple[float, str]] = []
+        self._wanted_by: dict[str, str] = {}  # companion name -> the file waiting for it
+        self._patterns = companion_patterns(folder.rules)
+        self._skip = {WORK_DIR_NAME}
+        for path in (folder.done, folder.failed):
+            if path.parent == folder.path:
+                self._skip.add(path.name)
+
+    # ------------------------------------------------------------------ input
+
+    def note(self, name: str) -> None:
+        """Look at ``name`` again at the next step."""
+        self._pending.add(name)
+
+    def rescan(self) -> bool:
+        """Look at every name in the inbox; False when the inbox cannot be listed."""
+        try:
+            names = set(os.listdir(self.inbox))
+        except OSError:
+            return False
+        for name in list(self._entries):
+            if name not in names and self._entries[name].state is not State.QUEUED:
+                self._forget(name)
+        self._pending.update(names)
+        return True
+
+    def release(self, ready: Ready, *, look_again: bool = False) -> None:
+        """A claim finished (or never happened): stop tracking its names."""
+        for name in ready.members.values():
+            self._forget(name)
+            if look_again:
+                self._pending.add(name)
+
+    # ----------------------------------------------------------------- output
+
+    def next_due(self) -> float | None:
+        while self._heap:
+            due, name = self._heap[0]
+            entry = self._entries.get(name)
+            if entry is not None and entry.due == due:
+                return due
+            heapq.heappop(self._heap)
+        return 0.0 if self._pending else None
+
+    def step(self, now: float | None = None) -> list[Ready]:
+        now = time.monotonic() if now is None else now
+        while self._heap and self._heap[0][0] <= now:
+            _, name = heapq.heappop(self._heap)
+            entry = self._entries.get(name)
+            if entry is not None and entry.due is not None and entry.due <= now:
+                entry.due = None
+                self._pending.add(name)
+        ready: list[Ready] = []
+        while self._pending:
+            name = self._pending.pop()
+            found = self._observe(name, now)
+            if found is not None:
+                ready.append(found)
+        return ready
+
+    def unfinished(self) -> int:
+        """Files still on their way: watched, waiting for companions, or queued."""
+        return sum(1 for e in self._entries.values() if e.state in WAITING_STATES) + len(
+            self._pending
+        )
+
+    def states(self) -> dict[str, int]:
+        """How many names are in each state (empty, ignored, companion ...)."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            counts[entry.state.value] = counts.get(entry.state.value, 0) + 1
+        return counts
+
+    def waiting(self) -> tuple[int, float | None]:
+        """How many files wait, and since when the oldest (wall clock)."""
+        firsts = [e.first_seen for e in self._entries.values() if e.state in WAITING_STATES]
+        return len(firsts), min(firsts) if firsts else None
+
+    # -------------------------------------------------------------- internals
+
+    def _forget(self, name: str) -> None:
+        self._entries.pop(name, None)
+        for companion, primary in list(self._wanted_by.items()):
+            if name in (primary, companion):
+                del self._wanted_by[companion]
+
+    def _schedule(self, entry: Entry, at: float) -> None:
+        entry.due = at
+        heapq.heappush(self._heap, (at, entry.name))
+
+    def _look(self, name: str, now: float) -> tuple[Entry, os.stat_result] | None:
+        """lstat a name and update its stillness; None when it is gone."""
+        try:
+            info = os.lstat(self.inbox / name)
+        except OSError:
+            self._entries.pop(name, None)
+            return None
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = Entry(name)
+        sig = signature(info)
+        if sig != entry.sig:
+            entry.sig = sig
+            entry.complete_at = None
+            entry.still_since = now
+            if self.trust_ctime:
+                age = self._wall() - info.st_ctime
+                if age > 0:
+                    entry.still_since = now - age
+            if entry.state is not State.COMPANION:
+                entry.state = State.WATCHING
+        return entry, info
+
+    def _observe(self, name: str, now: float) -> Ready | None:
+        existing = self._entries.get(name)
+        if existing is not None and existing.state is State.QUEUED:
+            return None
+        if name in self._skip or is_temporary_name(name):
+            return None
+        looked = self._look(name, now)
+        primary = self._wanted_by.get(name)
+        if primary is not None:
+            # A companion came, changed or went: its file decides what happens.
+            if looked is not None:
+                looked[0].state = State.COMPANION
+            self._pending.add(primary)
+            return None
+        if looked is None:
+            return None
+        entry, info = looked
+        if stat.S_ISDIR(info.st_mode):
+            entry.state = State.IGNORED
+            if entry.say_once("dir"):
+                log.info(
+                    "subfolders are not watched; move files to the inbox itself",
+                    folder=str(self.inbox),
+                    file=name,
+                )
+            return None
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+            entry.state = State.EMPTY
+            return None
+        settled_at = entry.still_since + self.settle
+        if now < settled_at:
+            self._schedule(entry, settled_at)
+            return None
+        return self._decide(entry, info, now)
+
+    def _reject(
+        self,
+        entry: Entry,
+        info: os.stat_result,
+        *,
+        rule: str,
+        code: str,
+        reason: str,
+        members: dict[str, str] | None = None,
+    ) -> Ready:
+        entry.state = State.QUEUED
+        return Ready(
+            folder=self.folder,
+            members=members or {"file": entry.name},
+            rule=rule,
+            expect=info,
+            reject={"code": code, "reason": reason},
+        )
+
+    def _decide(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
+        if not stat.S_ISREG(info.st_mode):
+            kind = describe_mode(info.st_mode)
+            code = "SYMLINK" if stat.S_ISLNK(info.st_mode) else "NOT_A_REGULAR_FILE"
+            reason = f"is a {kind}, not a regular file; set aside unread"
+            return self._reject(entry, info, rule="", code=code, reason=reason)
+        found = match(self.folder.rules, entry.name)
+        if found is None:
+            return self._unmatched(entry, info, now)
+        try:
+            wanted = companions(found)
+        except FileRejected as err:
+            return self._reject(
+                entry, info, rule=found.rule.name, code=err.code, reason=err.message
+            )
+        if not wanted:
+            entry.state = State.QUEUED
+            return Ready(self.folder, {"file": entry.name}, found.rule.name, info, found)
+        return self._with_companions(entry, info, found, wanted, now)
+
+    def _with_companions(
+        self, entry: Entry, info: os.stat_result, found: Match, wanted: dict[str, str], now: float
+    ) -> Ready | None:
+        present: dict[str, str] = {}
+        missing: list[str] = []
+        still_until = 0.0
+        for role, cname in wanted.items():
+            self._wanted_by[cname] = entry.name
+            looked = self._look(cname, now)
+            if looked is None or (stat.S_ISREG(looked[1].st_mode) and looked[1].st_size == 0):
+                missing.append(role)
+                continue
+            companion, _ = looked
+            companion.state = State.COMPANION
+            present[role] = cname
+            still_until = max(still_until, companion.still_since + self.settle)
+        if entry.complete_at is None:
+            entry.complete_at = now
+        deadline = entry.complete_at + found.rule.sidecar_timeout
+        if still_until > now:
+            entry.state = State.WAITING
+            self._schedule(entry, still_until if not missing else min(still_until, deadline))
+            return None
+        members = {"file": entry.name, **present}
+        if not missing:
+            entry.state = State.QUEUED
+            return Ready(self.folder, members, found.rule.name, info, found)
+        required = [r for r in missing if r != "sidecar" or found.rule.sidecar_required]
+        if now >= deadline:
+            if required:
+                names = ", ".join(wanted[r] for r in required)
+                code = "SIDECAR_MISSING" if "sidecar" in required else "ATTACHMENT_MISSING"
+                return self._reject(
+                    entry,
+                    info,
+                    rule=found.rule.name,
+                    code=code,
+                    reason=f"{names} did not arrive within {found.rule.sidecar_timeout:g} s",
+                    members=members,
+                )
+            entry.state = State.QUEUED
+            return Ready(self.folder, members, found.rule.name, info, found)
+        entry.state = State.WAITING
+        if entry.say_once("waiting"):
+            log.info(
+                "waiting for companion files",
+                folder=str(self.inbox),
+                file=entry.name,
+                rule=found.rule.name,
+                missing=[wanted[r] for r in missing],
+                timeout_s=found.rule.sidecar_timeout,
+            )
+        self._schedule(entry, deadline)
+        return None
+
+    def _unmatched(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
+        rule = could_be_companion(self._patterns, entry.name)
+        if rule is not None:
+            entry.state = State.COMPANION
+            if entry.complete_at is None:
+                entry.complete_at = now
+            if self.folder.unmatched != "fail":
+                return None
+            deadline = entry.complete_at + rule.sidecar_timeout
+            if now < deadline:
+                self._schedule(entry, deadline)
+                return None
+            return self._reject(
+                entry,
+                info,
+                rule=rule.name,
+                code="NO_FILE_FOR_COMPANION",
+                reason=f"looks like a sidecar or attachment of rule {rule.name!r}, but no file "
+                f"for it arrived within {rule.sidecar_timeout:g} s",
+            )
+        if self.folder.unmatched == "fail":
+            tried = ", ".join(r.pattern or r.regex or r.name for r in self.folder.rules)
+            reason = f"no rule takes this name (tried: {tried})"
+            return self._reject(entry, info, rule="", code="UNMATCHED", reason=reason)
+        entry.state = State.IGNORED
+        if entry.say_once("unmatched"):
+            log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)
+        return None
+
+
+def inbox_identity(path: Path) -> tuple[int, int] | None:
+    """The inbox's (device, inode): a change means it was replaced or remounted."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)

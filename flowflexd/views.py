@@ -1,0 +1,243 @@
+"""Read-only views for people: ``explain`` (what would happen to a file) and ``status``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowflexd import journal
+from flowflexd.config import Config, Folder
+from flowflexd.errors import FileRejected
+from flowflexd.pipeline import parse_sidecar
+from flowflexd.rules import (
+    companion_patterns,
+    companions,
+    could_be_companion,
+    event_name,
+    is_temporary_name,
+    match,
+    payload,
+)
+from flowflexd.sanitize import printable
+from flowflexd.spool import (
+    REPORT_SUFFIX,
+    SIDECAR_MAX_BYTES,
+    Spool,
+    describe_mode,
+    open_regular,
+    read_limited,
+)
+from flowflexd.templates import MISSING
+
+# ------------------------------------------------------------------- explain
+
+
+def folder_for(config: Config, path: Path) -> Folder | None:
+    for folder in config.folders:
+        if path.parent == folder.path:
+            return folder
+    return None
+
+
+def _read_sidecar(path: Path) -> Any:
+    fd, _ = open_regular(path, max_bytes=SIDECAR_MAX_BYTES)
+    try:
+        raw = read_limited(fd, SIDECAR_MAX_BYTES, what=f"sidecar {path.name}")
+    finally:
+        os.close(fd)
+    return parse_sidecar(raw, path.name)
+
+
+def explain(folder: Folder, path: Path) -> list[str]:
+    """What flowflexd would do with ``path`` in ``folder``, as lines of text, no network."""
+    name = path.name
+    shown = printable(name)
+    out = [f"{printable(str(path))}:"]
+    if is_temporary_name(name):
+        return [*out, "  never taken: a temporary, hidden or desktop-metadata name"]
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        out.append("  (not there now; explained by its name alone)")
+        info = None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        kind = describe_mode(info.st_mode)
+        return [*out, f"  set aside to failed unread: it is a {kind}, not a regular file"]
+    if info is not None and info.st_size == 0:
+        out.append("  empty: waits until it has content (0-byte files are never taken)")
+    found = match(folder.rules, name)
+    if found is None:
+        companion_of = could_be_companion(companion_patterns(folder.rules), name)
+        if companion_of is not None:
+            return [
+                *out,
+                f"  a sidecar or attachment of rule {companion_of.name!r}: "
+                "it travels with its file and is never sent alone",
+            ]
+        tried = ", ".join(r.pattern or r.regex or r.name for r in folder.rules)
+        fate = "goes to failed" if folder.unmatched == "fail" else "stays in the inbox"
+        return [
+            *out,
+            f"  no rule takes it (tried: {tried}); it {fate} (unmatched: {folder.unmatched})",
+        ]
+    rule = found.rule
+    how = f"regex {rule.regex}" if rule.regex else f"pattern {rule.pattern}"
+    out.append(f"  rule: {rule.name} ({how})")
+    if found.groups:
+        out.append(f"  groups: {json.dumps(dict(found.groups), ensure_ascii=False)}")
+    try:
+        wanted = companions(found)
+        sidecar: Any = MISSING
+        assets = {"file": f"<assetId of {shown}>"}
+        for role, cname in wanted.items():
+            there = (path.parent / cname).exists()
+            need = "required" if role != "sidecar" or rule.sidecar_required else "optional"
+            out.append(
+                f"  {role}: {printable(cname)} ({need}, {'present' if there else 'not there yet'}; "
+                f"waits up to {rule.sidecar_timeout:g} s)"
+            )
+            if role.startswith("attach."):
+                assets[role] = f"<assetId of {printable(cname)}>"
+            elif there:
+                sidecar = _read_sidecar(path.parent / cname)
+        event = event_name(found, sidecar=sidecar)
+        body = payload(found, sidecar=sidecar, assets=assets)
+    except FileRejected as err:
+        return [*out, f"  would fail: {err.code}: {err.message}"]
+    out.append(f"  event: {printable(event)}")
+    out.append("  payload:")
+    text = json.dumps(body, indent=2, ensure_ascii=False)
+    out.extend(f"    {line}" for line in text.splitlines())
+    return out
+
+
+# -------------------------------------------------------------------- status
+
+
+@dataclass
+class FolderStatus:
+    path: Path
+    online: bool
+    waiting: int = 0
+    unmatched: int = 0
+    oldest_waiting_s: float | None = None
+    in_progress: int = 0
+    done: int = 0
+    failed: int = 0
+    latest_failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
+    """folder -> claim id -> last outcome, from the journal (a claim may repeat after a crash)."""
+    seen: dict[str, dict[str, str]] = {}
+    for entry in journal.read(state_dir / journal.JOURNAL_NAME):
+        folder, claim, outcome = entry.get("folder"), entry.get("claim"), entry.get("outcome")
+        if isinstance(folder, str) and isinstance(claim, str) and isinstance(outcome, str):
+            seen.setdefault(folder, {})[claim] = outcome
+    return seen
+
+
+def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
+    try:
+        reports = [e for e in os.scandir(failed) if e.name.endswith(REPORT_SUFFIX) and e.is_file()]
+    except OSError:
+        return []
+    reports.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    out = []
+    for entry in reports[:count]:
+        try:
+            data = json.loads(Path(entry.path).read_text(encoding="utf-8", errors="replace"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
+def folder_status(folder: Folder, outcomes: dict[str, str], now: float) -> FolderStatus:
+    status = FolderStatus(path=folder.path, online=folder.path.is_dir())
+    if not status.online:
+        return status
+    spool = Spool(folder)
+    files = spool.waiting()
+    patterns = companion_patterns(folder.rules)
+    taken_along: set[str] = set()
+    oldest: float | None = None
+    for name, info in files:
+        found = match(folder.rules, name)
+        if found is None:
+            continue
+        status.waiting += 1
+        oldest = info.st_mtime if oldest is None else min(oldest, info.st_mtime)
+        with contextlib.suppress(FileRejected):
+            taken_along.update(companions(found).values())
+    status.unmatched = sum(
+        1
+        for name, _ in files
+        if match(folder.rules, name) is None
+        and name not in taken_along
+        and could_be_companion(patterns, name) is None
+    )
+    status.oldest_waiting_s = round(now - oldest) if oldest is not None else None
+    status.in_progress = spool.claimed_count()
+    status.done = sum(1 for o in outcomes.values() if o == "done")
+    status.failed = sum(1 for o in outcomes.values() if o == "failed")
+    status.latest_failures = _latest_reports(folder.failed, 5)
+    return status
+
+
+def status(config: Config, now: float | None = None) -> list[FolderStatus]:
+    now = time.time() if now is None else now
+    outcomes = _outcomes(config.state_dir)
+    return [folder_status(f, outcomes.get(str(f.path), {}), now) for f in config.folders]
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def render_status(rows: Iterable[FolderStatus]) -> list[str]:
+    rows = list(rows)
+    header = ("folder", "waiting", "oldest", "in progress", "done", "failed", "unmatched")
+    table = [header] + [
+        (
+            str(r.path) + ("" if r.online else "  (MISSING)"),
+            str(r.waiting),
+            _age(r.oldest_waiting_s),
+            str(r.in_progress),
+            str(r.done),
+            str(r.failed),
+            str(r.unmatched),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
+    ]
+    for r in rows:
+        if r.latest_failures:
+            lines.append("")
+            lines.append(f"latest failures in {r.path}:")
+            for report in r.latest_failures:
+                lines.append(
+                    f"  {report.get('time', '?')}  {printable(str(report.get('file')))}: "
+                    f"{report.get('code')}: {printable(str(report.get('reason')))}"
+                )
+    return lines
