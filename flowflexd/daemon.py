@@ -251,6 +251,7 @@ class Daemon:
         try:
             self._loop()
         finally:
+            self._publish(force=True)
             for _ in self._workers:
                 self._jobs.put(None)
             self._shutdown_folders()
@@ -394,6 +395,7 @@ class Daemon:
             return
         runtime.tracker.rescan()
         runtime.next_rescan = now + self.config.rescan_seconds
+        log.debug("rescanned", folder=str(folder))
 
     # ------------------------------------------------------------- dispatch
 
@@ -499,9 +501,9 @@ class Daemon:
 
     # -------------------------------------------------------------- status
 
-    def _publish(self) -> None:
+    def _publish(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._published < 0.25:
+        if now - self._published < 0.25 and not force:
             return
         self._published = now
         waiting = 0

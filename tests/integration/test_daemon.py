@@ -496,3 +496,59 @@ def test_bad_credentials_pause_without_failing_files(layout: Layout, emulator: E
     keys = {e["idempotency_key"] for e in emulator.events()}
     assert {c["key"] for c in claimed} <= keys
     assert len(emulator.events()) == 3
+
+
+def test_unknown_integration_pauses_without_failing_files(
+    layout: Layout, emulator: Emulator
+) -> None:
+    config = layout.config(emulator, [PDF])
+    text = config.read_text().replace(emulator.integration_code, "ic_nobody")
+    config.write_text(text)
+    with RunningDaemon(config) as running:
+        drop(layout.inbox, "u.pdf", b"%PDF")
+        wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
+        assert (
+            "INTEGRATION" in running.daemon.gate.reason or "ic_nobody" in running.daemon.gate.reason
+        )
+
+    assert files_in(layout.failed) == set()
+    assert emulator.events() == []
+
+
+def test_an_oversized_file_fails_without_any_request(layout: Layout, emulator: Emulator) -> None:
+    with RunningDaemon(layout.config(emulator, [PDF])):
+        with (layout.inbox / "huge.pdf").open("wb") as fh:
+            fh.truncate(26_214_401)  # sparse: 25 MB + 1 byte without writing them
+        wait_until(lambda: "huge.pdf.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "huge.pdf")
+    assert report["code"] == "FILE_TOO_LARGE"
+    assert "26,214,401 bytes, over the 26,214,400-byte limit" in report["reason"]
+    assert emulator.stats()["requests_by_path"] == {}
+
+
+def test_the_journal_records_every_outcome(layout: Layout, emulator: Emulator) -> None:
+    rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 0.3}]
+    with RunningDaemon(layout.config(emulator, rules)) as running:
+        drop(layout.inbox, "j.json", b'{"k": 1}')
+        drop(layout.inbox, "j.pdf", b"%PDF journal")
+        drop(layout.inbox, "nope.pdf", b"%PDF")
+        wait_until(
+            lambda: "j.pdf" in files_in(layout.done) and "nope.pdf" in files_in(layout.failed)
+        )
+        journal_path = running.config.state_dir / "journal.jsonl"
+
+    entries = {e["file"]: e for e in map(json.loads, journal_path.read_text().splitlines())}
+    [event] = emulator.events()
+    done = entries["j.pdf"]
+    assert done["outcome"] == "done"
+    assert done["sha256"] == sha256(b"%PDF journal")
+    assert done["rule"] == "pdf"
+    assert done["event"] == "doc.received"
+    assert done["idempotency_key"] == event["idempotency_key"]
+    assert done["asset_ids"] == {"file": next(iter(event["assets"]))}
+    assert done["answer"] == {"ok": True, "eventId": event["id"], "event": "doc.received"}
+    failed = entries["nope.pdf"]
+    assert failed["outcome"] == "failed"
+    assert failed["code"] == "SIDECAR_MISSING"
+    assert "nope.json" in failed["reason"]

@@ -1,0 +1,428 @@
+"""The ``flowflexd`` commands as an operator runs them: real processes, real folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from support import (
+    LoggedProcess,
+    child_env,
+    drop,
+    files_in,
+    flowflexd_argv,
+    read_report,
+    wait_until,
+    write_config,
+)
+
+from flowflexd.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parents[2]
+# explain never touches the network: an unreachable API proves it.
+OFFLINE = SimpleNamespace(
+    url="https://unreachable.invalid", api_key="k", api_secret="s", integration_code="ic"
+)
+PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        flowflexd_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=cwd,
+        check=False,
+    )
+
+
+def folder(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "path": str(tmp_path / "inbox"),
+        "done": str(tmp_path / "done"),
+        "failed": str(tmp_path / "failed"),
+        "rules": [PDF],
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------- quick start
+
+
+def readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert found, f"README has no {marker} block"
+    return found.group(1)
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
+    command = readme_block("quickstart:run").strip()
+    install, _, start = command.rpartition(" && ")
+    assert install.startswith("python3 -m venv .venv && .venv/bin/pip install")
+    assert start == ".venv/bin/flowflexd run --emulator -c config.example.yaml"
+    shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.example.yaml")
+    argv = start.split()
+    proc = LoggedProcess(
+        flowflexd_argv(*argv[1:], "--log-format", "json"), env=child_env(), cwd=tmp_path
+    )
+    try:
+        proc.wait_for_log("flowflexd ready")
+        subprocess.run(["bash", "-euc", readme_block("quickstart:drop")], cwd=tmp_path, check=True)
+        received = proc.wait_for_log("event received", event_name="invoice.created")
+        proc.wait_for_log("event received", event_name="document.received")
+        wait_until(
+            lambda: (
+                files_in(tmp_path / "demo" / "done")
+                == {"INV-1001.pdf", "INV-1001.json", "letter.pdf"}
+            )
+        )
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.wait_exit() == 0
+    finally:
+        proc.stop()
+
+    payload = received["payload"]
+    assert payload["invoice_no"] == "1001"
+    assert payload["customer_id"] == "cust_42"
+    assert payload["source"] == "demo-scanner"
+    assert payload["assetId"].startswith("asset_")
+
+
+# ----------------------------------------------------------------------- run
+
+
+def test_run_logs_json_lines_that_carry_the_file_context(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    proc = LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
+    )
+    try:
+        proc.wait_for_log("flowflexd ready")
+        drop(tmp_path / "inbox", "a.pdf", b"%PDF a")
+        sent = proc.wait_for_log("event sent")
+        finished = proc.wait_for_log("file done")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit() == 0
+    finally:
+        proc.stop()
+
+    for line in (sent, finished):
+        assert line["folder"] == str(tmp_path / "inbox")
+        assert line["file"] == "a.pdf"
+        assert line["rule"] == "pdf"
+        assert line["attempt"] == 1
+        assert line["idempotency_key"] == emulator.events()[0]["idempotency_key"]
+    assert sent["event_name"] == "doc.received"
+    assert sent["asset_ids"] == {"file": next(iter(emulator.events()[0]["assets"]))}
+    assert isinstance(finished["duration_ms"], int)
+    assert emulator.api_secret not in proc.output()
+
+
+def test_an_unmatched_file_is_logged_once_however_many_rescans(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], rescan_seconds=0.2
+    )
+    proc = LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json", "--log-level", "debug"),
+        env=child_env(),
+    )
+    try:
+        proc.wait_for_log("flowflexd ready")
+        drop(tmp_path / "inbox", "stray\nname.txt", b"x")
+        proc.wait_for_log("no rule takes this file; it stays")
+        seen = len([r for r in proc.json_lines() if r.get("event") == "rescanned"])
+        wait_until(
+            lambda: len([r for r in proc.json_lines() if r.get("event") == "rescanned"]) >= seen + 3
+        )
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit() == 0
+    finally:
+        proc.stop()
+
+    lines = [r for r in proc.json_lines() if r.get("event") == "no rule takes this file; it stays"]
+    assert len(lines) == 1
+    assert lines[0]["file"] == "stray\\nname.txt"  # the newline arrives escaped
+
+
+def test_run_with_a_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("flowflex: {}\nfolders:\n  - path: x\n    rules:\n      - pattern: '*'\n")
+
+    done = run("run", "-c", str(config))
+
+    assert done.returncode == 2
+    assert f"{config}:1: flowflex.base_url: required" in done.stderr
+    assert f"{config}:5: folders[0].rules[0].event: required" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, emulator: Emulator) -> None:
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    first = LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
+    )
+    try:
+        first.wait_for_log("flowflexd ready")
+        second = run("run", "-c", str(config))
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.wait_exit() == 0
+    finally:
+        first.stop()
+
+    assert second.returncode == 2
+    assert "already watched by another flowflexd (pid" in second.stderr
+
+
+# ---------------------------------------------------------------------- once
+
+
+def test_once_processes_the_backlog_and_exits_0(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "inbox").mkdir()
+    for i in range(20):
+        drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "notes.txt", b"not for us")
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+
+    done = run("once", "-c", str(config), "--log-format", "json")
+
+    assert done.returncode == 0, done.stderr
+    assert len(files_in(tmp_path / "done")) == 20
+    assert files_in(tmp_path / "inbox") == {"notes.txt"}
+    assert len(emulator.events()) == 20
+    assert "\r" not in done.stdout  # no progress line off a terminal
+
+
+def test_once_exits_1_when_a_file_failed(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "inbox").mkdir()
+    drop(tmp_path / "inbox", "good.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "bad.exe", b"MZ")
+    rules = [PDF, {"name": "any", "pattern": "*", "event": "x"}]
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path, rules=rules)]
+    )
+
+    done = run("once", "-c", str(config))
+
+    assert done.returncode == 1
+    assert files_in(tmp_path / "done") == {"good.pdf"}
+    assert files_in(tmp_path / "failed") == {"bad.exe", "bad.exe.error.json"}
+
+
+def test_once_exits_2_on_bad_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("workers: many\n")
+
+    done = run("once", "-c", str(config))
+
+    assert done.returncode == 2
+    assert "workers: expected a whole number" in done.stderr
+
+
+def test_once_shows_a_progress_line_on_a_terminal(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "inbox").mkdir()
+    drop(tmp_path / "inbox", "f.pdf", b"%PDF")
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        flowflexd_argv("once", "-c", str(config), "--log-format", "json"),
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(main)
+
+    assert b"done 1  failed 0  waiting 0" in output
+    assert b"files/s" in output
+
+
+# --------------------------------------------------------------------- check
+
+
+def test_check_accepts_a_good_configuration(tmp_path: Path, emulator: Emulator) -> None:
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+
+    done = run("check", "-c", str(config))
+
+    assert done.returncode == 0, done.stdout
+    assert "configuration is valid" in done.stdout
+    assert "does not exist yet; flowflexd will create it" in done.stdout
+    assert emulator.api_secret not in done.stdout + done.stderr
+
+
+def test_check_refuses_done_on_another_filesystem(tmp_path: Path, emulator: Emulator) -> None:
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temporary folder")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        spec = folder(tmp_path, done=elsewhere)
+        config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+
+        done = run("check", "-c", str(config))
+        started = run("once", "-c", str(config))
+
+    assert done.returncode == 2
+    assert "is on another filesystem than the inbox" in done.stdout
+    assert started.returncode == 2
+    assert "another filesystem" in started.stderr
+
+
+def test_check_fails_on_a_folder_that_cannot_be_created(tmp_path: Path, emulator: Emulator) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path, done=str(blocker / "done"))]
+    )
+
+    done = run("check", "-c", str(config))
+
+    assert done.returncode == 2
+    assert f"error: done {blocker / 'done'}: {blocker} is not a folder" in done.stdout
+
+
+# ------------------------------------------------------------------- explain
+
+
+def test_explain_shows_rule_event_and_payload_without_network(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    drop(inbox, "INV-7.pdf", b"%PDF")
+    drop(inbox, "INV-7.json", b'{"customer": {"id": 9}}')
+    drop(inbox, "notes.txt", b"x")
+    rules = [
+        {
+            "name": "invoice",
+            "regex": r"^INV-(?P<n>\d+)\.pdf$",
+            "event": "invoice.created",
+            "sidecar": "{stem}.json",
+            "payload": {"assetId": "{file}", "n": "{match.n}", "c": "{sidecar.customer.id}"},
+        }
+    ]
+    config = write_config(
+        tmp_path / "config.yaml", OFFLINE, folders=[folder(tmp_path, rules=rules)]
+    )
+
+    done = run("explain", "-c", str(config), str(inbox / "INV-7.pdf"), str(inbox / "notes.txt"))
+
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "rule: invoice (regex ^INV-(?P<n>\\d+)\\.pdf$)" in out
+    assert "sidecar: INV-7.json (required, present" in out
+    assert "event: invoice.created" in out
+    assert '"assetId": "<assetId of INV-7.pdf>"' in out
+    assert '"n": "7"' in out
+    assert '"c": 9' in out
+    assert "notes.txt:\n  no rule takes it (tried: ^INV-" in out
+
+
+def test_explain_says_why_a_file_would_fail(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    drop(inbox, "a.pdf", b"%PDF")
+    drop(inbox, "a.json", b"{broken")
+    rules = [{**PDF, "sidecar": "{stem}.json"}]
+    config = write_config(
+        tmp_path / "config.yaml", OFFLINE, folders=[folder(tmp_path, rules=rules)]
+    )
+
+    done = run("explain", "-c", str(config), str(inbox / "a.pdf"))
+
+    assert "would fail: SIDECAR_INVALID: sidecar a.json is not valid JSON" in done.stdout
+
+
+# ------------------------------------------------------- status and replay
+
+
+def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    drop(inbox, "ok.pdf", b"%PDF")
+    drop(inbox, "lonely.pdf", b"%PDF")
+    drop(inbox, "lonely.txt", b"unmatched")
+    rules = [
+        {"name": "ok", "pattern": "ok.pdf", "event": "ok"},
+        {
+            "name": "needs",
+            "pattern": "lonely.pdf",
+            "event": "x",
+            "sidecar": "{stem}.json",
+            "sidecar_timeout": 0.2,
+        },
+    ]
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path, rules=rules)]
+    )
+    assert run("once", "-c", str(config)).returncode == 1
+    drop(inbox, "waiting.pdf", b"%PDF")
+
+    table = run("status", "-c", str(config))
+    as_json = json.loads(run("status", "-c", str(config), "--json").stdout)
+
+    assert table.returncode == 0
+    assert as_json[0]["done"] == 1
+    assert as_json[0]["failed"] == 1
+    assert as_json[0]["waiting"] == 0  # waiting.pdf matches no rule
+    assert as_json[0]["unmatched"] == 2
+    assert "lonely.pdf: SIDECAR_MISSING: lonely.json did not arrive within 0.2 s" in table.stdout
+
+    drop(inbox, "lonely.json", b"{}")
+    replayed = run("replay", "-c", str(config), str(tmp_path / "failed" / "lonely.pdf"))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed" in replayed.stdout
+    assert run("once", "-c", str(config)).returncode == 0
+    assert files_in(tmp_path / "done") == {"ok.pdf", "lonely.pdf", "lonely.json"}
+    assert files_in(tmp_path / "failed" / "replayed") == {"lonely.pdf.error.json"}
+    report = json.loads((tmp_path / "failed" / "replayed" / "lonely.pdf.error.json").read_text())
+    assert report["code"] == "SIDECAR_MISSING"
+
+
+def test_replay_of_a_file_outside_failed_is_refused(tmp_path: Path, emulator: Emulator) -> None:
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    (tmp_path / "elsewhere.pdf").write_bytes(b"%PDF")
+
+    done = run("replay", "-c", str(config), str(tmp_path / "elsewhere.pdf"))
+
+    assert done.returncode == 1
+    assert "is not in a failed folder of this configuration" in done.stderr
+    assert (tmp_path / "elsewhere.pdf").exists()
+
+
+def test_read_report_helper_matches_the_format(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "inbox").mkdir()
+    drop(tmp_path / "inbox", "x.zip", b"PK")
+    rules = [{"name": "any", "pattern": "*", "event": "e"}]
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path, rules=rules)]
+    )
+
+    assert run("once", "-c", str(config)).returncode == 1
+
+    report = read_report(tmp_path / "failed", "x.zip")
+    assert report["code"] == "UPLOAD_REFUSED" or report["code"] == "MIME_NOT_ALLOWED"
+    assert "x.zip" in report["reason"]
