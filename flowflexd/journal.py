@@ -25,6 +25,12 @@ class Journal:
         self._fd = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
         )
+        # A journal created just now must survive a power cut with its name.
+        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         self._lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:

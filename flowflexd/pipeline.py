@@ -20,11 +20,13 @@ from typing import Any
 
 import structlog
 
+from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.errors import FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.filetypes import MAX_FILE_BYTES
 from flowflexd.journal import Journal
 from flowflexd.rules import Match, Rule, event_name, match, payload
+from flowflexd.sanitize import asset_name
 from flowflexd.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
 from flowflexd.templates import MISSING
 
@@ -141,7 +143,11 @@ class Pipeline:
         try:
             if claim.answer is None:
                 if claim.reject:
-                    rejected = FileRejected(claim.reject["reason"], code=claim.reject["code"])
+                    rejected = FileRejected(
+                        claim.reject["reason"],
+                        code=claim.reject["code"],
+                        status=claim.reject.get("status"),
+                    )
                     return self._fail(spool, claim, rejected, bound)
                 outcome = self._send(spool, claim, bound)
                 if outcome is not None:
@@ -212,6 +218,7 @@ class Pipeline:
                 assets = self._upload(spool, claim, roles, bound)
                 body = payload(found, sidecar=sidecar, assets=assets)
                 answer = self.client.fire_event(event, body, claim.key)
+                crashpoints.reached("after_send")
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     bound.warning("FlowFlex lost the uploaded file; uploading it again")
@@ -221,6 +228,7 @@ class Pipeline:
             claim.answer = answer
             claim.sent_at = time.time()
             spool.save(claim)
+            crashpoints.reached("after_answer")
             bound.info(
                 "event sent",
                 event_name=event,
@@ -241,6 +249,7 @@ class Pipeline:
                 uploads[role] = self._upload_one(spool, claim, role)
             claim.uploads = uploads
             spool.save(claim)
+            crashpoints.reached("after_upload")
         return {role: claim.uploads[role]["asset_id"] for role in roles}
 
     def _upload_one(self, spool: Spool, claim: Claim, role: str) -> dict[str, Any]:
@@ -250,7 +259,7 @@ class Pipeline:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
             stream.seek(0)
-            ref = FileRef(stream, filename=claim.members[role], size=info.st_size)
+            ref = FileRef(stream, filename=asset_name(claim.members[role]), size=info.st_size)
             asset_id = self.client.upload_file(ref)
         return {
             "asset_id": asset_id,
@@ -301,6 +310,11 @@ class Pipeline:
             "time": _now_iso(),
             "members": claim.members,
         }
+        if claim.reject is None:
+            # Decided now, and durable before anything moves: a restart part-way
+            # through the move must report this reason, not what it then finds.
+            claim.reject = {"code": err.code, "reason": err.message, "status": err.status}
+            spool.save(claim)
         entry = self._entry(spool, claim, "failed")
         self.journal.record(
             {**entry, "code": err.code, "reason": err.message, "status": err.status}

@@ -34,3 +34,16 @@ def printable(text: str) -> str:
         else:
             out.append(f"\\u{code:04x}")
     return "".join(out)
+
+
+def asset_name(name: str) -> str:
+    """The file name to give FlowFlex: valid UTF-8, no control or format characters.
+
+    FlowFlex may show it to the people a flow messages (a WhatsApp document's
+    name), so bytes that were not UTF-8 become U+FFFD and control or format
+    characters become ``_``; the extension, and with it the type, is kept.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(
+        "_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in text
+    )

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowflexd import crashpoints
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.rules import is_temporary_name
@@ -208,7 +209,7 @@ class Claim:
     key: str  # the idempotency key, minted at claim time
     rule: str
     claimed_at: float
-    reject: dict[str, str] | None = None  # decided before the claim: code and reason
+    reject: dict[str, Any] | None = None  # the failure decided: code, reason, HTTP status
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> assetId, time
     event: str | None = None  # the rendered event name, once known
     answer: Any = None  # the API's answer, once the event was accepted
@@ -269,7 +270,8 @@ class Spool:
                 ) from err
         self._make_home()
         inbox_dev = os.stat(self.inbox).st_dev
-        for label, path in (("done", self.folder.done), ("failed", self.folder.failed)):
+        places = (("done", self.folder.done), ("failed", self.folder.failed), ("work", self.work))
+        for label, path in places:
             if os.stat(path).st_dev != inbox_dev:
                 raise FolderMisplaced(
                     f"the {label} folder {path} is on another filesystem than its inbox "
@@ -320,7 +322,7 @@ class Spool:
         *,
         rule: str,
         expect: os.stat_result | None = None,
-        reject: dict[str, str] | None = None,
+        reject: dict[str, Any] | None = None,
     ) -> Claim | None:
         """Take a file and its companions out of the inbox, by rename.
 
@@ -358,6 +360,7 @@ class Spool:
         self._take_companions(claim)
         fsync_dir(claim.dir)
         fsync_dir(self.inbox)
+        crashpoints.reached("after_claim")
         return claim
 
     def _take_companions(self, claim: Claim) -> None:
@@ -405,7 +408,9 @@ class Spool:
             except (FileNotFoundError, ValueError, FileRejected, OSError):
                 self._return_orphans(claim_dir)
                 continue
-            if not os.path.lexists(claim.path("file")):
+            decided = claim.answer is not None or claim.reject is not None
+            if not decided and not os.path.lexists(claim.path("file")):
+                # Killed between writing the claim and taking the file.
                 self._return_orphans(claim_dir)
                 continue
             self._take_companions(claim)
@@ -449,14 +454,19 @@ class Spool:
         """
         target = self.folder.failed if report is not None else self.folder.done
         present = claim.present()
+        # The file moves last: while it is still in the claim folder, a restart
+        # knows this claim is unfinished.
+        order = sorted(present, key=lambda role: role == "file")
         for n in range(10_000):
-            names = {role: suffixed(name, n) for role, name in present.items()}
-            report_file = report_name(names["file"]) if report is not None else None
+            names = {role: suffixed(present[role], n) for role in order}
+            report_file = report_name(suffixed(claim.name, n)) if report is not None else None
             if not self._free(target, names, claim, report_file):
                 continue
             try:
-                for role, name in names.items():
+                for i, (role, name) in enumerate(names.items()):
                     move_no_replace(claim.dir / present[role], target / name)
+                    if i == 0:
+                        crashpoints.reached("during_move")
             except FileExistsError:
                 continue  # taken between the check and the move: next suffix
             if report is not None and report_file is not None:
@@ -464,7 +474,9 @@ class Spool:
                 write_durable(target / report_file, _json_bytes(body))
             fsync_dir(target)
             self.close(claim)
-            return {role: str(target / name) for role, name in names.items()}
+            moved = {role: str(target / name) for role, name in names.items()}
+            moved.setdefault("file", str(target / suffixed(claim.name, n)))
+            return moved
         raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
 
     def _free(

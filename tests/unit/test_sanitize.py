@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from flowflexd.sanitize import printable
+from flowflexd.sanitize import asset_name, printable
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,10 @@ def test_undecodable_bytes_show_as_hex() -> None:
     name = os.fsdecode(b"scan-\xff\xfe.pdf")
 
     assert printable(name) == "scan-\\xff\\xfe.pdf"
+
+
+def test_asset_names_are_valid_utf8_without_controls() -> None:
+    assert asset_name("INV-1.pdf") == "INV-1.pdf"
+    assert asset_name(os.fsdecode(b"scan-\xff.pdf")) == "scan-\ufffd.pdf"
+    assert asset_name("a\nb\x1b[2J.pdf") == "a_b_[2J.pdf"
+    assert asset_name("evil\u202egnp.pdf") == "evil_gnp.pdf"

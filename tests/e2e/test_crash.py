@@ -1,0 +1,182 @@
+"""Crashes: SIGKILL at each step of a file's journey, and at random under failing FlowFlex."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import (
+    LoggedProcess,
+    child_env,
+    drop,
+    files_in,
+    flowflexd_argv,
+    read_report,
+    sha256,
+    wait_until,
+    write_config,
+)
+
+from flowflexd.crashpoints import POINTS
+from flowflexd.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def layout(tmp_path: Path, emulator: Emulator, **rule: object) -> Path:
+    (tmp_path / "inbox").mkdir()
+    rules = [{"name": "inv", "pattern": "*.pdf", "event": "inv", "sidecar": "{stem}.json", **rule}]
+    return write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        folders=[
+            {
+                "path": str(tmp_path / "inbox"),
+                "done": str(tmp_path / "done"),
+                "failed": str(tmp_path / "failed"),
+                "rules": rules,
+            }
+        ],
+    )
+
+
+def claims(tmp_path: Path) -> list[dict[str, object]]:
+    work = tmp_path / "inbox" / ".flowflexd" / "work"
+    return [json.loads((d / "claim.json").read_text()) for d in work.iterdir()]
+
+
+def run_until_killed(config: Path, point: str) -> None:
+    proc = LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json"),
+        env=child_env(FLOWFLEXD_CRASH_AT=point),
+    )
+    try:
+        assert proc.wait_exit(timeout=30) == -9, proc.output()
+    finally:
+        proc.stop()
+
+
+def run_until(config: Path, condition: object) -> str:
+    proc = LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
+    )
+    try:
+        proc.wait_for_log("flowflexd ready")
+        wait_until(condition, timeout=30)  # type: ignore[arg-type]
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        proc.stop()
+    return proc.output()
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_kill_at_each_step_loses_nothing_and_sends_once(
+    tmp_path: Path, emulator: Emulator, point: str
+) -> None:
+    config = layout(tmp_path, emulator)
+    inbox = tmp_path / "inbox"
+    drop(inbox, "INV-1.json", b'{"n": 1}')
+    drop(inbox, "INV-1.pdf", b"%PDF crash test")
+
+    run_until_killed(config, point)
+    [claim] = claims(tmp_path)  # the file is claimed, with its key, whatever the step
+    run_until(config, lambda: files_in(tmp_path / "done") == {"INV-1.pdf", "INV-1.json"})
+
+    assert (tmp_path / "done" / "INV-1.pdf").read_bytes() == b"%PDF crash test"
+    assert (tmp_path / "done" / "INV-1.json").read_bytes() == b'{"n": 1}'
+    assert files_in(inbox) == set()
+    assert files_in(tmp_path / "failed") == set()
+    assert claims(tmp_path) == []
+    [event] = emulator.events()
+    assert event["idempotency_key"] == claim["key"]
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(b"%PDF crash test")
+    assert emulator.stats()["asset_missing"] == 0
+
+
+def test_a_kill_while_moving_to_failed_keeps_the_reason(tmp_path: Path, emulator: Emulator) -> None:
+    config = layout(tmp_path, emulator)
+    inbox = tmp_path / "inbox"
+    drop(inbox, "INV-2.json", b"{not json")  # found out only once claimed
+    drop(inbox, "INV-2.pdf", b"%PDF")
+
+    run_until_killed(config, "during_move")
+    run_until(config, lambda: "INV-2.pdf.error.json" in files_in(tmp_path / "failed"))
+
+    report = read_report(tmp_path / "failed", "INV-2.pdf")
+    assert report["code"] == "SIDECAR_INVALID"
+    assert files_in(tmp_path / "failed") == {"INV-2.pdf", "INV-2.json", "INV-2.pdf.error.json"}
+    assert emulator.events() == []
+
+
+def test_an_upload_older_than_the_margin_is_redone_before_the_event(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = layout(tmp_path, emulator)
+    drop(tmp_path / "inbox", "OLD.json", b"{}")
+    drop(tmp_path / "inbox", "OLD.pdf", b"%PDF old")
+    run_until_killed(config, "after_upload")
+    # Two days pass: FlowFlex deleted the asset; the claim says when it went up.
+    emulator.clock.advance(49 * 3600)
+    [claim_dir] = (tmp_path / "inbox" / ".flowflexd" / "work").iterdir()
+    claim = json.loads((claim_dir / "claim.json").read_text())
+    for upload in claim["uploads"].values():
+        upload["uploaded_at"] -= 49 * 3600
+    (claim_dir / "claim.json").write_text(json.dumps(claim))
+    old_asset = claim["uploads"]["file"]["asset_id"]
+
+    run_until(config, lambda: "OLD.pdf" in files_in(tmp_path / "done"))
+
+    [event] = emulator.events()
+    assert event["payload"]["assetId"] != old_asset
+    assert event["idempotency_key"] == claim["key"]
+    assert emulator.stats()["asset_missing"] == 0
+
+
+def test_an_asset_lost_by_flowflex_is_uploaded_again(tmp_path: Path, emulator: Emulator) -> None:
+    config = layout(tmp_path, emulator)
+    drop(tmp_path / "inbox", "GONE.json", b"{}")
+    drop(tmp_path / "inbox", "GONE.pdf", b"%PDF")
+    run_until_killed(config, "after_upload")
+    emulator.clock.advance(49 * 3600)  # the claim still thinks its upload is fresh
+
+    run_until(config, lambda: "GONE.pdf" in files_in(tmp_path / "done"))
+
+    assert len(emulator.events()) == 1
+    assert emulator.stats()["asset_missing"] == 1  # answered once, then re-uploaded
+
+
+def test_chaos_500_files_20_kills_under_a_20_percent_fail_rate(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "chaos.py"),
+            "--files",
+            "500",
+            "--kills",
+            "20",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+    result = json.loads(out.read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["files"] == 500
+    assert result["kills"] == 20
+    assert result["lost"] == 0
+    assert result["duplicated"] == 0
+    assert result["unsent"] == 0
+    assert result["events"] == 500
+    assert result["asset_missing"] == 0
+    assert result["left_in_inbox"] == result["left_in_failed"] == result["left_claimed"] == 0
+    assert result["injected_failures"] > 100  # the run met real trouble
+    assert result["lost_answers"] > 0
