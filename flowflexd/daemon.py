@@ -25,7 +25,7 @@ from flowflexd.client import FlowFlex
 from flowflexd.config import Config, Folder
 from flowflexd.errors import UserError
 from flowflexd.journal import Journal
-from flowflexd.pipeline import Outcome, Pipeline, Result
+from flowflexd.pipeline import LOCAL_RETRY_CODES, Outcome, Pipeline, Result
 from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
 from flowflexd.tracker import Ready, Tracker, inbox_identity
 from flowflexd.watcher import FolderWatcher
@@ -115,6 +115,7 @@ class Totals:
     done: int = 0
     failed: int = 0
     left: int = 0  # claims given up on by ``once`` (they stay claimed for next time)
+    deferred: int = 0  # times a file could not be claimed or finished (disk full ...)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -469,7 +470,8 @@ class Daemon:
             if result is Result.PAUSE:
                 self.gate.trip("config", outcome.reason, now, probe=job.probe)
                 self._retry(retry, now)
-            elif outcome.code == "FILESYSTEM":
+            elif outcome.code in LOCAL_RETRY_CODES:
+                self.totals.deferred += 1
                 first, longest = FILESYSTEM_RETRY
                 delay = min(longest, first * 2 ** min(outcome.claim.attempts, 10))
                 self._retry(retry, now, delay)
@@ -477,6 +479,7 @@ class Daemon:
                 self.gate.trip("outage", outcome.reason, now, probe=job.probe)
                 self._retry(retry, now)
         elif result is Result.RETRY:
+            self.totals.deferred += 1
             log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
         self._on_event(result.value, {"job": job, "outcome": outcome})
 
@@ -524,6 +527,7 @@ class Daemon:
             "in_flight": self._inflight + len(self._retries),
             "done": self.totals.done,
             "failed": self.totals.failed,
+            "deferred": self.totals.deferred,
             "oldest_waiting_s": round(time.time() - oldest) if oldest is not None else 0,
             "paused": self.gate.kind,
             "offline": [str(r.folder.path) for r in self.runtimes if not r.online],

@@ -37,6 +37,11 @@ MAX_SIDECAR_DEPTH = 64
 PAUSE_STATUSES = frozenset({401, 403, 404})
 
 
+# Retry codes for trouble on this machine, not at FlowFlex: retried with
+# backoff, without pausing everything else.
+LOCAL_RETRY_CODES = frozenset({"FILESYSTEM", "INTERNAL", "CLAIM_FAILED"})
+
+
 class Result(Enum):
     DONE = "done"
     FAILED = "failed"
@@ -141,6 +146,24 @@ class Pipeline:
             attempt=claim.attempts,
         )
         try:
+            return self._carry(spool, claim, bound, started)
+        except OSError as err:
+            # Full disk, read-only or unreadable folder: nothing is lost by waiting.
+            reason = f"{os.strerror(err.errno) if err.errno else err}"
+            bound.warning(
+                "cannot finish this file now; it stays claimed and is retried",
+                error=reason,
+                errno=errno.errorcode.get(err.errno or 0),
+            )
+            self._save_quietly(spool, claim)
+            return Outcome(Result.RETRY, claim, reason, "FILESYSTEM")
+        except Exception as err:
+            # A bug must not strand the file: it stays claimed and is retried.
+            bound.exception("unexpected error; the file stays claimed and is retried")
+            return Outcome(Result.RETRY, claim, f"{type(err).__name__}: {err}", "INTERNAL")
+
+    def _carry(self, spool: Spool, claim: Claim, bound: Any, started: float) -> Outcome:
+        try:
             if claim.answer is None:
                 if claim.reject:
                     rejected = FileRejected(
@@ -152,19 +175,9 @@ class Pipeline:
                 outcome = self._send(spool, claim, bound)
                 if outcome is not None:
                     return outcome
-            return self._done(spool, claim, bound, started)
         except FileRejected as err:
             return self._fail(spool, claim, err, bound)
-        except OSError as err:
-            # Full disk, read-only or unreadable folder: nothing is lost by waiting.
-            reason = f"{os.strerror(err.errno) if err.errno else err}"
-            bound.warning(
-                "cannot finish this file now; it stays claimed and is retried",
-                error=reason,
-                errno=errno.errorcode.get(err.errno or 0),
-            )
-            self._save_quietly(spool, claim)
-            return Outcome(Result.RETRY, claim, reason, "FILESYSTEM")
+        return self._done(spool, claim, bound, started)
 
     # ------------------------------------------------------------------- stages
 

@@ -30,6 +30,7 @@ from flowflexd.rules import is_temporary_name
 from flowflexd.templates import split_name
 
 CLAIM_FILE = "claim.json"
+TMP_PREFIX = ".flowflexd-tmp-"
 REPORT_SUFFIX = ".error.json"
 SIDECAR_MAX_BYTES = 1024 * 1024
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -60,7 +61,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def write_durable(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically; file and directory fsynced."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    # Not derived from the name: a 255-byte name leaves no room for a suffix.
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -294,6 +296,7 @@ class Spool:
                 )
 
     def _lock(self) -> None:
+        self.unlock()  # a folder that came back: drop the lock taken on its old self
         path = self.home / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -418,7 +421,7 @@ class Spool:
 
     def _return_orphans(self, claim_dir: Path) -> None:
         for entry in list(os.scandir(claim_dir)):
-            if entry.name == CLAIM_FILE or entry.name.startswith(".claim.json"):
+            if entry.name == CLAIM_FILE or entry.name.startswith(TMP_PREFIX):
                 os.unlink(entry.path)
                 continue
             for n in range(1000):
@@ -493,7 +496,7 @@ class Spool:
     def close(self, claim: Claim) -> None:
         """Remove a finished claim's folder (only claim.json is left in it)."""
         for entry in list(os.scandir(claim.dir)):
-            if entry.name == CLAIM_FILE or entry.name.startswith(".claim.json"):
+            if entry.name == CLAIM_FILE or entry.name.startswith(TMP_PREFIX):
                 os.unlink(entry.path)
         os.rmdir(claim.dir)
         fsync_dir(self.work)

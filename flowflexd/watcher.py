@@ -71,15 +71,18 @@ class FolderWatcher:
         inbox = str(self.folder.path)
         handler = _Handler(inbox, self._hint)
         if not self.folder.poll:
-            observer: BaseObserver = Observer()
+            observer: BaseObserver | None = None
             try:
+                # watchdog opens the inotify instance in the constructor already.
+                observer = Observer()
                 observer.schedule(handler, inbox, recursive=False)
                 observer.start()
             except OSError as err:
                 sysctl = INOTIFY_LIMITS.get(err.errno or 0)
                 if sysctl is None:
                     raise
-                _stop_quietly(observer)
+                if observer is not None:
+                    _stop_quietly(observer)
                 log.error(
                     "inotify limit reached; this folder falls back to polling",
                     folder=inbox,

@@ -1,0 +1,207 @@
+"""A full disk, a read-only done folder, an inbox that vanishes, inotify limits."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    LoggedProcess,
+    RunningDaemon,
+    child_env,
+    drop,
+    files_in,
+    flowflexd_argv,
+    wait_until,
+    write_config,
+)
+
+from flowflexd.emulator import Emulator
+
+PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc"}
+
+
+def folder_spec(base: Path) -> dict[str, Any]:
+    return {
+        "path": str(base / "inbox"),
+        "done": str(base / "done"),
+        "failed": str(base / "failed"),
+        "rules": [PDF],
+    }
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, inodes: int) -> Iterator[Path]:
+    """A tmpfs with few inodes: creating a file there fails with ENOSPC once they run out."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=8m,nr_inodes={inodes}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_inodes(folder: Path) -> list[Path]:
+    fillers = []
+    for i in range(100_000):
+        try:
+            path = folder / f".filler-{i}"
+            path.touch()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+            return fillers
+        fillers.append(path)
+    raise AssertionError("the filesystem never filled up")
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """Make a folder refuse new names, even to root (chattr +i), else by permissions."""
+    if os.geteuid() == 0:
+        if not shutil.which("chattr"):
+            pytest.skip("root needs chattr to make a folder read-only")
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i is not possible here: {done.stderr.decode().strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=False)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    with small_filesystem(tmp_path / "fs", inodes=40) as fs:
+        config = write_config(
+            tmp_path / "config.yaml", emulator, folders=[folder_spec(fs)], rescan_seconds=0.5
+        )
+        with RunningDaemon(config) as running:
+            drop(fs / "inbox", "a.pdf", b"%PDF a")
+            drop(fs / "inbox", "b.pdf", b"%PDF b")
+            fillers = fill_inodes(fs / "inbox")
+            wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 1)
+            assert files_in(fs / "inbox") >= {"a.pdf", "b.pdf"}
+            assert files_in(fs / "done") == set()
+            for filler in fillers:
+                filler.unlink()
+            wait_until(lambda: files_in(fs / "done") == {"a.pdf", "b.pdf"}, timeout=30)
+        assert (fs / "done" / "a.pdf").read_bytes() == b"%PDF a"
+
+    assert len(emulator.events()) == 2
+
+
+def test_a_read_only_done_folder_keeps_files_claimed_until_it_is_writable(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (tmp_path / "done").mkdir()
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    with RunningDaemon(config) as running:
+        with unwritable(tmp_path / "done"):
+            drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro")
+            wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 2, timeout=30)
+            work = tmp_path / "inbox" / ".flowflexd" / "work"
+            [claim_dir] = work.iterdir()
+            assert (claim_dir / "ro.pdf").read_bytes() == b"%PDF ro"
+            assert files_in(tmp_path / "failed") == set()
+        wait_until(lambda: "ro.pdf" in files_in(tmp_path / "done"), timeout=30)
+
+    # The event went out once; the retries only moved the file.
+    assert len(emulator.events()) == 1
+    assert emulator.stats()["event_replays"] == 0
+
+
+def test_an_inbox_that_vanishes_comes_back_by_itself(tmp_path: Path, emulator: Emulator) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        folders=[folder_spec(one), folder_spec(two)],
+        rescan_seconds=0.5,
+    )
+    with RunningDaemon(config) as running:
+        os.rename(one / "inbox", tmp_path / "unmounted")
+        wait_until(lambda: running.daemon.snapshot.get("offline") == [str(one / "inbox")])
+        # The other folder keeps running meanwhile.
+        drop(two / "inbox", "still.pdf", b"%PDF")
+        wait_until(lambda: "still.pdf" in files_in(two / "done"))
+        drop(tmp_path / "unmounted", "while-away.pdf", b"%PDF away")
+        os.rename(tmp_path / "unmounted", one / "inbox")
+        wait_until(lambda: running.daemon.snapshot.get("offline") == [], timeout=20)
+        drop(one / "inbox", "after.pdf", b"%PDF after")
+        wait_until(lambda: files_in(one / "done") == {"while-away.pdf", "after.pdf"}, timeout=20)
+
+    assert len(emulator.events()) == 3
+
+
+def test_an_inbox_replaced_by_another_folder_is_watched_again(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)], rescan_seconds=0.5
+    )
+    with RunningDaemon(config):
+        replacement = tmp_path / "replacement"
+        replacement.mkdir()
+        drop(replacement, "came-with-it.pdf", b"%PDF")
+        os.rename(tmp_path / "inbox", tmp_path / "old-inbox")
+        os.rename(replacement, tmp_path / "inbox")
+        wait_until(lambda: "came-with-it.pdf" in files_in(tmp_path / "done"), timeout=20)
+        drop(tmp_path / "inbox", "later.pdf", b"%PDF later")  # the new folder's events
+        wait_until(lambda: "later.pdf" in files_in(tmp_path / "done"), timeout=20)
+
+
+def test_the_inotify_instance_limit_falls_back_to_polling(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    taken: list[int] = []
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    proc = None
+    try:
+        while len(taken) < 100_000:
+            fd = libc.inotify_init1(os.O_CLOEXEC)
+            if fd < 0:
+                break
+            taken.append(fd)
+        proc = LoggedProcess(
+            flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
+        )
+        line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
+        proc.wait_for_log("watching", mode="polling (inotify limit)")
+        for fd in taken:
+            os.close(fd)
+        taken.clear()
+        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
+        wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        for fd in taken:
+            os.close(fd)
+        if proc is not None:
+            proc.stop()
+
+    assert "fs.inotify.max_user_instances" in line["fix"]
