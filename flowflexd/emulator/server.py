@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +48,14 @@ class _Server(ThreadingHTTPServer):
         self.upload_base_url = upload_base_url
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (killed, timed out) is routine here."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("client went away", client=str(client_address), error=str(error))
+            return
+        log.exception("emulator request failed", client=str(client_address))
 
     @property
     def base_url(self) -> str:
