@@ -27,6 +27,7 @@ from flowflexd.emulator import (
     Emulator,
 )
 from flowflexd.errors import ConfigError, FlowFlexConfigError, UserError
+from flowflexd.notify import Notifier
 from flowflexd.replay import replay_one
 
 log = structlog.get_logger("flowflexd")
@@ -145,7 +146,7 @@ def make_client(config: configuration.Config, cancel: threading.Event | None = N
         raise ConfigError([f"{config.source}: flowflex: {err.message}"]) from err
 
 
-def start_emulator(config: configuration.Config) -> tuple[Emulator, configuration.Config]:
+def start_emulator(config: configuration.Config) -> tuple[Emulator, configuration.ApiSettings]:
     emulator = Emulator(data_dir=config.state_dir / "emulator").start()
     api = configuration.ApiSettings(
         base_url=emulator.url,
@@ -159,22 +160,36 @@ def start_emulator(config: configuration.Config) -> tuple[Emulator, configuratio
         base_url=emulator.url,
         events_url=f"{emulator.url}/_emulator/events",
     )
-    return emulator, configuration.with_api(config, api)
+    return emulator, api
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     emulator = None
+    emulator_api: configuration.ApiSettings | None = None
     if args.emulator:
-        emulator, config = start_emulator(config)
+        emulator, emulator_api = start_emulator(config)
+        config = configuration.with_api(config, emulator_api)
+
+    def reload_config() -> configuration.Config:
+        fresh = load_config(args)
+        return configuration.with_api(fresh, emulator_api) if emulator_api else fresh
+
     cancel = threading.Event()
-    daemon = Daemon(config, make_client(config, cancel))
+    daemon = Daemon(
+        config,
+        make_client(config, cancel),
+        notifier=Notifier(),
+        reload_config=reload_config,
+        make_client=lambda fresh: make_client(fresh, cancel),
+    )
 
     def stop(count: int) -> None:
         cancel.set()
         daemon.request_stop(force=count > 1)
 
     on_signals(stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: daemon.request_reload())
     try:
         return daemon.run()
     finally:
@@ -222,7 +237,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = load_config(args)
     emulator = None
     if args.emulator:
-        emulator, config = start_emulator(config)
+        emulator, api = start_emulator(config)
+        config = configuration.with_api(config, api)
     daemon = Daemon(config, make_client(config), once=True)
     on_signals(lambda count: daemon.request_stop(force=count > 1))
     try:

@@ -25,6 +25,7 @@ from flowflexd.client import FlowFlex
 from flowflexd.config import Config, Folder
 from flowflexd.errors import UserError
 from flowflexd.journal import Journal
+from flowflexd.notify import Notifier, status_text
 from flowflexd.pipeline import LOCAL_RETRY_CODES, Outcome, Pipeline, Result
 from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
 from flowflexd.tracker import Ready, Tracker, inbox_identity
@@ -126,11 +127,19 @@ class Daemon:
         client: FlowFlex,
         *,
         once: bool = False,
+        notifier: Notifier | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        make_client: Callable[[Config], FlowFlex] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.once = once
+        self.notifier = notifier or Notifier({})
+        self._reload_config = reload_config
+        self._make_client = make_client
+        self._next_heartbeat = 0.0
+        self.heartbeats_withheld = 0
         self.journal = Journal(config.state_dir)
         self.pipeline = Pipeline(client, self.journal)
         self.gate = Gate()
@@ -156,6 +165,10 @@ class Daemon:
     def request_stop(self, *, force: bool = False) -> None:
         """Stop taking files; let those in flight finish (or not, with ``force``)."""
         self._messages.put(("stop", force))
+
+    def request_reload(self) -> None:
+        """Re-read the configuration (SIGHUP)."""
+        self._messages.put(("reload", None))
 
     def _hint(self, runtime: FolderRuntime) -> Callable[[str | None], None]:
         def hint(name: str | None) -> None:
@@ -189,28 +202,27 @@ class Daemon:
 
     def _start_folders(self) -> None:
         for folder in self.config.folders:
-            runtime = FolderRuntime(
-                folder=folder,
-                spool=Spool(folder),
-                tracker=Tracker(folder, settle_seconds=self.config.settle_seconds),
-                watcher=FolderWatcher(folder, lambda name: None),
+            self.runtimes.append(self._start_folder(folder))
+
+    def _start_folder(self, folder: Folder) -> FolderRuntime:
+        """Create a folder's runtime, its missing folders, and bring it online if it can be."""
+        runtime = self._new_runtime(folder)
+        try:
+            runtime.spool.prepare()
+        except FolderMisplaced:
+            raise
+        except FolderUnavailable as err:
+            log.error(
+                "inbox unavailable; other folders keep running",
+                folder=str(folder.path),
+                error=err.message,
+                hint=err.hint,
             )
-            runtime.watcher = FolderWatcher(folder, self._hint(runtime))
-            self.runtimes.append(runtime)
-            try:
-                runtime.spool.prepare()
-            except FolderMisplaced:
-                raise
-            except FolderUnavailable as err:
-                log.error(
-                    "inbox unavailable; other folders keep running",
-                    folder=str(folder.path),
-                    error=err.message,
-                    hint=err.hint,
-                )
-                runtime.said_offline = True
-                continue
-            self._bring_online(runtime, time.monotonic())
+            runtime.said_offline = True
+            runtime.next_rescan = time.monotonic() + OFFLINE_CHECK_SECONDS
+            return runtime
+        self._bring_online(runtime, time.monotonic())
+        return runtime
 
     def _bring_online(self, runtime: FolderRuntime, now: float) -> None:
         runtime.identity = inbox_identity(runtime.folder.path)
@@ -236,10 +248,7 @@ class Daemon:
         except UserError:
             self._shutdown_folders()
             raise
-        for i in range(self.config.workers):
-            worker = threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        self._resize_workers(self.config.workers)
         log.info(
             "flowflexd ready",
             folders=[str(r.folder.path) for r in self.runtimes],
@@ -248,10 +257,13 @@ class Daemon:
             mode="once" if self.once else "run",
         )
         self.ready.set()
+        self._publish(force=True)
+        self.notifier.ready()
         self._on_event("ready", {})
         try:
             self._loop()
         finally:
+            self.notifier.stopping()
             self._publish(force=True)
             for _ in self._workers:
                 self._jobs.put(None)
@@ -259,6 +271,21 @@ class Daemon:
             self.journal.close()
         log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
         return 0
+
+    def _resize_workers(self, count: int) -> None:
+        self._workers = [w for w in self._workers if w.is_alive()]
+        while len(self._workers) < count:
+            worker = threading.Thread(target=self._worker, name="worker", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        for _ in range(len(self._workers) - count):
+            self._jobs.put(None)  # that many workers leave after their current file
+
+    def healthy(self) -> bool:
+        """Workers and observers are all running (the heartbeat's condition)."""
+        alive = sum(1 for w in self._workers if w.is_alive())
+        watching = self.once or all(r.watcher.alive() for r in self.runtimes if r.online)
+        return alive >= self.config.workers and watching
 
     def _shutdown_folders(self) -> None:
         for runtime in self.runtimes:
@@ -296,11 +323,29 @@ class Daemon:
                 continue
             self._tick(time.monotonic())
             self._publish()
+            self._heartbeat(time.monotonic())
             if self.once and self._once_finished():
                 return
 
+    def _heartbeat(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None or now < self._next_heartbeat:
+            return
+        if self.healthy():
+            self.notifier.watchdog()
+            self._next_heartbeat = now + interval
+        else:
+            self.heartbeats_withheld += 1
+            log.error(
+                "unhealthy: a worker or an observer stopped; withholding the watchdog "
+                "heartbeat so systemd restarts flowflexd"
+            )
+            self._next_heartbeat = now + interval
+
     def _next_wakeup(self, now: float) -> float:
         times = [now + 1.0]
+        if self.notifier.watchdog_interval is not None:
+            times.append(self._next_heartbeat)
         for runtime in self.runtimes:
             due = runtime.tracker.next_due()
             if due is not None:
@@ -324,6 +369,9 @@ class Daemon:
                 runtime.tracker.note(name)
         elif kind == "finished":
             self._finished(*data)
+        elif kind == "reload":
+            if not self._stopping:
+                self._reload()
         elif kind == "stop":
             if data or self._stopping:
                 log.warning(
@@ -334,6 +382,7 @@ class Daemon:
         return False
 
     def _begin_stop(self) -> None:
+        self.notifier.stopping()
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.config.shutdown_grace_seconds
         for runtime in self.runtimes:
@@ -519,7 +568,7 @@ class Daemon:
                 oldest = first if oldest is None else min(oldest, first)
             for state, n in runtime.tracker.states().items():
                 states[state] = states.get(state, 0) + n
-        self.snapshot = {
+        snapshot = {
             "empty": states.get("empty", 0),
             "ignored": states.get("ignored", 0),
             "companions": states.get("companion", 0),
@@ -532,3 +581,97 @@ class Daemon:
             "paused": self.gate.kind,
             "offline": [str(r.folder.path) for r in self.runtimes if not r.online],
         }
+        self.snapshot = snapshot
+        self.notifier.status(status_text(snapshot))
+
+    # -------------------------------------------------------------- reload
+
+    def _new_runtime(self, folder: Folder) -> FolderRuntime:
+        runtime = FolderRuntime(
+            folder=folder,
+            spool=Spool(folder),
+            tracker=Tracker(folder, settle_seconds=self.config.settle_seconds),
+            watcher=FolderWatcher(folder, lambda name: None),
+        )
+        runtime.watcher = FolderWatcher(folder, self._hint(runtime))
+        return runtime
+
+    def _reload(self) -> None:
+        """Swap to a re-read configuration without dropping files in flight."""
+        if self._reload_config is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = self._reload_config()
+            for folder in new.folders:
+                Spool(folder).check_placement()
+            client = (
+                self._make_client(new) if self._make_client and new.api != self.config.api else None
+            )
+        except UserError as err:
+            log.error("reload failed; the running configuration stays", error=str(err))
+            self.notifier.ready()
+            return
+        old = self.config
+        self.config = new
+        if client is not None:
+            self.client = self.pipeline.client = client
+            self.gate.reset()
+        if new.state_dir != old.state_dir:
+            journal, self.journal = self.journal, Journal(new.state_dir)
+            self.pipeline.journal = self.journal
+            journal.close()
+        self.runtimes = self._reconcile_folders(new, old)
+        self._resize_workers(new.workers)
+        log.info(
+            "configuration reloaded",
+            folders=[str(f.path) for f in new.folders],
+            workers=new.workers,
+            api_changed=client is not None,
+        )
+        self._publish(force=True)
+        self.notifier.ready()
+
+    def _reconcile_folders(self, new: Config, old: Config) -> list[FolderRuntime]:
+        """Keep, change, add and remove folders; queued and claimed files are untouched."""
+        current = {r.folder.path: r for r in self.runtimes}
+        runtimes: list[FolderRuntime] = []
+        now = time.monotonic()
+        for folder in new.folders:
+            runtime = current.pop(folder.path, None)
+            if runtime is None:
+                log.info("folder added", folder=str(folder.path))
+                runtime = self._start_folder(folder)
+            elif runtime.folder != folder or new.settle_seconds != old.settle_seconds:
+                restart = (folder.poll, folder.poll_interval) != (
+                    runtime.folder.poll,
+                    runtime.folder.poll_interval,
+                )
+                runtime.folder = folder
+                runtime.spool.folder = folder
+                try:
+                    runtime.spool.prepare()  # a new done or failed folder must exist
+                except UserError as err:
+                    log.error("inbox unavailable", folder=str(folder.path), error=str(err))
+                    runtime.online = False
+                runtime.tracker.reconfigure(folder, settle_seconds=new.settle_seconds)
+                runtime.watcher.folder = folder
+                if restart and runtime.online and not self.once:
+                    runtime.watcher.stop()
+                    log.info("watching", folder=str(folder.path), mode=runtime.watcher.start())
+                runtime.next_rescan = min(runtime.next_rescan, now)
+            runtimes.append(runtime)
+        for gone in current.values():
+            gone.watcher.stop()
+            gone.spool.unlock()
+            self._waiting = deque(item for item in self._waiting if item[0] is not gone)
+            kept = [item for item in self._retries if item[2].runtime is not gone]
+            left = len(self._retries) - len(kept)
+            self._retries = kept
+            heapq.heapify(self._retries)
+            log.info(
+                "folder removed; its files stay where they are",
+                folder=str(gone.folder.path),
+                claimed_left=left,
+            )
+        return runtimes

@@ -138,19 +138,12 @@ class Pipeline:
         """Take a claim as far as it goes: to done, to failed, or back to wait."""
         started = time.monotonic()
         claim.attempts += 1
-        bound = log.bind(
-            folder=str(spool.inbox),
-            file=claim.name,
-            rule=claim.rule or None,
-            idempotency_key=claim.key,
-            attempt=claim.attempts,
-        )
         try:
-            return self._carry(spool, claim, bound, started)
+            return self._carry(spool, claim, started)
         except OSError as err:
             # Full disk, read-only or unreadable folder: nothing is lost by waiting.
             reason = f"{os.strerror(err.errno) if err.errno else err}"
-            bound.warning(
+            self._log(spool, claim).warning(
                 "cannot finish this file now; it stays claimed and is retried",
                 error=reason,
                 errno=errno.errorcode.get(err.errno or 0),
@@ -159,10 +152,12 @@ class Pipeline:
             return Outcome(Result.RETRY, claim, reason, "FILESYSTEM")
         except Exception as err:
             # A bug must not strand the file: it stays claimed and is retried.
-            bound.exception("unexpected error; the file stays claimed and is retried")
+            self._log(spool, claim).exception(
+                "unexpected error; the file stays claimed and is retried"
+            )
             return Outcome(Result.RETRY, claim, f"{type(err).__name__}: {err}", "INTERNAL")
 
-    def _carry(self, spool: Spool, claim: Claim, bound: Any, started: float) -> Outcome:
+    def _carry(self, spool: Spool, claim: Claim, started: float) -> Outcome:
         try:
             if claim.answer is None:
                 if claim.reject:
@@ -171,15 +166,31 @@ class Pipeline:
                         code=claim.reject["code"],
                         status=claim.reject.get("status"),
                     )
-                    return self._fail(spool, claim, rejected, bound)
-                outcome = self._send(spool, claim, bound)
+                    return self._fail(spool, claim, rejected)
+                outcome = self._send(spool, claim)
                 if outcome is not None:
                     return outcome
         except FileRejected as err:
-            return self._fail(spool, claim, err, bound)
-        return self._done(spool, claim, bound, started)
+            return self._fail(spool, claim, err)
+        return self._done(spool, claim, started)
 
     # ------------------------------------------------------------------- stages
+
+    @staticmethod
+    def _log(spool: Spool, claim: Claim) -> Any:
+        """A logger carrying everything known about this file at this moment."""
+        context: dict[str, Any] = {
+            "folder": str(spool.inbox),
+            "file": claim.name,
+            "rule": claim.rule or None,
+            "idempotency_key": claim.key,
+            "attempt": claim.attempts,
+        }
+        if claim.event:
+            context["event_name"] = claim.event
+        if claim.uploads:
+            context["asset_ids"] = {r: u["asset_id"] for r, u in claim.uploads.items()}
+        return log.bind(**context)
 
     def _rule(self, spool: Spool, claim: Claim) -> Match:
         rules: dict[str, Rule] = {r.name: r for r in spool.folder.rules}
@@ -212,7 +223,7 @@ class Pipeline:
             raise FileRejected(f"sidecar {name} {err.message}", code=err.code) from err
         return parse_sidecar(raw, name)
 
-    def _send(self, spool: Spool, claim: Claim, bound: Any) -> Outcome | None:
+    def _send(self, spool: Spool, claim: Claim) -> Outcome | None:
         found = self._rule(spool, claim)
         missing = [
             role
@@ -228,29 +239,27 @@ class Pipeline:
         payload(found, sidecar=sidecar, assets={role: f"<{role}>" for role in roles})
         for round_ in (1, 2):
             try:
-                assets = self._upload(spool, claim, roles, bound)
+                assets = self._upload(spool, claim, roles)
                 body = payload(found, sidecar=sidecar, assets=assets)
                 answer = self.client.fire_event(event, body, claim.key)
                 crashpoints.reached("after_send")
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
-                    bound.warning("FlowFlex lost the uploaded file; uploading it again")
+                    self._log(spool, claim).warning(
+                        "FlowFlex lost the uploaded file; uploading it again"
+                    )
                     claim.uploads = {}
                     continue
-                return self._api_error(spool, claim, err, bound)
+                return self._api_error(spool, claim, err)
             claim.answer = answer
             claim.sent_at = time.time()
             spool.save(claim)
             crashpoints.reached("after_answer")
-            bound.info(
-                "event sent",
-                event_name=event,
-                asset_ids={r: u["asset_id"] for r, u in claim.uploads.items()},
-            )
+            self._log(spool, claim).info("event sent")
             return None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _upload(self, spool: Spool, claim: Claim, roles: list[str], bound: Any) -> dict[str, str]:
+    def _upload(self, spool: Spool, claim: Claim, roles: list[str]) -> dict[str, str]:
         now = time.time()
         fresh = all(
             role in claim.uploads and now - claim.uploads[role]["uploaded_at"] < REUPLOAD_AFTER
@@ -281,7 +290,7 @@ class Pipeline:
             "size": info.st_size,
         }
 
-    def _api_error(self, spool: Spool, claim: Claim, err: FlowFlexError, bound: Any) -> Outcome:
+    def _api_error(self, spool: Spool, claim: Claim, err: FlowFlexError) -> Outcome:
         code = err.code or (f"HTTP_{err.status}" if err.status else "NETWORK")
         if isinstance(err, FlowFlexUploadError) and err.status is None and not err.retryable:
             raise FileRejected(err.message, code=err.code or "UPLOAD_REFUSED")
@@ -289,7 +298,7 @@ class Pipeline:
             self._save_quietly(spool, claim)
             return Outcome(Result.PAUSE, claim, err.message, code)
         if err.retryable or isinstance(err, FlowFlexUploadError):
-            bound.warning(
+            self._log(spool, claim).warning(
                 "FlowFlex call failed; the file stays claimed and is retried",
                 error=err.message,
                 status=err.status,
@@ -300,17 +309,17 @@ class Pipeline:
 
     # ----------------------------------------------------------------- endings
 
-    def _done(self, spool: Spool, claim: Claim, bound: Any, started: float) -> Outcome:
+    def _done(self, spool: Spool, claim: Claim, started: float) -> Outcome:
         self.journal.record(self._entry(spool, claim, "done"))
         moved = spool.finish(claim)
-        bound.info(
+        self._log(spool, claim).info(
             "file done",
             moved_to=moved["file"],
             duration_ms=round((time.monotonic() - started) * 1000),
         )
         return Outcome(Result.DONE, claim)
 
-    def _fail(self, spool: Spool, claim: Claim, err: FileRejected, bound: Any) -> Outcome:
+    def _fail(self, spool: Spool, claim: Claim, err: FileRejected) -> Outcome:
         report = {
             "file": claim.name,
             "reason": err.message,
@@ -333,7 +342,9 @@ class Pipeline:
             {**entry, "code": err.code, "reason": err.message, "status": err.status}
         )
         moved = spool.finish(claim, report=report)
-        bound.warning("file failed", code=err.code, reason=err.message, moved_to=moved["file"])
+        self._log(spool, claim).warning(
+            "file failed", code=err.code, reason=err.message, moved_to=moved["file"]
+        )
         return Outcome(Result.FAILED, claim, err.message, err.code)
 
     def _entry(self, spool: Spool, claim: Claim, outcome: str) -> dict[str, Any]:

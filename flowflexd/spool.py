@@ -260,6 +260,23 @@ class Spool:
 
     # ---------------------------------------------------------- preparation
 
+    def check_placement(self) -> None:
+        """Refuse done or failed on another filesystem than the inbox (where both exist)."""
+        try:
+            inbox_dev = os.stat(self.inbox).st_dev
+        except OSError:
+            return
+        for label, path in (("done", self.folder.done), ("failed", self.folder.failed)):
+            probe = path
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if os.stat(probe).st_dev != inbox_dev:
+                raise FolderMisplaced(
+                    f"the {label} folder {path} is on another filesystem than its inbox "
+                    f"{self.inbox}; files move by atomic rename, which cannot cross filesystems",
+                    hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
+                )
+
     def prepare(self) -> None:
         """Create the folders, check they share the inbox's filesystem, take the lock."""
         for path in (self.inbox, self.folder.done, self.folder.failed):

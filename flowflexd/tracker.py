@@ -99,10 +99,30 @@ class Tracker:
         self._heap: list[tuple[float, str]] = []
         self._wanted_by: dict[str, str] = {}  # companion name -> the file waiting for it
         self._patterns = companion_patterns(folder.rules)
-        self._skip = {WORK_DIR_NAME}
+        self._skip = self._skipped(folder)
+
+    def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
+        """New rules or settings: every name is judged again, what is queued stays queued."""
+        self.folder = folder
+        self.settle = settle_seconds
+        self.trust_ctime = not folder.poll
+        self._patterns = companion_patterns(folder.rules)
+        self._skip = self._skipped(folder)
+        self._wanted_by.clear()
+        for name, entry in self._entries.items():
+            if entry.state is not State.QUEUED:
+                entry.state = State.WATCHING
+                entry.complete_at = None
+                entry.said.clear()
+                self._pending.add(name)
+
+    @staticmethod
+    def _skipped(folder: Folder) -> set[str]:
+        skip = {WORK_DIR_NAME}
         for path in (folder.done, folder.failed):
             if path.parent == folder.path:
-                self._skip.add(path.name)
+                skip.add(path.name)
+        return skip
 
     # ------------------------------------------------------------------ input
 
