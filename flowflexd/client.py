@@ -491,15 +491,40 @@ class FlowFlex:
         self._auth_header = _Secret(f"Basic {token}")
         self._redactor = _Redactor(api_secret, token)
         self._user_agent = f"flowflexd/{__version__} {requests.utils.default_user_agent()}"
+        self._own_session = session is None
         if session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+            # requests re-reads proxy and CA settings from the environment on
+            # every request; our own session reads them once per host instead.
+            session.trust_env = False
         self._session = session
+        self._environment: dict[str, dict[str, Any]] = {}
+        self._environment_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FlowFlex(base_url={self._base_url!r}, integration_code={self._integration_code!r})"
+
+    def _settings_for(self, url: str) -> dict[str, Any]:
+        """Proxies and CA bundle from the environment for ``url``'s host, read once."""
+        if not self._own_session:
+            return {}
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        with self._environment_lock:
+            settings = self._environment.get(key)
+            if settings is None:
+                verify: str | bool = (
+                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+                )
+                settings = {
+                    "proxies": requests.utils.get_environ_proxies(key) or {},
+                    "verify": verify,
+                }
+                self._environment[key] = settings
+        return settings
 
     @property
     def base_url(self) -> str:
@@ -649,9 +674,11 @@ class FlowFlex:
             **kwargs.pop("headers", {}),
         }
 
+        settings = self._settings_for(url)
+
         def send() -> requests.Response:
             return self._session.request(
-                method, url, headers=headers, timeout=self._timeout, **kwargs
+                method, url, headers=headers, timeout=self._timeout, **settings, **kwargs
             )
 
         return self._parse_body(self._with_retries(what, send))
@@ -689,7 +716,14 @@ class FlowFlex:
                 details=self._redactor.value(info),
             )
         asset_id: str = info["assetId"]
-        upload_url: str = info["uploadUrl"]
+        self.put_file(ref, info["uploadUrl"])
+        return asset_id
+
+    def put_file(self, ref: FileRef, upload_url: str) -> None:
+        """PUT a file's bytes to a presigned URL, streamed, retried when transient.
+
+        The URL must be https (plain http only on loopback).
+        """
         parts = urlsplit(upload_url)
         if parts.scheme != "https" and not (
             parts.scheme == "http" and is_loopback_host(parts.hostname)
@@ -699,13 +733,9 @@ class FlowFlex:
                 f"({redact_url(upload_url)})",
                 code="INSECURE_UPLOAD_URL",
             )
-        self.put_file(ref, upload_url)
-        return asset_id
-
-    def put_file(self, ref: FileRef, upload_url: str) -> None:
-        """PUT a file's bytes to a presigned URL, streamed, retried when transient."""
         what = f'upload of "{ref.filename}" to {redact_url(upload_url)}'
         mime = ref.mime
+        settings = self._settings_for(upload_url)
 
         def send() -> requests.Response:
             with ref.open() as (body, length):
@@ -721,6 +751,7 @@ class FlowFlex:
                     headers={"Content-Type": mime, "User-Agent": self._user_agent},
                     auth=_StripAuthorization(),
                     timeout=self._timeout,
+                    **settings,
                 )
 
         self._with_retries(what, send, FlowFlexUploadError)

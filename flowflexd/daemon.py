@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from flowflexd import journal
 from flowflexd.client import FlowFlex
 from flowflexd.config import Config, Folder
 from flowflexd.errors import UserError
@@ -108,6 +109,7 @@ class Job:
     runtime: FolderRuntime
     ready: Ready | None = None  # a file to claim
     claim: Claim | None = None  # or a claim to carry on
+    prefetch: tuple[str, int] | None = None  # or a settling file's upload URL to ask for
     probe: bool = False
 
 
@@ -190,6 +192,9 @@ class Daemon:
 
     def _run_job(self, job: Job) -> Outcome:
         spool = job.runtime.spool
+        if job.prefetch is not None:
+            self.pipeline.prefetch(spool, *job.prefetch)
+            return Outcome(Result.GONE)
         if job.claim is not None:
             return self.pipeline.carry(spool, job.claim)
         assert job.ready is not None
@@ -227,7 +232,14 @@ class Daemon:
     def _bring_online(self, runtime: FolderRuntime, now: float) -> None:
         runtime.identity = inbox_identity(runtime.folder.path)
         runtime.online = True
-        for claim in runtime.spool.pending():
+        pending = list(runtime.spool.pending())
+        recorded = journal.outcomes_in_tail(self.journal.path, {c.id for c in pending})
+        for claim in pending:
+            entry = recorded.get(claim.id)
+            if entry is not None and entry.get("outcome") == "done" and claim.answer is None:
+                # Sent and journalled before the crash: only the move is left.
+                claim.answer = entry.get("answer")
+                claim.event = entry.get("event")
             log.info(
                 "resuming a claimed file",
                 folder=str(runtime.folder.path),
@@ -445,6 +457,7 @@ class Daemon:
             return
         runtime.tracker.rescan()
         runtime.next_rescan = now + self.config.rescan_seconds
+        self.pipeline.urls.purge()
         log.debug("rescanned", folder=str(folder))
 
     # ------------------------------------------------------------- dispatch
@@ -476,6 +489,15 @@ class Daemon:
         while self._waiting and self._capacity > 0:
             runtime, ready = self._waiting.popleft()
             self._submit(Job(runtime, ready=ready))
+        # Workers with nothing to do ask for the upload URLs of settling files.
+        idle = self.config.workers - self._inflight
+        for runtime in self.runtimes:
+            if idle <= 0 or self._waiting or self._stopping:
+                break
+            if runtime.online:
+                for name, inode in runtime.tracker.take_prefetch(idle):
+                    self._submit(Job(runtime, prefetch=(name, inode)))
+                    idle -= 1
 
     def _take_probe(self) -> Job | None:
         if self._retries:
@@ -502,6 +524,8 @@ class Daemon:
         self._inflight -= 1
         now = time.monotonic()
         runtime = job.runtime
+        if job.prefetch is not None:
+            return
         if job.ready is not None:
             runtime.tracker.release(job.ready, look_again=outcome.result is Result.GONE)
         result = outcome.result

@@ -49,6 +49,33 @@ class Journal:
                 self._fd = -1
 
 
+def outcomes_in_tail(path: Path, claims: set[str], tail_bytes: int = 16 << 20) -> dict[str, Any]:
+    """The last record of each of ``claims`` within the journal's last ``tail_bytes``.
+
+    Claims left by a crash are recent, so their records, if written at all,
+    are near the end; reading only the tail keeps a start after a crash fast
+    however long the journal has grown.
+    """
+    found: dict[str, Any] = {}
+    if not claims:
+        return found
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - tail_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return found
+    for raw in data.splitlines():
+        try:
+            entry = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            continue  # a partial first line, or one a crash cut short
+        if isinstance(entry, dict) and entry.get("claim") in claims:
+            found[entry["claim"]] = entry
+    return found
+
+
 def read(path: Path) -> Iterator[dict[str, Any]]:
     """Every whole record in a journal, oldest first."""
     try:

@@ -23,8 +23,9 @@ import structlog
 from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.errors import FileRejected, FlowFlexError, FlowFlexUploadError
-from flowflexd.filetypes import MAX_FILE_BYTES
+from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.journal import Journal
+from flowflexd.prefetch import Prefetched, UrlCache
 from flowflexd.rules import Match, Rule, event_name, match, payload
 from flowflexd.sanitize import asset_name
 from flowflexd.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
@@ -106,6 +107,26 @@ class Pipeline:
     def __init__(self, client: FlowFlex, journal: Journal) -> None:
         self.client = client
         self.journal = journal
+        self.urls = UrlCache()
+
+    def prefetch(self, spool: Spool, name: str, inode: int) -> None:
+        """Ask for the upload URL of a file that is still settling (see prefetch.py)."""
+        filename = asset_name(name)
+        mime = mime_for_name(filename)
+        if mime is None:
+            return  # refused at claim time anyway
+        try:
+            info = self.client.create_upload_url(filename=filename, mime=mime)
+        except FlowFlexError as err:
+            log.debug("prefetching an upload URL failed", file=name, error=err.message)
+            return
+        if (
+            isinstance(info, dict)
+            and isinstance(info.get("assetId"), str)
+            and isinstance(info.get("uploadUrl"), str)
+        ):
+            key = (str(spool.inbox), name, inode)
+            self.urls.put(key, Prefetched(info["assetId"], info["uploadUrl"], time.monotonic()))
 
     # ------------------------------------------------------------- entry points
 
@@ -242,7 +263,6 @@ class Pipeline:
                 assets = self._upload(spool, claim, roles)
                 body = payload(found, sidecar=sidecar, assets=assets)
                 answer = self.client.fire_event(event, body, claim.key)
-                crashpoints.reached("after_send")
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
@@ -251,11 +271,12 @@ class Pipeline:
                     claim.uploads = {}
                     continue
                 return self._api_error(spool, claim, err)
+            # The answer is made durable by the journal record that follows; a
+            # restart before it resends under the same key, answered as before.
             claim.answer = answer
             claim.sent_at = time.time()
-            spool.save(claim)
-            crashpoints.reached("after_answer")
-            self._log(spool, claim).info("event sent")
+            crashpoints.reached("after_send")
+            self._log(spool, claim).debug("event sent")
             return None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -278,17 +299,34 @@ class Pipeline:
         fd, info = spool.open_member(claim, role, max_bytes=MAX_FILE_BYTES)
         with os.fdopen(fd, "rb") as stream:
             digest = hashlib.sha256()
-            while chunk := stream.read(1 << 20):
+            while chunk := stream.read(1 << 16):
                 digest.update(chunk)
             stream.seek(0)
             ref = FileRef(stream, filename=asset_name(claim.members[role]), size=info.st_size)
-            asset_id = self.client.upload_file(ref)
+            prefetched = self.urls.take((str(spool.inbox), claim.members[role], info.st_ino))
+            asset_id = self._put_prefetched(ref, prefetched) if prefetched else None
+            if asset_id is None:
+                asset_id = self.client.upload_file(ref)
         return {
             "asset_id": asset_id,
             "uploaded_at": time.time(),
             "sha256": digest.hexdigest(),
             "size": info.st_size,
         }
+
+    def _put_prefetched(self, ref: FileRef, prefetched: Prefetched) -> str | None:
+        """Upload to a prefetched URL; None when storage refuses it (then ask anew)."""
+        self.client.check_file(ref)
+        try:
+            self.client.put_file(ref, prefetched.upload_url)
+        except FlowFlexUploadError as err:
+            if err.status is None or err.retryable:
+                raise
+            log.debug(
+                "a prefetched upload URL was refused; asking for a new one", status=err.status
+            )
+            return None
+        return prefetched.asset_id
 
     def _api_error(self, spool: Spool, claim: Claim, err: FlowFlexError) -> Outcome:
         code = err.code or (f"HTTP_{err.status}" if err.status else "NETWORK")
@@ -311,6 +349,7 @@ class Pipeline:
 
     def _done(self, spool: Spool, claim: Claim, started: float) -> Outcome:
         self.journal.record(self._entry(spool, claim, "done"))
+        crashpoints.reached("after_answer")
         moved = spool.finish(claim)
         self._log(spool, claim).info(
             "file done",

@@ -1,7 +1,9 @@
 """The file system, safely: claims by rename, moves that never replace, durable steps.
 
 A claimed file lives in ``<inbox>/.flowflexd/work/<id>/`` beside its
-``claim.json`` (idempotency key, rule, uploads, the API's answer). Every move
+``claim.jsonl``: one JSON line per step (idempotency key and rule, then the
+uploads, then a failure's reason), each appended and fsynced, the last whole
+line being the claim's state. Every move
 is a rename or a hard link within the inbox's filesystem, never a copy; a
 move never replaces a name; what the next step needs is fsynced, file and
 directory, before that step runs. Files are opened without following links,
@@ -19,7 +21,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.rules import is_temporary_name
 from flowflexd.templates import split_name
 
-CLAIM_FILE = "claim.json"
+CLAIM_FILE = "claim.jsonl"
 TMP_PREFIX = ".flowflexd-tmp-"
 REPORT_SUFFIX = ".error.json"
 SIDECAR_MAX_BYTES = 1024 * 1024
@@ -57,6 +59,12 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_durable(path: Path, data: bytes) -> None:
@@ -174,14 +182,13 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def move_no_replace(src: Path, dst: Path) -> None:
-    """Give ``src`` the name ``dst`` without ever replacing an existing ``dst``.
+def link_no_replace(src: Path, dst: Path) -> bool:
+    """Give ``src`` the further name ``dst``, never replacing an existing ``dst``.
 
-    A hard link then an unlink: the link fails when the name is taken. After
-    a crash between the two, the next attempt finds ``dst`` already naming
-    the same file and only finishes the unlink. Filesystems without hard
-    links fall back to a rename guarded by a check (``FileExistsError`` when
-    taken).
+    A hard link fails when the name is taken; a ``dst`` already naming the
+    same file (a crash interrupted an earlier attempt) counts as done. On a
+    filesystem without hard links, falls back to a rename guarded by a check.
+    Returns True when ``src`` still exists and must be unlinked.
     """
     try:
         os.link(src, dst, follow_symlinks=False)
@@ -194,8 +201,14 @@ def move_no_replace(src: Path, dst: Path) -> None:
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "name taken", str(dst)) from err
         os.rename(src, dst)
-        return
-    os.unlink(src)
+        return False
+    return True
+
+
+def move_no_replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` without ever replacing an existing ``dst``."""
+    if link_no_replace(src, dst):
+        os.unlink(src)
 
 
 # --------------------------------------------------------------------- claims
@@ -218,14 +231,14 @@ class Claim:
     sent_at: float | None = None
     attempts: int = 0
     version: int = 1
+    dir: Path = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.inbox, WORK_DIR_NAME, "work", self.id)
 
     @property
     def name(self) -> str:
         return self.members["file"]
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.inbox) / WORK_DIR_NAME / "work" / self.id
 
     def path(self, role: str) -> Path:
         return self.dir / self.members[role]
@@ -237,15 +250,28 @@ class Claim:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False).encode("utf-8", "surrogateescape")
+        state = {name: getattr(self, name) for name in _CLAIM_FIELDS}
+        return json.dumps(state, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def from_lines(cls, data: bytes) -> Claim:
+        """The state in the last whole line (a crash may have cut the one after it)."""
+        for line in reversed(data.splitlines()):
+            try:
+                return cls.from_json(line)
+            except ValueError:
+                continue
+        raise ValueError("no claim in the claim file")
 
     @classmethod
     def from_json(cls, data: bytes) -> Claim:
         raw = json.loads(data.decode("utf-8", "surrogateescape"))
         if not isinstance(raw, dict) or not isinstance(raw.get("members"), dict):
             raise ValueError("not a claim")
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**{k: v for k, v in raw.items() if k in _CLAIM_FIELDS})
+
+
+_CLAIM_FIELDS = tuple(f.name for f in fields(Claim) if f.init)
 
 
 class Spool:
@@ -257,6 +283,7 @@ class Spool:
         self.home = folder.work  # <inbox>/.flowflexd
         self.work = self.home / "work"
         self._lock_fd: int | None = None
+        self._home_checked = 0.0
 
     # ---------------------------------------------------------- preparation
 
@@ -298,6 +325,13 @@ class Spool:
                     hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
                 )
         self._lock()
+
+    def _home_is_ours(self) -> None:
+        """``_make_home``, at most once a second: every claim relies on it."""
+        now = time.monotonic()
+        if now - self._home_checked > 1.0:
+            self._make_home()
+            self._home_checked = now
 
     def _make_home(self) -> None:
         for path in (self.home, self.work):
@@ -350,7 +384,7 @@ class Spool:
         rename. Returns None when the file is gone or changed since it was
         judged complete: someone else took it, or it is being written again.
         """
-        self._make_home()
+        self._home_is_ours()
         name = members["file"]
         source = self.inbox / name
         if expect is not None:
@@ -370,15 +404,29 @@ class Spool:
             reject=reject,
         )
         os.mkdir(claim.dir, 0o700)
-        self.save(claim)
-        fsync_dir(self.work)
+        fd = os.open(
+            claim.dir / CLAIM_FILE,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
         try:
-            os.rename(source, claim.path("file"))
-        except FileNotFoundError:
-            self._discard(claim)
-            return None
-        self._take_companions(claim)
+            _write_all(fd, claim.to_json() + b"\n")
+            try:
+                os.rename(source, claim.path("file"))
+            except FileNotFoundError:
+                os.close(fd)
+                fd = -1
+                self._discard(claim)
+                return None
+            self._take_companions(claim)
+            # One sync point before anything leaves the machine: the claim with
+            # its key, and the renames (a crash before it gives the files back).
+            os.fsync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
         fsync_dir(claim.dir)
+        fsync_dir(self.work)
         fsync_dir(self.inbox)
         crashpoints.reached("after_claim")
         return claim
@@ -391,20 +439,28 @@ class Spool:
                 os.rename(self.inbox / name, claim.dir / name)
 
     def _discard(self, claim: Claim) -> None:
-        """Remove a claim that took nothing: only our own claim.json is in it."""
+        """Remove a claim that took nothing: only our own claim file is in it."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         with contextlib.suppress(OSError):
             os.rmdir(claim.dir)
 
     def save(self, claim: Claim) -> None:
-        write_durable(claim.dir / CLAIM_FILE, claim.to_json())
+        """Append the claim's state as a line and fsync it (its name is durable already)."""
+        fd = os.open(
+            claim.dir / CLAIM_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+        try:
+            _write_all(fd, claim.to_json() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def pending(self) -> Iterator[Claim]:
         """Claims left by an earlier run (a crash, a kill, a power cut), oldest first.
 
         A claim whose file never arrived is undone: companions it took go back
-        to the inbox. A folder with no readable claim.json gives its files back.
+        to the inbox. A folder with no readable claim file gives its files back.
         """
         try:
             self._make_home()
@@ -420,11 +476,11 @@ class Spool:
             try:
                 fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=SIDECAR_MAX_BYTES)
                 try:
-                    claim = Claim.from_json(read_limited(fd, SIDECAR_MAX_BYTES, what="claim.json"))
+                    claim = Claim.from_lines(read_limited(fd, SIDECAR_MAX_BYTES, what=CLAIM_FILE))
                 finally:
                     os.close(fd)
                 if claim.id != entry.name:
-                    raise ValueError("claim.json belongs to another claim")
+                    raise ValueError("the claim file belongs to another claim")
             except (FileNotFoundError, ValueError, FileRejected, OSError):
                 self._return_orphans(claim_dir)
                 continue
@@ -482,17 +538,21 @@ class Spool:
             report_file = report_name(suffixed(claim.name, n)) if report is not None else None
             if not self._free(target, names, claim, report_file):
                 continue
+            linked: list[Path] = []
             try:
-                for i, (role, name) in enumerate(names.items()):
-                    move_no_replace(claim.dir / present[role], target / name)
-                    if i == 0:
-                        crashpoints.reached("during_move")
+                for role, name in names.items():
+                    if link_no_replace(claim.dir / present[role], target / name):
+                        linked.append(claim.dir / present[role])
+                    crashpoints.reached("during_move")
             except FileExistsError:
                 continue  # taken between the check and the move: next suffix
             if report is not None and report_file is not None:
                 body = {**report, "claim": claim.id, "files": names}
                 write_durable(target / report_file, _json_bytes(body))
+            # The new names are durable before the old ones go.
             fsync_dir(target)
+            for path in linked:
+                os.unlink(path)
             self.close(claim)
             moved = {role: str(target / name) for role, name in names.items()}
             moved.setdefault("file", str(target / suffixed(claim.name, n)))
@@ -511,12 +571,15 @@ class Spool:
         return True
 
     def close(self, claim: Claim) -> None:
-        """Remove a finished claim's folder (only claim.json is left in it)."""
+        """Remove a finished claim's folder (only its claim file is left in it).
+
+        Not fsynced: should a crash undo this, the next start finds a claim
+        whose file is already in done or failed, and removes it then.
+        """
         for entry in list(os.scandir(claim.dir)):
             if entry.name == CLAIM_FILE or entry.name.startswith(TMP_PREFIX):
                 os.unlink(entry.path)
         os.rmdir(claim.dir)
-        fsync_dir(self.work)
 
     # ---------------------------------------------------------------- status
 

@@ -25,6 +25,7 @@ import structlog
 
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import FileRejected
+from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.rules import (
     Match,
     companion_patterns,
@@ -33,6 +34,7 @@ from flowflexd.rules import (
     is_temporary_name,
     match,
 )
+from flowflexd.sanitize import asset_name
 from flowflexd.spool import describe_mode, signature
 
 log = structlog.get_logger("flowflexd.tracker")
@@ -48,6 +50,7 @@ class State(Enum):
 
 
 WAITING_STATES = frozenset({State.WATCHING, State.WAITING, State.QUEUED})
+EMPTY_RECHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Tracker:
         self._pending: set[str] = set()
         self._heap: list[tuple[float, str]] = []
         self._wanted_by: dict[str, str] = {}  # companion name -> the file waiting for it
+        self._prefetchable: set[str] = set()  # settling files a rule takes, not yet offered
+        self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
         self._skip = self._skipped(folder)
 
@@ -196,8 +201,34 @@ class Tracker:
 
     # -------------------------------------------------------------- internals
 
+    def take_prefetch(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` settling files (name, inode) whose upload URL may be asked for now."""
+        out: list[tuple[str, int]] = []
+        while self._prefetchable and len(out) < limit:
+            name = self._prefetchable.pop()
+            entry = self._entries.get(name)
+            if entry is not None and entry.state is State.WATCHING and entry.sig is not None:
+                self._offered.add(name)
+                out.append((name, entry.sig[3]))
+        return out
+
+    def _worth_prefetching(self, name: str, info: os.stat_result) -> bool:
+        """A file FlowFlex will take: its type allowed, within the cap, a rule for it.
+
+        Disallowed and oversized files fail without any request, so they are
+        never offered.
+        """
+        return (
+            stat.S_ISREG(info.st_mode)
+            and 0 < info.st_size <= MAX_FILE_BYTES
+            and mime_for_name(asset_name(name)) is not None
+            and match(self.folder.rules, name) is not None
+        )
+
     def _forget(self, name: str) -> None:
         self._entries.pop(name, None)
+        self._prefetchable.discard(name)
+        self._offered.discard(name)
         for companion, primary in list(self._wanted_by.items()):
             if name in (primary, companion):
                 del self._wanted_by[companion]
@@ -256,12 +287,18 @@ class Tracker:
                 )
             return None
         if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+            # A placeholder; look again now and then, as a writer may fill it
+            # without closing it (no event says so).
             entry.state = State.EMPTY
+            self._schedule(entry, now + max(self.settle, EMPTY_RECHECK_SECONDS))
             return None
         settled_at = entry.still_since + self.settle
         if now < settled_at:
             self._schedule(entry, settled_at)
+            if name not in self._offered and self._worth_prefetching(name, info):
+                self._prefetchable.add(name)
             return None
+        self._prefetchable.discard(name)
         return self._decide(entry, info, now)
 
     def _reject(

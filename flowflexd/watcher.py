@@ -16,7 +16,15 @@ from collections.abc import Callable
 import structlog
 from watchdog.events import (
     EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MOVED,
     EVENT_TYPE_OPENED,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -29,6 +37,18 @@ from flowflexd.config import Folder
 log = structlog.get_logger("flowflexd.watcher")
 
 Hint = Callable[[str | None], None]  # a name to look at again; None: rescan the folder
+
+# With inotify, a file that appeared, was closed after writing, or moved is
+# enough of a hint: the tracker re-checks a file that is still changing on
+# its own schedule, so per-write "modified" events would only add work.
+INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 INOTIFY_LIMITS = {
     errno.ENOSPC: "fs.inotify.max_user_watches",
@@ -53,8 +73,10 @@ class _Handler(FileSystemEventHandler):
             parent, name = os.path.split(path)
             if parent == self._inbox and name:
                 self._hint(name)
-            elif path == self._inbox:
-                self._hint(None)  # the inbox itself moved or vanished
+            elif path == self._inbox and event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+                # The inbox itself moved or vanished. (A "modified" event on it
+                # only says an entry changed; that entry has its own event.)
+                self._hint(None)
 
 
 class FolderWatcher:
@@ -75,7 +97,7 @@ class FolderWatcher:
             try:
                 # watchdog opens the inotify instance in the constructor already.
                 observer = Observer()
-                observer.schedule(handler, inbox, recursive=False)
+                observer.schedule(handler, inbox, recursive=False, event_filter=INOTIFY_EVENTS)
                 observer.start()
             except OSError as err:
                 sysctl = INOTIFY_LIMITS.get(err.errno or 0)

@@ -319,3 +319,23 @@ def files_in(folder: Path) -> set[str]:
 
 def read_report(failed: Path, name: str) -> dict[str, Any]:
     return dict(json.loads((failed / f"{name}.error.json").read_text()))
+
+
+def read_claim(claim_dir: Path) -> dict[str, Any]:
+    """A claim's current state: the last line of its claim file."""
+    lines = (claim_dir / "claim.jsonl").read_text().splitlines()
+    return dict(json.loads(lines[-1]))
+
+
+def claims_in(inbox: Path) -> list[dict[str, Any]]:
+    work = inbox / ".flowflexd" / "work"
+    return [read_claim(d) for d in sorted(work.iterdir())] if work.exists() else []
+
+
+def nothing_sent(emulator: Any) -> None:
+    """No byte of any file and no event reached the emulator (an upload URL may
+    have been asked for while the file settled: that carries only its name)."""
+    paths = emulator.stats()["requests_by_path"]
+    assert "/_storage" not in paths, paths
+    assert not any(p.startswith("/v1/events/") for p in paths), paths
+    assert emulator.events() == []

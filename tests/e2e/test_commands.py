@@ -114,21 +114,22 @@ def test_run_logs_json_lines_that_carry_the_file_context(
     try:
         proc.wait_for_log("flowflexd ready")
         drop(tmp_path / "inbox", "a.pdf", b"%PDF a")
-        sent = proc.wait_for_log("event sent")
+        claimed = proc.wait_for_log("file claimed")
         finished = proc.wait_for_log("file done")
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait_exit() == 0
     finally:
         proc.stop()
 
-    for line in (sent, finished):
+    [event] = emulator.events()
+    for line in (claimed, finished):
         assert line["folder"] == str(tmp_path / "inbox")
         assert line["file"] == "a.pdf"
         assert line["rule"] == "pdf"
-        assert line["attempt"] == 1
-        assert line["idempotency_key"] == emulator.events()[0]["idempotency_key"]
-    assert sent["event_name"] == "doc.received"
-    assert sent["asset_ids"] == {"file": next(iter(emulator.events()[0]["assets"]))}
+        assert line["idempotency_key"] == event["idempotency_key"]
+    assert finished["attempt"] == 1
+    assert finished["event_name"] == "doc.received"
+    assert finished["asset_ids"] == {"file": next(iter(event["assets"]))}
     assert isinstance(finished["duration_ms"], int)
     assert emulator.api_secret not in proc.output()
 

@@ -11,9 +11,11 @@ import pytest
 from support import (
     LoggedProcess,
     child_env,
+    claims_in,
     drop,
     files_in,
     flowflexd_argv,
+    read_claim,
     read_report,
     sha256,
     wait_until,
@@ -44,8 +46,7 @@ def layout(tmp_path: Path, emulator: Emulator, **rule: object) -> Path:
 
 
 def claims(tmp_path: Path) -> list[dict[str, object]]:
-    work = tmp_path / "inbox" / ".flowflexd" / "work"
-    return [json.loads((d / "claim.json").read_text()) for d in work.iterdir()]
+    return claims_in(tmp_path / "inbox")
 
 
 def run_until_killed(config: Path, point: str) -> None:
@@ -122,10 +123,11 @@ def test_an_upload_older_than_the_margin_is_redone_before_the_event(
     # Two days pass: FlowFlex deleted the asset; the claim says when it went up.
     emulator.clock.advance(49 * 3600)
     [claim_dir] = (tmp_path / "inbox" / ".flowflexd" / "work").iterdir()
-    claim = json.loads((claim_dir / "claim.json").read_text())
+    claim = read_claim(claim_dir)
     for upload in claim["uploads"].values():
         upload["uploaded_at"] -= 49 * 3600
-    (claim_dir / "claim.json").write_text(json.dumps(claim))
+    with (claim_dir / "claim.jsonl").open("a") as fh:  # as if uploaded two days ago
+        fh.write(json.dumps(claim) + "\n")
     old_asset = claim["uploads"]["file"]["asset_id"]
 
     run_until(config, lambda: "OLD.pdf" in files_in(tmp_path / "done"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import re
@@ -24,6 +23,7 @@ from support import (
     drop,
     files_in,
     flowflexd_argv,
+    read_claim,
     wait_until,
     write_config,
 )
@@ -317,7 +317,7 @@ def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: 
     finally:
         proc.stop()
     [claim_dir] = (tmp_path / "inbox" / ".flowflexd" / "work").iterdir()
-    key = json.loads((claim_dir / "claim.json").read_text())["key"]
+    key = read_claim(claim_dir)["key"]
 
     emulator.set_faults(latency_ms=0)
     restarted = LoggedProcess(

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from support import (
     RunningDaemon,
+    claims_in,
     drop,
     files_in,
+    nothing_sent,
     read_report,
     sha256,
     wait_until,
@@ -178,7 +180,7 @@ def test_a_missing_required_sidecar_fails_the_file_with_the_reason(
     assert report["attempts"] == 1
     assert set(report) >= {"reason", "code", "status", "rule", "event", "attempts", "time"}
     assert files_in(layout.failed) == {"alone.pdf", "alone.pdf.error.json"}
-    assert emulator.stats()["requests_by_path"] == {}
+    nothing_sent(emulator)
 
 
 def test_a_sidecar_later_than_its_timeout_stays_behind_unsent(
@@ -227,7 +229,7 @@ def test_a_malformed_sidecar_fails_the_file(
     assert reason in report["reason"]
     assert "bad.json" in report["reason"]
     assert files_in(layout.failed) == {"bad.pdf", "bad.json", "bad.pdf.error.json"}
-    assert emulator.stats()["requests_by_path"] == {}
+    nothing_sent(emulator)
 
 
 def test_a_missing_sidecar_path_fails_naming_the_path(layout: Layout, emulator: Emulator) -> None:
@@ -481,8 +483,7 @@ def test_bad_credentials_pause_without_failing_files(layout: Layout, emulator: E
         for i in range(3):
             drop(layout.inbox, f"cred-{i}.pdf", b"%PDF")
         wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
-        work = layout.inbox / ".flowflexd" / "work"
-        claimed = [json.loads((d / "claim.json").read_text()) for d in work.iterdir()]
+        claimed = claims_in(layout.inbox)
 
     assert files_in(layout.failed) == set()
     assert emulator.events() == []

@@ -1,0 +1,519 @@
+"""flowflexd's benchmark: one command, baselines and the daemon measured in the same run.
+
+    python bench/run.py            # the full run (several minutes)
+    python bench/run.py --quick    # fewer files, for a first look
+
+Throughput, 1,000 files of 20 kB at 0 ms and 50 ms emulated API latency:
+  A  the official SDK as a user would script it: one send_event per file, then a
+     move to done;
+  B  the protocol's floor: a pooled requests.Session doing only the three calls
+     per file, with as many threads as the daemon has workers, no folder work;
+  flowflexd  files dropped into a watched inbox, timed until the last is in done.
+Also: close-to-event latency (p50, p95 over 50 drops), peak RSS uploading
+8 x 25 MB at once, CPU of an idle daemon watching 20 folders for 60 s, and a
+10,000-file backlog present at start (first event, last event, peak RSS,
+RSS while draining). The emulator runs in its own process; so does the daemon.
+Prints a table and writes JSON (bench/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import flowflex
+import requests
+import yaml
+
+HERE = Path(__file__).resolve().parent
+FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
+API_KEY, API_SECRET, CODE = "cik_bench", "bench-secret-0123456789", "ic_bench"
+
+
+# ------------------------------------------------------------------ processes
+
+
+def wait_for_line(log_path: Path, needle: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists():
+            for line in log_path.read_text(errors="replace").splitlines():
+                if needle in line:
+                    try:
+                        return dict(json.loads(line))
+                    except ValueError:
+                        continue
+        time.sleep(0.05)
+    raise RuntimeError(f"{needle!r} never appeared in {log_path}")
+
+
+class Emulator:
+    """``flowflexd emulator`` in its own process."""
+
+    def __init__(self, root: Path, latency_ms: float) -> None:
+        self.log = root / f"emulator-{latency_ms:g}.log"
+        self.proc = subprocess.Popen(
+            [
+                FLOWFLEXD,
+                "emulator",
+                "--port",
+                "0",
+                "--latency-ms",
+                str(latency_ms),
+                "--data-dir",
+                str(root / f"emulator-{latency_ms:g}"),
+                "--api-key",
+                API_KEY,
+                "--api-secret",
+                API_SECRET,
+                "--integration-code",
+                CODE,
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        self.url = wait_for_line(self.log, "emulator ready")["base_url"]
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(requests.get(f"{self.url}/_emulator/events", timeout=60).json())
+
+    def count(self) -> int:
+        return int(requests.get(f"{self.url}/_emulator/stats", timeout=60).json()["events"])
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+class Daemon:
+    """``flowflexd run`` in its own process, with its peak RSS and CPU readable."""
+
+    def __init__(
+        self,
+        root: Path,
+        url: str,
+        folders: list[Path],
+        *,
+        workers: int,
+        settle: float,
+        rescan: float = 60.0,
+    ) -> None:
+        self.root = root
+        config = {
+            "flowflex": {
+                "base_url": url,
+                "api_key": API_KEY,
+                "api_secret": API_SECRET,
+                "integration_code": CODE,
+            },
+            "workers": workers,
+            "settle_seconds": settle,
+            "rescan_seconds": rescan,
+            "state_dir": str(root / "state"),
+            "folders": [
+                {
+                    "path": str(f),
+                    "done": str(f.parent / f"{f.name}-done"),
+                    "failed": str(f.parent / f"{f.name}-failed"),
+                    "rules": [{"name": "any", "pattern": "*", "event": "bench.file"}],
+                }
+                for f in folders
+            ],
+        }
+        path = root / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        self.log = root / "daemon.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [FLOWFLEXD, "run", "-c", str(path), "--log-format", "json"],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
+        wait_for_line(self.log, "flowflexd ready", timeout=120)
+        self.ready_after = time.monotonic() - self.started
+
+    def status(self) -> dict[str, str]:
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        return fields
+
+    def rss_mb(self) -> float:
+        return int(self.status()["VmRSS"].split()[0]) / 1024
+
+    def peak_rss_mb(self) -> float:
+        return int(self.status()["VmHWM"].split()[0]) / 1024
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def count_files(folder: Path) -> int:
+    try:
+        return sum(1 for e in os.scandir(folder) if e.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
+
+
+def wait_count(folder: Path, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while count_files(folder) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {count_files(folder)} of {n} files reached {folder}")
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def make_payloads(n: int, size: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(size) for _ in range(n)]
+
+
+def write_files(folder: Path, payloads: list[bytes], prefix: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, data in enumerate(payloads):
+        path = folder / f"{prefix}-{i:05}.pdf"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------- throughput
+
+
+def baseline_a(url: str, root: Path, payloads: list[bytes]) -> float:
+    """The official SDK, one file at a time, then a move to done."""
+    inbox, done = root / "a-inbox", root / "a-done"
+    files = write_files(inbox, payloads, "a")
+    done.mkdir()
+    sdk = flowflex.FlowFlex(
+        api_key=API_KEY, api_secret=API_SECRET, integration_code=CODE, base_url=url
+    )
+    started = time.monotonic()
+    for path in files:
+        sdk.send_event("bench.sdk", payload={"assetId": sdk.file(path)})
+        os.rename(path, done / path.name)
+    return len(files) / (time.monotonic() - started)
+
+
+def baseline_b(url: str, payloads: list[bytes], threads: int) -> float:
+    """The three calls per file over one pooled session, no folder work at all."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=threads * 2)
+    session.mount("http://", adapter)
+    auth = (API_KEY, API_SECRET)
+
+    def one(item: tuple[int, bytes]) -> None:
+        i, data = item
+        info = session.post(
+            f"{url}/v1/assets/upload-url",
+            auth=auth,
+            timeout=30,
+            json={"filename": f"b-{i}.pdf", "mime": "application/pdf", "size": len(data)},
+        ).json()
+        session.put(
+            info["uploadUrl"], data=data, headers={"Content-Type": "application/pdf"}, timeout=30
+        ).raise_for_status()
+        session.post(
+            f"{url}/v1/events/{CODE}",
+            auth=auth,
+            timeout=30,
+            json={"assetId": info["assetId"]},
+            headers={"x-event": "bench.floor", "x-idempotency-key": f"b-{i}-{time.time_ns()}"},
+        ).raise_for_status()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, enumerate(payloads)))
+    return len(payloads) / (time.monotonic() - started)
+
+
+def daemon_throughput(
+    url: str, root: Path, payloads: list[bytes], workers: int, settle: float
+) -> float:
+    inbox = root / "d-inbox"
+    inbox.mkdir(parents=True)
+    daemon = Daemon(root, url, [inbox], workers=workers, settle=settle)
+    try:
+        started = time.monotonic()
+        write_files(inbox, payloads, "d")
+        finished = wait_count(root / "d-inbox-done", len(payloads), timeout=900)
+    finally:
+        daemon.stop()
+    return len(payloads) / (finished - started)
+
+
+def throughput(args: argparse.Namespace, root: Path, latency_ms: float) -> dict[str, Any]:
+    """A, B and flowflexd (at the short and at the default settle) on one emulator."""
+    payloads = make_payloads(args.files, args.size)
+    emulator = Emulator(root, latency_ms)
+    try:
+        b = baseline_b(emulator.url, payloads, args.workers)
+        a = baseline_a(emulator.url, root / "a", payloads)
+        d = daemon_throughput(
+            emulator.url, root / "d", payloads, args.workers, args.throughput_settle
+        )
+        slow = daemon_throughput(emulator.url, root / "d2", payloads, args.workers, args.settle)
+        events = emulator.count()
+    finally:
+        emulator.stop()
+    assert events == 4 * len(payloads), f"{events} events for {4 * len(payloads)} sends"
+    return {
+        "latency_ms": latency_ms,
+        "files": len(payloads),
+        "size": args.size,
+        "workers": args.workers,
+        "sdk_files_per_s": round(a, 1),
+        "floor_files_per_s": round(b, 1),
+        "settle_seconds": args.throughput_settle,
+        "flowflexd_files_per_s": round(d, 1),
+        "vs_sdk": round(d / a, 2),
+        "vs_floor": round(d / b, 2),
+        "default_settle_seconds": args.settle,
+        "flowflexd_default_settle_files_per_s": round(slow, 1),
+        "default_settle_vs_sdk": round(slow / a, 2),
+        "default_settle_vs_floor": round(slow / b, 2),
+    }
+
+
+# -------------------------------------------------------------------- latency
+
+
+def close_to_event(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    emulator = Emulator(root, 0)
+    inbox = root / "l-inbox"
+    inbox.mkdir()
+    daemon = Daemon(root, emulator.url, [inbox], workers=args.workers, settle=args.settle)
+    latencies = []
+    try:
+        for i in range(args.drops):
+            path = inbox / f"l-{i:03}.pdf"
+            with path.open("wb") as fh:
+                fh.write(os.urandom(args.size))
+            closed = time.time()
+            deadline = time.monotonic() + 30
+            while emulator.count() <= i:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the event never came")
+                time.sleep(0.005)
+            received = emulator.events()[i]["received_at"]
+            latencies.append(received - closed)
+    finally:
+        daemon.stop()
+        emulator.stop()
+    latencies.sort()
+    return {
+        "drops": len(latencies),
+        "settle_seconds": args.settle,
+        "p50_s": round(statistics.median(latencies), 3),
+        "p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
+        "p50_over_settle_s": round(statistics.median(latencies) - args.settle, 3),
+    }
+
+
+# --------------------------------------------------------------------- memory
+
+
+def big_files(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    emulator = Emulator(root, 0)
+    inbox = root / "m-inbox"
+    inbox.mkdir()
+    daemon = Daemon(root, emulator.url, [inbox], workers=8, settle=args.settle)
+    try:
+        baseline = daemon.peak_rss_mb()
+        staging = root / "m-staging"
+        staging.mkdir()
+        for i in range(8):
+            with (staging / f"big-{i}.pdf").open("wb") as fh:
+                for _ in range(25):
+                    fh.write(os.urandom(1024 * 1024))
+        for i in range(8):  # all eight appear at once
+            os.rename(staging / f"big-{i}.pdf", inbox / f"big-{i}.pdf")
+        wait_count(root / "m-inbox-done", 8, timeout=300)
+        peak = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+        emulator.stop()
+    return {
+        "files": 8,
+        "mb_each": 25,
+        "peak_rss_mb": round(peak, 1),
+        "rss_before_mb": round(baseline, 1),
+    }
+
+
+def idle_cpu(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    emulator = Emulator(root, 0)
+    folders = [root / f"idle-{i:02}" for i in range(20)]
+    for folder in folders:
+        folder.mkdir()
+    daemon = Daemon(root, emulator.url, folders, workers=args.workers, settle=args.settle)
+    try:
+        time.sleep(2)  # past start-up
+        before = daemon.cpu_seconds()
+        time.sleep(args.idle_seconds)
+        used = daemon.cpu_seconds() - before
+    finally:
+        daemon.stop()
+        emulator.stop()
+    return {
+        "folders": 20,
+        "seconds": args.idle_seconds,
+        "cpu_seconds": round(used, 3),
+        "cpu_seconds_per_minute": round(used * 60 / args.idle_seconds, 3),
+    }
+
+
+def backlog(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    emulator = Emulator(root, 0)
+    inbox = root / "k-inbox"
+    write_files(inbox, make_payloads(args.backlog, args.size, seed=3), "k")
+    rss: list[float] = []
+    started = time.monotonic()
+    daemon = Daemon(root, emulator.url, [inbox], workers=args.workers, settle=args.settle)
+    try:
+        first = None
+        while first is None:
+            if emulator.count() > 0:
+                first = time.monotonic() - started
+            time.sleep(0.01)
+        done = root / "k-inbox-done"
+        while count_files(done) < args.backlog:
+            rss.append(daemon.rss_mb())
+            time.sleep(0.25)
+        last = time.monotonic() - started
+        peak = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+        emulator.stop()
+    quarter = max(1, len(rss) // 4)
+    return {
+        "files": args.backlog,
+        "first_event_s": round(first, 2),
+        "last_event_s": round(last, 1),
+        "ready_s": round(daemon.ready_after, 2),
+        "peak_rss_mb": round(peak, 1),
+        "rss_first_quarter_mb": round(statistics.mean(rss[:quarter]), 1),
+        "rss_last_quarter_mb": round(statistics.mean(rss[-quarter:]), 1),
+    }
+
+
+# ---------------------------------------------------------------------- report
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = results["throughput"]
+    lines = [
+        "| API latency | SDK (A) | floor (B) | flowflexd, settle "
+        f"{rows[0]['settle_seconds']:g} s | vs A | vs B | flowflexd, settle "
+        f"{rows[0]['default_settle_seconds']:g} s (default) | vs A | vs B |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['latency_ms']:g} ms | {row['sdk_files_per_s']} | {row['floor_files_per_s']} "
+            f"| {row['flowflexd_files_per_s']} | {row['vs_sdk']}x | {row['vs_floor']}x "
+            f"| {row['flowflexd_default_settle_files_per_s']} | {row['default_settle_vs_sdk']}x "
+            f"| {row['default_settle_vs_floor']}x |"
+        )
+    lat, big, idle, back = (results[k] for k in ("latency", "big_files", "idle", "backlog"))
+    lines += [
+        "",
+        "| measure | result |",
+        "| --- | ---: |",
+        f"| close to event, p50 / p95 (settle_seconds {lat['settle_seconds']:g}) "
+        f"| {lat['p50_s']} s / {lat['p95_s']} s |",
+        f"| peak RSS, 8 x 25 MB uploaded at once | {big['peak_rss_mb']} MB |",
+        f"| idle CPU, 20 folders | {idle['cpu_seconds_per_minute']} CPU-s per minute |",
+        f"| {back['files']:,}-file backlog: first event / last event "
+        f"| {back['first_event_s']} s / {back['last_event_s']} s |",
+        f"| {back['files']:,}-file backlog: peak RSS; RSS in the first / last quarter of "
+        f"the drain | {back['peak_rss_mb']} MB; {back['rss_first_quarter_mb']} / "
+        f"{back['rss_last_quarter_mb']} MB |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200 files, 2,000 backlog, 10 s idle")
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--settle", type=float, default=2.0, help="settle_seconds (the default)")
+    parser.add_argument(
+        "--throughput-settle",
+        type=float,
+        default=0.5,
+        help="settle_seconds for the throughput runs (they also run at --settle)",
+    )
+    parser.add_argument("--drops", type=int, default=50)
+    parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="throughput latency big_files idle backlog"
+    )
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.files, args.backlog, args.idle_seconds, args.drops = 200, 2000, 10, 20
+    parts = args.only or ["throughput", "latency", "big_files", "idle", "backlog"]
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="flowflexd-bench-") as tmp:
+        root = Path(tmp)
+        for part in parts:
+            sub = root / part
+            sub.mkdir()
+            print(f"running {part} ...", file=sys.stderr, flush=True)
+            if part == "throughput":
+                rows = []
+                for latency in (0, 50):
+                    (sub / str(latency)).mkdir()
+                    rows.append(throughput(args, sub / str(latency), latency))
+                results[part] = rows
+            else:
+                results[part] = {
+                    "latency": close_to_event,
+                    "big_files": big_files,
+                    "idle": idle_cpu,
+                    "backlog": backlog,
+                }[part](args, sub)
+            print(json.dumps(results[part]), file=sys.stderr, flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if set(parts) == {"throughput", "latency", "big_files", "idle", "backlog"}:
+        print(table(results))
+    else:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
