@@ -266,25 +266,39 @@ def daemon_throughput(
 
 
 def throughput(args: argparse.Namespace, root: Path, latency_ms: float) -> dict[str, Any]:
-    """A, B and flowflexd (at the short and at the default settle) on one emulator."""
+    """A, B and flowflexd (at the short and at the default settle) on one emulator.
+
+    Without latency each run takes seconds and varies by a third from run to
+    run (the emulator warms up, the two cores are shared), so each is run
+    ``--repeat`` times, interleaved, and the medians are compared.
+    """
     payloads = make_payloads(args.files, args.size)
+    repeat = args.repeat if latency_ms == 0 else 1
     emulator = Emulator(root, latency_ms)
+    runs: dict[str, list[float]] = {"a": [], "b": [], "d": [], "slow": []}
     try:
-        b = baseline_b(emulator.url, payloads, args.workers)
-        a = baseline_a(emulator.url, root / "a", payloads)
-        d = daemon_throughput(
-            emulator.url, root / "d", payloads, args.workers, args.throughput_settle
-        )
-        slow = daemon_throughput(emulator.url, root / "d2", payloads, args.workers, args.settle)
+        for i in range(repeat):
+            runs["b"].append(baseline_b(emulator.url, payloads, args.workers))
+            runs["a"].append(baseline_a(emulator.url, root / f"a{i}", payloads))
+            runs["d"].append(
+                daemon_throughput(
+                    emulator.url, root / f"d{i}", payloads, args.workers, args.throughput_settle
+                )
+            )
+            runs["slow"].append(
+                daemon_throughput(emulator.url, root / f"s{i}", payloads, args.workers, args.settle)
+            )
         events = emulator.count()
     finally:
         emulator.stop()
-    assert events == 4 * len(payloads), f"{events} events for {4 * len(payloads)} sends"
+    assert events == 4 * repeat * len(payloads), f"{events} events for {4 * repeat} runs"
+    a, b, d, slow = (statistics.median(runs[k]) for k in ("a", "b", "d", "slow"))
     return {
         "latency_ms": latency_ms,
         "files": len(payloads),
         "size": args.size,
         "workers": args.workers,
+        "runs_each": repeat,
         "sdk_files_per_s": round(a, 1),
         "floor_files_per_s": round(b, 1),
         "settle_seconds": args.throughput_settle,
@@ -295,6 +309,7 @@ def throughput(args: argparse.Namespace, root: Path, latency_ms: float) -> dict[
         "flowflexd_default_settle_files_per_s": round(slow, 1),
         "default_settle_vs_sdk": round(slow / a, 2),
         "default_settle_vs_floor": round(slow / b, 2),
+        "all_runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
     }
 
 
@@ -470,6 +485,7 @@ def main() -> int:
         help="settle_seconds for the throughput runs (they also run at --settle)",
     )
     parser.add_argument("--drops", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each at 0 ms (medians)")
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument(

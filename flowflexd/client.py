@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -299,10 +300,7 @@ class FileRef:
                 ) from err
         with self._lock:
             stream = self._seekable_stream()
-            start = cast(int, self._start)
-            end = stream.seek(0, io.SEEK_END)
-            stream.seek(start)
-            return end - start
+            return _remaining(stream, cast(int, self._start))
 
     def _seekable_stream(self) -> IO[bytes]:
         """The caller's stream if it can seek, else a spooled copy. Caller holds the lock."""
@@ -363,9 +361,9 @@ class _OpenedBody:
         self._locked = True
         stream = ref._seekable_stream()
         start = cast(int, ref._start)
-        end = stream.seek(0, io.SEEK_END)
+        length = _remaining(stream, start)
         stream.seek(start)
-        return _Body(stream, end - start, ref.filename), end - start
+        return _Body(stream, length, ref.filename), length
 
     def __exit__(self, *exc: object) -> None:
         if self._close is not None:
@@ -377,6 +375,19 @@ class _OpenedBody:
             with contextlib.suppress(OSError, ValueError):
                 stream.seek(cast(int, ref._start))
             ref._lock.release()
+
+
+def _remaining(stream: IO[bytes], start: int) -> int:
+    """Bytes from ``start`` to the end: fstat for a real file, else seek to the end."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        info = None
+    if info is not None and stat.S_ISREG(info.st_mode):
+        return max(0, info.st_size - start)
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(start)
+    return end - start
 
 
 def file(

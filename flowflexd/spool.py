@@ -122,8 +122,7 @@ def open_regular(path: Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
                 f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit",
                 code="FILE_TOO_LARGE",
             )
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        # O_NONBLOCK stays: it has no effect on a regular file's reads.
     except BaseException:
         os.close(fd)
         raise

@@ -94,7 +94,7 @@ class LoggedProcess:
         return out
 
     def wait_for_log(self, event: str, *, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
+        def find() -> dict[str, Any]:
             for record in self.json_lines():
                 if record.get("event") == event and all(
                     record.get(k) == v for k, v in fields.items()
@@ -105,7 +105,7 @@ class LoggedProcess:
                     f"process exited ({self.proc.returncode}) before logging {event!r}:\n"
                     + "\n".join(self.snapshot())
                 )
-            return None
+            return {}
 
         return wait_until(find, timeout=timeout, what=f"log line {event!r} {fields}")
 
@@ -339,3 +339,40 @@ def nothing_sent(emulator: Any) -> None:
     assert "/_storage" not in paths, paths
     assert not any(p.startswith("/v1/events/") for p in paths), paths
     assert emulator.events() == []
+
+
+def run_daemon(config: Path, **env: str) -> LoggedProcess:
+    """``flowflexd run -c CONFIG`` with JSON logs, in a clean environment plus ``env``."""
+    return LoggedProcess(
+        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env(**env)
+    )
+
+
+def folder_spec(base: Path, rules: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A folder for the configuration: ``base``/inbox with done and failed beside it."""
+    return {
+        "path": str(base / "inbox"),
+        "done": str(base / "done"),
+        "failed": str(base / "failed"),
+        "rules": rules,
+        **extra,
+    }
+
+
+class Folders:
+    """One inbox with its done and failed folders under ``root``, and its configuration."""
+
+    FOLDER_KEYS = ("poll", "poll_interval", "unmatched")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.done = root / "done"
+        self.failed = root / "failed"
+        self.inbox.mkdir()
+
+    def config(self, emulator: Any, rules: list[dict[str, Any]], **options: Any) -> Path:
+        """Write config.yaml: folder keys (poll, unmatched ...) go to the folder, others on top."""
+        extra = {k: options.pop(k) for k in self.FOLDER_KEYS if k in options}
+        spec = folder_spec(self.root, rules, **extra)
+        return write_config(self.root / "config.yaml", emulator, folders=[spec], **options)

@@ -21,7 +21,9 @@ from support import (
     drop,
     files_in,
     flowflexd_argv,
+    folder_spec,
     read_report,
+    run_daemon,
     wait_until,
     write_config,
 )
@@ -49,13 +51,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def folder(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "path": str(tmp_path / "inbox"),
-        "done": str(tmp_path / "done"),
-        "failed": str(tmp_path / "failed"),
-        "rules": [PDF],
-        **extra,
-    }
+    return folder_spec(tmp_path, extra.pop("rules", [PDF]), **extra)
 
 
 # ---------------------------------------------------------------- quick start
@@ -108,9 +104,7 @@ def test_run_logs_json_lines_that_carry_the_file_context(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         drop(tmp_path / "inbox", "a.pdf", b"%PDF a")
@@ -176,9 +170,7 @@ def test_run_with_a_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) 
 
 def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, emulator: Emulator) -> None:
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
-    first = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    first = run_daemon(config)
     try:
         first.wait_for_log("flowflexd ready")
         second = run("run", "-c", str(config))

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 from support import (
-    LoggedProcess,
-    child_env,
     claims_in,
     drop,
     files_in,
-    flowflexd_argv,
     read_claim,
     read_report,
+    run_daemon,
     sha256,
     wait_until,
     write_config,
@@ -50,10 +48,7 @@ def claims(tmp_path: Path) -> list[dict[str, object]]:
 
 
 def run_until_killed(config: Path, point: str) -> None:
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"),
-        env=child_env(FLOWFLEXD_CRASH_AT=point),
-    )
+    proc = run_daemon(config, FLOWFLEXD_CRASH_AT=point)
     try:
         assert proc.wait_exit(timeout=30) == -9, proc.output()
     finally:
@@ -61,9 +56,7 @@ def run_until_killed(config: Path, point: str) -> None:
 
 
 def run_until(config: Path, condition: object) -> str:
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         wait_until(condition, timeout=30)  # type: ignore[arg-type]

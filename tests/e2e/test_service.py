@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import yaml
 from support import (
-    LoggedProcess,
     RunningDaemon,
     child_env,
     drop,
     files_in,
     flowflexd_argv,
+    folder_spec,
     read_claim,
+    run_daemon,
     wait_until,
     write_config,
 )
@@ -37,13 +38,8 @@ SYSUSERS = ROOT / "systemd" / "flowflexd.sysusers.conf"
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.v1"}
 
 
-def folder_spec(base: Path, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {
-        "path": str(base / "inbox"),
-        "done": str(base / "done"),
-        "failed": str(base / "failed"),
-        "rules": rules or [PDF],
-    }
+def spec(base: Path, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return folder_spec(base, rules or [PDF])
 
 
 # ------------------------------------------------------------------ the unit
@@ -181,11 +177,8 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 def test_run_reports_ready_status_heartbeats_reload_and_stop(
     tmp_path: Path, emulator: Emulator, notify_socket: NotifySocket
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"),
-        env=child_env(NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="400000"),
-    )
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    proc = run_daemon(config, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="400000")
     try:
         ready = notify_socket.wait_for("READY=1")
         assert proc.wait_for_log("flowflexd ready")
@@ -215,12 +208,9 @@ def test_run_reports_ready_status_heartbeats_reload_and_stop(
 def test_no_heartbeat_when_the_watchdog_belongs_to_another_process(
     tmp_path: Path, emulator: Emulator, notify_socket: NotifySocket
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"),
-        env=child_env(
-            NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="200000", WATCHDOG_PID="1"
-        ),
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    proc = run_daemon(
+        config, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="200000", WATCHDOG_PID="1"
     )
     try:
         notify_socket.wait_for("READY=1")
@@ -252,7 +242,7 @@ def test_the_heartbeat_stops_when_a_worker_is_gone(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     with RunningDaemon(config, notifier=Notifier()) as running:
         notify_socket.wait_for("WATCHDOG=1")
         running.daemon._jobs.put(None)  # one worker leaves: the pool is no longer whole
@@ -268,17 +258,13 @@ def test_the_heartbeat_stops_when_a_worker_is_gone(
 
 def slow_setup(tmp_path: Path, latency_ms: int, **top: Any) -> tuple[Emulator, Path]:
     emulator = Emulator(data_dir=tmp_path / "emulator-data", latency_ms=latency_ms).start()
-    config = write_config(
-        tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)], **top
-    )
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], **top)
     return emulator, config
 
 
 def test_sigterm_lets_a_file_in_flight_finish_and_leaves_the_rest(tmp_path: Path) -> None:
     emulator, config = slow_setup(tmp_path, 400, workers=1)
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         for i in range(5):
@@ -301,9 +287,7 @@ def test_sigterm_lets_a_file_in_flight_finish_and_leaves_the_rest(tmp_path: Path
 
 def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: Path) -> None:
     emulator, config = slow_setup(tmp_path, 5000)
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         drop(tmp_path / "inbox", "slow.pdf", b"%PDF slow")
@@ -320,9 +304,7 @@ def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: 
     key = read_claim(claim_dir)["key"]
 
     emulator.set_faults(latency_ms=0)
-    restarted = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    restarted = run_daemon(config)
     try:
         wait_until(lambda: "slow.pdf" in files_in(tmp_path / "done"), timeout=30)
         restarted.proc.send_signal(signal.SIGTERM)
@@ -337,9 +319,7 @@ def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: 
 
 def test_a_file_slower_than_the_grace_period_stays_claimed(tmp_path: Path) -> None:
     emulator, config = slow_setup(tmp_path, 4000, shutdown_grace_seconds=0.5)
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         drop(tmp_path / "inbox", "g.pdf", b"%PDF")
@@ -365,16 +345,14 @@ def test_sighup_swaps_folders_and_rules_without_dropping_a_file_in_flight(tmp_pa
     emulator, config = slow_setup(tmp_path, 1500)
     second = tmp_path / "second"
     second.mkdir()
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         drop(tmp_path / "inbox", "in-flight.pdf", b"%PDF")
         proc.wait_for_log("file claimed")
         data = yaml.safe_load(config.read_text())
         data["folders"][0]["rules"][0]["event"] = "doc.v2"
-        data["folders"].append(folder_spec(second))
+        data["folders"].append(spec(second))
         config.write_text(yaml.safe_dump(data))
         proc.proc.send_signal(signal.SIGHUP)
         proc.wait_for_log("configuration reloaded")
@@ -402,11 +380,9 @@ def test_sighup_swaps_folders_and_rules_without_dropping_a_file_in_flight(tmp_pa
 def test_an_invalid_config_on_sighup_is_logged_and_the_running_one_stays(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     good = config.read_text()
-    proc = LoggedProcess(
-        flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-    )
+    proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
         config.write_text(good + "workers: [not, a, number]\n")
@@ -427,7 +403,7 @@ def test_an_invalid_config_on_sighup_is_logged_and_the_running_one_stays(
 
 
 def test_logs_are_readable_lines_on_a_terminal(tmp_path: Path, emulator: Emulator) -> None:
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
         flowflexd_argv("run", "-c", str(config)),
@@ -454,7 +430,7 @@ def test_logs_are_readable_lines_on_a_terminal(tmp_path: Path, emulator: Emulato
 
 
 def test_log_level_warning_hides_info(tmp_path: Path, emulator: Emulator) -> None:
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     (tmp_path / "inbox").mkdir()
     drop(tmp_path / "inbox", "a.pdf", b"%PDF")
 
@@ -476,7 +452,7 @@ def test_the_secret_can_come_from_a_systemd_credential(tmp_path: Path, emulator:
     credentials.mkdir()
     (credentials / "api_secret").write_text(emulator.api_secret + "\n")
     (credentials / "api_secret").chmod(0o400)
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     data = yaml.safe_load(config.read_text())
     del data["flowflex"]["api_secret"]
     config.write_text(yaml.safe_dump(data))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from support import (
+    Folders,
     RunningDaemon,
     claims_in,
     drop,
@@ -18,32 +19,13 @@ from support import (
     read_report,
     sha256,
     wait_until,
-    write_config,
 )
 
 from flowflexd.config import load
 from flowflexd.emulator import Emulator
 from flowflexd.replay import replay_one
 
-
-class Layout:
-    def __init__(self, tmp_path: Path) -> None:
-        self.root = tmp_path
-        self.inbox = tmp_path / "inbox"
-        self.done = tmp_path / "done"
-        self.failed = tmp_path / "failed"
-        self.inbox.mkdir()
-
-    def config(self, emulator: Emulator, rules: list[dict[str, Any]], **options: Any) -> Path:
-        folder = {
-            "path": str(self.inbox),
-            "done": str(self.done),
-            "failed": str(self.failed),
-            "rules": rules,
-        }
-        folder_keys = ("poll", "poll_interval", "unmatched")
-        folder.update({k: options.pop(k) for k in folder_keys if k in options})
-        return write_config(self.root / "config.yaml", emulator, folders=[folder], **options)
+Layout = Folders
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from support import (
+    Folders,
     LoggedProcess,
     RunningDaemon,
     child_env,
@@ -24,7 +25,6 @@ from support import (
     read_report,
     sha256,
     wait_until,
-    write_config,
 )
 
 from flowflexd.config import load
@@ -36,30 +36,21 @@ from flowflexd.spool import Spool
 SECRET_BYTES = b"root:x:0:0:the secret the daemon must never read\n"
 
 
-class Box:
+class Box(Folders):
     """An inbox with done and failed, and a secret file outside it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.root = tmp_path
-        self.inbox = tmp_path / "inbox"
-        self.done = tmp_path / "done"
-        self.failed = tmp_path / "failed"
-        self.inbox.mkdir()
+        super().__init__(tmp_path)
         self.secret = tmp_path / "outside" / "secret.pdf"
         self.secret.parent.mkdir()
         self.secret.write_bytes(SECRET_BYTES)
 
-    def config(
+    def config(  # type: ignore[override]
         self, emulator: Emulator, rules: list[dict[str, Any]] | None = None, **kw: Any
     ) -> Path:
-        spec = {
-            "path": str(self.inbox),
-            "done": str(self.done),
-            "failed": str(self.failed),
-            "rules": rules or [{"name": "any", "pattern": "*", "event": "doc"}],
-            **kw,
-        }
-        return write_config(self.root / "config.yaml", emulator, folders=[spec])
+        return super().config(
+            emulator, rules or [{"name": "any", "pattern": "*", "event": "doc"}], **kw
+        )
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 from support import (
-    LoggedProcess,
     RunningDaemon,
-    child_env,
     drop,
     files_in,
-    flowflexd_argv,
+    folder_spec,
+    run_daemon,
     wait_until,
     write_config,
 )
@@ -29,13 +28,8 @@ from flowflexd.emulator import Emulator
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc"}
 
 
-def folder_spec(base: Path) -> dict[str, Any]:
-    return {
-        "path": str(base / "inbox"),
-        "done": str(base / "done"),
-        "failed": str(base / "failed"),
-        "rules": [PDF],
-    }
+def spec(base: Path) -> dict[str, Any]:
+    return folder_spec(base, [PDF])
 
 
 @contextlib.contextmanager
@@ -94,7 +88,7 @@ def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
 ) -> None:
     with small_filesystem(tmp_path / "fs", inodes=40) as fs:
         config = write_config(
-            tmp_path / "config.yaml", emulator, folders=[folder_spec(fs)], rescan_seconds=0.5
+            tmp_path / "config.yaml", emulator, folders=[spec(fs)], rescan_seconds=0.5
         )
         with RunningDaemon(config) as running:
             drop(fs / "inbox", "a.pdf", b"%PDF a")
@@ -115,7 +109,7 @@ def test_a_read_only_done_folder_keeps_files_claimed_until_it_is_writable(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     (tmp_path / "done").mkdir()
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     with RunningDaemon(config) as running:
         with unwritable(tmp_path / "done"):
             drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro")
@@ -138,7 +132,7 @@ def test_an_inbox_that_vanishes_comes_back_by_itself(tmp_path: Path, emulator: E
     config = write_config(
         tmp_path / "config.yaml",
         emulator,
-        folders=[folder_spec(one), folder_spec(two)],
+        folders=[spec(one), spec(two)],
         rescan_seconds=0.5,
     )
     with RunningDaemon(config) as running:
@@ -160,7 +154,7 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     config = write_config(
-        tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)], rescan_seconds=0.5
+        tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], rescan_seconds=0.5
     )
     with RunningDaemon(config):
         replacement = tmp_path / "replacement"
@@ -178,7 +172,7 @@ def test_the_inotify_instance_limit_falls_back_to_polling(
 ) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     taken: list[int] = []
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder_spec(tmp_path)])
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     proc = None
     try:
         while len(taken) < 100_000:
@@ -186,9 +180,7 @@ def test_the_inotify_instance_limit_falls_back_to_polling(
             if fd < 0:
                 break
             taken.append(fd)
-        proc = LoggedProcess(
-            flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-        )
+        proc = run_daemon(config)
         line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
         proc.wait_for_log("watching", mode="polling (inotify limit)")
         for fd in taken:
