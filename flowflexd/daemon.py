@@ -132,7 +132,6 @@ class Daemon:
         notifier: Notifier | None = None,
         reload_config: Callable[[], Config] | None = None,
         make_client: Callable[[Config], FlowFlex] | None = None,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -147,7 +146,6 @@ class Daemon:
         self.gate = Gate()
         self.totals = Totals()
         self.ready = threading.Event()
-        self._on_event = on_event or (lambda kind, info: None)
         self._messages: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[FolderRuntime, Ready]] = deque()
@@ -249,7 +247,7 @@ class Daemon:
             self._retry(Job(runtime, claim=claim), now)
         if not self.once:
             runtime.watcher.stop()
-            mode = runtime.watcher.start()
+            mode = runtime.watcher.start(self._hint(runtime))
             log.info("watching", folder=str(runtime.folder.path), mode=mode)
         runtime.tracker.rescan()
         runtime.next_rescan = now + self.config.rescan_seconds
@@ -271,7 +269,6 @@ class Daemon:
         self.ready.set()
         self._publish(force=True)
         self.notifier.ready()
-        self._on_event("ready", {})
         try:
             self._loop()
         finally:
@@ -554,7 +551,6 @@ class Daemon:
         elif result is Result.RETRY:
             self.totals.deferred += 1
             log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
-        self._on_event(result.value, {"job": job, "outcome": outcome})
 
     # ---------------------------------------------------------------- once
 
@@ -611,14 +607,12 @@ class Daemon:
     # -------------------------------------------------------------- reload
 
     def _new_runtime(self, folder: Folder) -> FolderRuntime:
-        runtime = FolderRuntime(
+        return FolderRuntime(
             folder=folder,
             spool=Spool(folder),
             tracker=Tracker(folder, settle_seconds=self.config.settle_seconds),
-            watcher=FolderWatcher(folder, lambda name: None),
+            watcher=FolderWatcher(folder),
         )
-        runtime.watcher = FolderWatcher(folder, self._hint(runtime))
-        return runtime
 
     def _reload(self) -> None:
         """Swap to a re-read configuration without dropping files in flight."""
@@ -682,7 +676,8 @@ class Daemon:
                 runtime.watcher.folder = folder
                 if restart and runtime.online and not self.once:
                     runtime.watcher.stop()
-                    log.info("watching", folder=str(folder.path), mode=runtime.watcher.start())
+                    mode = runtime.watcher.start(self._hint(runtime))
+                    log.info("watching", folder=str(folder.path), mode=mode)
                 runtime.next_rescan = min(runtime.next_rescan, now)
             runtimes.append(runtime)
         for gone in current.values():

@@ -31,8 +31,3 @@ def mime_for_name(name: str) -> str | None:
     """The MIME type FlowFlex expects for a file name, from its extension."""
     _, dot, ext = name.rpartition(".")
     return MIME_BY_EXTENSION.get(ext.lower()) if dot else None
-
-
-def describe_allowed() -> str:
-    """The allowed extensions, for messages that tell the user what would work."""
-    return ", ".join(f".{ext}" for ext in MIME_BY_EXTENSION)

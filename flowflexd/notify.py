@@ -37,10 +37,6 @@ class Notifier:
         )
         self._last_status = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._socket is not None
-
     def send(self, *lines: str) -> None:
         if self._socket is None or self._address is None:
             return

@@ -48,7 +48,3 @@ class UrlCache:
         with self._lock:
             for key in [k for k, v in self._items.items() if v.fetched_at < limit]:
                 del self._items[key]
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)

@@ -82,16 +82,15 @@ class _Handler(FileSystemEventHandler):
 class FolderWatcher:
     """Watches one inbox with inotify, or by polling (``poll: true`` or as a fallback)."""
 
-    def __init__(self, folder: Folder, hint: Hint) -> None:
+    def __init__(self, folder: Folder) -> None:
         self.folder = folder
-        self._hint = hint
         self._observer: BaseObserver | None = None
         self.mode = "stopped"
 
-    def start(self) -> str:
-        """Start watching; returns the mode actually used."""
+    def start(self, hint: Hint) -> str:
+        """Start watching, calling ``hint`` for every name an event concerns; returns the mode."""
         inbox = str(self.folder.path)
-        handler = _Handler(inbox, self._hint)
+        handler = _Handler(inbox, hint)
         if not self.folder.poll:
             observer: BaseObserver | None = None
             try:
