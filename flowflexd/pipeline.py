@@ -226,10 +226,10 @@ class Pipeline:
             )
         return found_now
 
-    def _sidecar(self, spool: Spool, claim: Claim, found: Match) -> Any:
+    def _sidecar(self, spool: Spool, claim: Claim, found: Match, present: dict[str, str]) -> Any:
         if found.rule.sidecar is None:
             return MISSING
-        if "sidecar" not in claim.present():
+        if "sidecar" not in present:
             if found.rule.sidecar_required:
                 raise FileRejected("the sidecar is gone", code="SIDECAR_MISSING")
             return MISSING
@@ -246,14 +246,13 @@ class Pipeline:
 
     def _send(self, spool: Spool, claim: Claim) -> Outcome | None:
         found = self._rule(spool, claim)
+        present = claim.present()
         missing = [
-            role
-            for role in claim.members
-            if role.startswith("attach.") and role not in claim.present()
+            role for role in claim.members if role.startswith("attach.") and role not in present
         ]
         if missing:
             raise FileRejected(f"{', '.join(missing)} is gone", code="ATTACHMENT_MISSING")
-        sidecar = self._sidecar(spool, claim, found)
+        sidecar = self._sidecar(spool, claim, found, present)
         event = claim.event = event_name(found, sidecar=sidecar)
         roles = ["file", *(r for r in claim.members if r.startswith("attach."))]
         # Render once with stand-ins, so a bad template fails before any upload.

@@ -493,7 +493,7 @@ class Spool:
 
     def _return_orphans(self, claim_dir: Path) -> None:
         for entry in list(os.scandir(claim_dir)):
-            if entry.name == CLAIM_FILE or entry.name.startswith(TMP_PREFIX):
+            if entry.name == CLAIM_FILE:
                 os.unlink(entry.path)
                 continue
             for n in range(1000):
@@ -575,9 +575,8 @@ class Spool:
         Not fsynced: should a crash undo this, the next start finds a claim
         whose file is already in done or failed, and removes it then.
         """
-        for entry in list(os.scandir(claim.dir)):
-            if entry.name == CLAIM_FILE or entry.name.startswith(TMP_PREFIX):
-                os.unlink(entry.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim.dir / CLAIM_FILE)
         os.rmdir(claim.dir)
 
     # ---------------------------------------------------------------- status

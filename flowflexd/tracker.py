@@ -79,7 +79,6 @@ class Ready:
     members: dict[str, str]  # role -> name
     rule: str
     expect: os.stat_result
-    match: Match | None = None
     reject: dict[str, str] | None = None
 
 
@@ -337,7 +336,7 @@ class Tracker:
             )
         if not wanted:
             entry.state = State.QUEUED
-            return Ready(self.folder, {"file": entry.name}, found.rule.name, info, found)
+            return Ready(self.folder, {"file": entry.name}, found.rule.name, info)
         return self._with_companions(entry, info, found, wanted, now)
 
     def _with_companions(
@@ -366,7 +365,7 @@ class Tracker:
         members = {"file": entry.name, **present}
         if not missing:
             entry.state = State.QUEUED
-            return Ready(self.folder, members, found.rule.name, info, found)
+            return Ready(self.folder, members, found.rule.name, info)
         required = [r for r in missing if r != "sidecar" or found.rule.sidecar_required]
         if now >= deadline:
             if required:
@@ -381,7 +380,7 @@ class Tracker:
                     members=members,
                 )
             entry.state = State.QUEUED
-            return Ready(self.folder, members, found.rule.name, info, found)
+            return Ready(self.folder, members, found.rule.name, info)
         entry.state = State.WAITING
         if entry.say_once("waiting"):
             log.info(
