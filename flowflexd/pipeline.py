@@ -73,6 +73,12 @@ def _sidecar_depth(value: Any, limit: int) -> bool:
     return False
 
 
+def _refuse_constant(word: str) -> Any:
+    # Python reads NaN and Infinity; JSON has no such numbers and the event
+    # could never be sent, so the sidecar is refused here with the reason.
+    raise ValueError(f"{word} is not a JSON number")
+
+
 def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
     """A sidecar's JSON object, or FileRejected saying exactly what is wrong."""
     try:
@@ -84,7 +90,7 @@ def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
             code="SIDECAR_INVALID",
         ) from err
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as err:
         raise FileRejected(f"sidecar {name} is nested too deeply", code="SIDECAR_INVALID") from err
     except ValueError as err:

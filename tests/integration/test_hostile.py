@@ -210,6 +210,8 @@ SIDECAR_CASES = [
     ),
     ("bad-utf8", b'{"name": "\xc3\x28"}', "SIDECAR_INVALID", "is not UTF-8 text"),
     ("utf16", '{"name": "Ada"}'.encode("utf-16"), "SIDECAR_INVALID", "is not UTF-8 text"),
+    ("nan", b'{"amount": NaN}', "SIDECAR_INVALID", "NaN is not a JSON number"),
+    ("infinity", b'{"amount": -Infinity}', "SIDECAR_INVALID", "-Infinity is not a JSON number"),
 ]
 
 
