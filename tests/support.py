@@ -210,9 +210,44 @@ class _EchoAuthHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _RedirectHandler(BaseHTTPRequestHandler):
+    """An API or storage that answers every request with a 307 to ``/elsewhere``."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str]  # paths asked for, set per server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _redirect(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.seen.append(self.path)
+        self.send_response(307)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PUT = do_GET = _redirect
+
+
+@contextmanager
+def redirect_server() -> Iterator[tuple[str, list[str]]]:
+    """A server on loopback that redirects everything; yields its URL and the paths it saw."""
+    seen: list[str] = []
+    handler = type("Handler", (_RedirectHandler,), {"seen": seen})
+    with _serving(handler) as url:
+        yield url, seen
+
+
 @contextmanager
 def echo_auth_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoAuthHandler)
+    with _serving(_EchoAuthHandler) as url:
+        yield url
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

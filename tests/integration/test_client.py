@@ -13,7 +13,8 @@ from pathlib import Path
 
 import flowflex
 import pytest
-from support import RawServer, client_for, echo_auth_server, sha256_file
+import requests
+from support import RawServer, client_for, echo_auth_server, redirect_server, sha256_file
 
 from flowflexd.client import FlowFlex, FlowFlexError, FlowFlexUploadError
 from flowflexd.emulator import Emulator
@@ -435,3 +436,58 @@ def test_failed_storage_puts_are_retried(tmp_path: Path) -> None:
     assert stats["uploads"] == 10
     assert stats["events_fired"] == 10
     assert stats["requests_by_path"]["/_storage"] > 10
+
+
+# ------------------------------------------------------------ http semantics
+
+
+def test_an_api_redirect_is_an_error_and_is_not_followed() -> None:
+    with redirect_server() as (url, seen):
+        client = FlowFlex(api_key="cik_abc", api_secret=SECRET, integration_code="ic", base_url=url)
+        with pytest.raises(FlowFlexError) as caught:
+            client.send_event("x", payload={"n": 1})
+
+    assert caught.value.status == 307
+    assert seen == ["/v1/events/ic"]  # once, and nothing sent on to /elsewhere
+
+
+def test_a_storage_redirect_fails_the_upload_and_is_not_followed(
+    client: FlowFlex, tmp_path: Path
+) -> None:
+    path = tmp_path / "a.pdf"
+    path.write_bytes(b"%PDF-1.4 redirected")
+    with redirect_server() as (url, seen):
+        with pytest.raises(FlowFlexUploadError) as caught:
+            client.put_file(client.file(path), f"{url}/upload/1?sig=abc")
+
+    assert caught.value.status == 307
+    assert seen == ["/upload/1?sig=abc"]
+
+
+def test_a_callers_session_is_used_with_its_own_settings(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    answered: list[str] = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda res, *args, **kwargs: answered.append(res.url))
+    # A default Authorization (a proxy's, say) must not reach presigned storage.
+    session.headers["Authorization"] = "Basic c29tZW9uZTplbHNl"
+    client = client_for(emulator, session=session)
+    path = tmp_path / "a.pdf"
+    path.write_bytes(b"%PDF-1.4 through the caller's session")
+
+    result = client.send_event("x", payload={"f": client.file(path)})
+
+    assert len(answered) == 3  # upload-url, storage PUT, event: all through the session
+    assert emulator.events()[-1]["payload"] == {"f": result.uploaded_assets["f"]}
+
+
+def test_a_payload_with_nan_is_refused_before_any_request(emulator: Emulator) -> None:
+    client = client_for(emulator)
+
+    with pytest.raises(FlowFlexError) as caught:
+        client.send_event("x", payload={"amount": float("nan")})
+
+    assert caught.value.code == "INVALID_PAYLOAD"
+    assert "JSON" in caught.value.message
+    assert "/v1/events/ic_emulator" not in emulator.stats()["requests_by_path"]
