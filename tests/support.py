@@ -142,8 +142,9 @@ def child_env(**extra: str) -> dict[str, str]:
 class RawServer:
     """A TCP server on loopback that misbehaves on purpose, counting connections.
 
-    ``mode`` is ``close`` (accept and hang up at once) or ``silent`` (accept
-    and never answer).
+    ``mode`` is ``close`` (accept and hang up at once), ``silent`` (accept
+    and never answer) or ``bad-gzip`` (answer 200 with a body that claims to
+    be gzip and is not).
     """
 
     def __init__(self, mode: str) -> None:
@@ -173,6 +174,14 @@ class RawServer:
             self.accepted += 1
             if self.mode == "close":
                 conn.recv(65536)
+                conn.close()
+            elif self.mode == "bad-gzip":
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Encoding: gzip\r\nContent-Length: 8\r\n"
+                    b"Connection: close\r\n\r\nnot gzip"
+                )
                 conn.close()
             else:
                 self._held.append(conn)

@@ -456,9 +456,8 @@ def test_a_storage_redirect_fails_the_upload_and_is_not_followed(
 ) -> None:
     path = tmp_path / "a.pdf"
     path.write_bytes(b"%PDF-1.4 redirected")
-    with redirect_server() as (url, seen):
-        with pytest.raises(FlowFlexUploadError) as caught:
-            client.put_file(client.file(path), f"{url}/upload/1?sig=abc")
+    with redirect_server() as (url, seen), pytest.raises(FlowFlexUploadError) as caught:
+        client.put_file(client.file(path), f"{url}/upload/1?sig=abc")
 
     assert caught.value.status == 307
     assert seen == ["/upload/1?sig=abc"]
@@ -491,3 +490,35 @@ def test_a_payload_with_nan_is_refused_before_any_request(emulator: Emulator) ->
     assert caught.value.code == "INVALID_PAYLOAD"
     assert "JSON" in caught.value.message
     assert "/v1/events/ic_emulator" not in emulator.stats()["requests_by_path"]
+
+
+def test_an_answer_that_cannot_be_decoded_is_a_flowflex_error() -> None:
+    server = RawServer("bad-gzip")
+    try:
+        client = FlowFlex(
+            api_key="k",
+            api_secret=SECRET,
+            integration_code="ic",
+            base_url=server.url,
+            max_attempts=2,
+            backoff_base_seconds=0.01,
+        )
+        with pytest.raises(FlowFlexError) as caught:
+            client.send_event("x", payload={})
+    finally:
+        server.close()
+
+    assert "ContentDecodingError" in caught.value.message
+    assert caught.value.retryable
+    assert server.accepted == 2  # retried once, as for any transient failure
+
+
+def test_an_upload_url_without_a_host_is_refused_clearly(client: FlowFlex, tmp_path: Path) -> None:
+    path = tmp_path / "a.pdf"
+    path.write_bytes(b"%PDF-1.4")
+
+    with pytest.raises(FlowFlexUploadError) as caught:
+        client.put_file(client.file(path), "https:///no-host?sig=1")
+
+    assert "InvalidURL" in caught.value.message
+    assert not caught.value.retryable
