@@ -604,6 +604,12 @@ class FlowFlex:
         if isinstance(body, dict):
             message = body.get("error") or body.get("message")
             code = body.get("code") or body.get("name")
+        if res.is_redirect:
+            location = redact_url(res.headers.get("Location") or "nowhere")
+            message = (
+                f"{what} was answered with a redirect ({res.status_code}) to {location}; "
+                "redirects are not followed"
+            )
         message = str(message or f"{what} failed with status {res.status_code}")
         retry_after = _parse_retry_after(res.headers.get("Retry-After"), time.time())
         return FlowFlexError(

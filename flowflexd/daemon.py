@@ -72,8 +72,8 @@ class Gate:
                     "FlowFlex refuses our configuration; sending is paused and files stay "
                     "where they are",
                     reason=reason,
-                    fix="check flowflex.api_key, api_secret and integration_code, then reload "
-                    "(systemctl reload flowflexd)",
+                    fix="check flowflex.base_url, api_key, api_secret and integration_code, "
+                    "then reload (systemctl reload flowflexd)",
                     next_try_s=round(delay),
                 )
             else:

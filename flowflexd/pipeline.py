@@ -35,7 +35,9 @@ log = structlog.get_logger("flowflexd.pipeline")
 
 REUPLOAD_AFTER = 24 * 3600.0
 MAX_SIDECAR_DEPTH = 64
-PAUSE_STATUSES = frozenset({401, 403, 404})
+# Our configuration is wrong (credentials, integration, or a base_url that
+# redirects): every file would fail the same way, so sending pauses instead.
+PAUSE_STATUSES = frozenset({301, 302, 303, 307, 308, 401, 403, 404})
 
 
 # Retry codes for trouble on this machine, not at FlowFlex: retried with

@@ -17,6 +17,7 @@ from support import (
     files_in,
     nothing_sent,
     read_report,
+    redirect_server,
     sha256,
     wait_until,
 )
@@ -496,6 +497,24 @@ def test_unknown_integration_pauses_without_failing_files(
 
     assert files_in(layout.failed) == set()
     assert emulator.events() == []
+
+
+def test_an_api_that_redirects_pauses_without_failing_files(
+    layout: Layout, emulator: Emulator
+) -> None:
+    config = layout.config(emulator, [PDF])
+    with redirect_server() as (url, seen):
+        config.write_text(config.read_text().replace(emulator.url, url))
+        with RunningDaemon(config) as running:
+            drop(layout.inbox, "r.pdf", b"%PDF")
+            wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
+            reason = running.daemon.gate.reason
+
+    assert "redirect (307) to /elsewhere" in reason
+    assert "/elsewhere" not in seen  # asked once per call, never followed
+    assert files_in(layout.failed) == set()
+    in_claims = {c["members"]["file"] for c in claims_in(layout.inbox)}
+    assert files_in(layout.inbox) | in_claims == {"r.pdf"}
 
 
 def test_an_oversized_file_fails_without_any_request(layout: Layout, emulator: Emulator) -> None:
