@@ -231,7 +231,7 @@ class Daemon:
         runtime.identity = inbox_identity(runtime.folder.path)
         runtime.online = True
         pending = list(runtime.spool.pending())
-        recorded = journal.outcomes_in_tail(self.journal.path, {c.id for c in pending})
+        recorded = journal.outcomes_in_tail(self.journal.dir, {c.id for c in pending})
         for claim in pending:
             entry = recorded.get(claim.id)
             if entry is not None and entry.get("outcome") == "done" and claim.answer is None:

@@ -4,6 +4,12 @@ Each line: time, outcome (done or failed), folder, file, sha256, rule, event,
 idempotency key, assetIds, and the API's answer or the error. A line that a
 crash cut short is skipped by readers; a claim finished again after a crash
 may appear twice, with the same claim id.
+
+A daemon that runs for years must not fill its disk: past ``ROTATE_BYTES``
+the journal is renamed ``journal.jsonl.1`` (older ones shift to ``.2`` and
+on), and only ``KEEP`` old files are kept, so the journal never takes more
+than (KEEP + 1) x ROTATE_BYTES (144 MiB): the last 200,000 files or so,
+records being about 600 bytes. ``status`` counts over what is kept.
 """
 
 from __future__ import annotations
@@ -15,22 +21,42 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 JOURNAL_NAME = "journal.jsonl"
+ROTATE_BYTES = 16 << 20
+KEEP = 8
+
+log = structlog.get_logger("flowflexd.journal")
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_append(path: Path) -> int:
+    return os.open(
+        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
 
 
 class Journal:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, *, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP
+    ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = state_dir
         self.path = state_dir / JOURNAL_NAME
-        self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-        )
+        self._rotate_bytes = rotate_bytes
+        self._keep = keep
+        self._fd = _open_append(self.path)
+        self._size = os.fstat(self._fd).st_size
         # A journal created just now must survive a power cut with its name.
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(state_dir)
         self._lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -41,6 +67,31 @@ class Journal:
             while view:
                 view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
+            self._size += len(data)
+            if self._size >= self._rotate_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        """Start a new file; the record just written is durable in the old one."""
+        try:
+            for n in range(self._keep, 0, -1):
+                older = rotated(self.path, n)
+                if not older.exists():
+                    continue
+                if n == self._keep:
+                    older.unlink()
+                else:
+                    os.replace(older, rotated(self.path, n + 1))
+            os.replace(self.path, rotated(self.path, 1))
+            fd = _open_append(self.path)
+            _fsync_dir(self.dir)
+        except OSError as err:
+            # Keep writing where we are: a full disk must not stop the records.
+            log.warning("cannot rotate the journal; it keeps growing", error=str(err))
+            self._size = 0  # try again after another ROTATE_BYTES, not on every record
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
 
     def close(self) -> None:
         with self._lock:
@@ -49,44 +100,82 @@ class Journal:
                 self._fd = -1
 
 
-def outcomes_in_tail(path: Path, claims: set[str], tail_bytes: int = 16 << 20) -> dict[str, Any]:
+def rotated(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}")
+
+
+def files(state_dir: Path) -> list[Path]:
+    """The journal's files that exist, oldest first (the current one last).
+
+    Found by listing, not by counting up from ``.1``: a rotation cut short
+    by a crash can leave a gap in the numbers.
+    """
+    path = state_dir / JOURNAL_NAME
+    numbered: list[tuple[int, Path]] = []
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        suffix = name.removeprefix(f"{JOURNAL_NAME}.")
+        if suffix != name and suffix.isdigit():
+            numbered.append((int(suffix), state_dir / name))
+    found = [p for _, p in sorted(numbered, reverse=True)]
+    if path.exists():
+        found.append(path)
+    return found
+
+
+def outcomes_in_tail(
+    state_dir: Path, claims: set[str], tail_bytes: int = 16 << 20
+) -> dict[str, Any]:
     """The last record of each of ``claims`` within the journal's last ``tail_bytes``.
 
     Claims left by a crash are recent, so their records, if written at all,
-    are near the end; reading only the tail keeps a start after a crash fast
-    however long the journal has grown.
+    are near the end (or, just after a rotation, at the end of the previous
+    file); reading only the tail keeps a start after a crash fast however
+    much history there is.
     """
     found: dict[str, Any] = {}
     if not claims:
         return found
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - tail_bytes))
-            data = handle.read()
-    except FileNotFoundError:
-        return found
-    for raw in data.splitlines():
+    chunks: list[bytes] = []
+    left = tail_bytes
+    for path in reversed(files(state_dir)):
+        if left <= 0:
+            break
         try:
-            entry = json.loads(raw.decode("utf-8", "surrogateescape"))
-        except ValueError:
-            continue  # a partial first line, or one a crash cut short
-        if isinstance(entry, dict) and entry.get("claim") in claims:
-            found[entry["claim"]] = entry
-    return found
-
-
-def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Every whole record in a journal, oldest first."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
+            with path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - left))
+                data = handle.read()
+        except FileNotFoundError:
+            continue  # rotated away meanwhile
+        chunks.append(data)
+        left -= len(data)
+    for data in reversed(chunks):
+        for raw in data.splitlines():
             try:
                 entry = json.loads(raw.decode("utf-8", "surrogateescape"))
             except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
+                continue  # a partial first line, or one a crash cut short
+            if isinstance(entry, dict) and entry.get("claim") in claims:
+                found[entry["claim"]] = entry
+    return found
+
+
+def read(state_dir: Path) -> Iterator[dict[str, Any]]:
+    """Every whole record the journal keeps, oldest first."""
+    for path in files(state_dir):
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            continue
+        with handle:
+            for raw in handle:
+                try:
+                    entry = json.loads(raw.decode("utf-8", "surrogateescape"))
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    yield entry

@@ -137,7 +137,7 @@ class FolderStatus:
 def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
     """folder -> claim id -> last outcome, from the journal (a claim may repeat after a crash)."""
     seen: dict[str, dict[str, str]] = {}
-    for entry in journal.read(state_dir / journal.JOURNAL_NAME):
+    for entry in journal.read(state_dir):
         folder, claim, outcome = entry.get("folder"), entry.get("claim"), entry.get("outcome")
         if isinstance(folder, str) and isinstance(claim, str) and isinstance(outcome, str):
             seen.setdefault(folder, {})[claim] = outcome
