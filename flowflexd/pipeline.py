@@ -10,13 +10,12 @@ the identical body.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import structlog
 
@@ -24,6 +23,7 @@ from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.errors import FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
+from flowflexd.hashing import HashingReader, sha256_of
 from flowflexd.journal import Journal
 from flowflexd.prefetch import Prefetched, UrlCache
 from flowflexd.rules import Match, Rule, event_name, match, payload
@@ -305,19 +305,19 @@ class Pipeline:
     def _upload_one(self, spool: Spool, claim: Claim, role: str) -> dict[str, Any]:
         fd, info = spool.open_member(claim, role, max_bytes=MAX_FILE_BYTES)
         with os.fdopen(fd, "rb") as stream:
-            digest = hashlib.sha256()
-            while chunk := stream.read(1 << 16):
-                digest.update(chunk)
-            stream.seek(0)
-            ref = FileRef(stream, filename=asset_name(claim.members[role]), size=info.st_size)
+            reader = HashingReader(stream, info.st_size)
+            ref = FileRef(
+                cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size
+            )
             prefetched = self.urls.take((str(spool.inbox), claim.members[role], info.st_ino))
             asset_id = self._put_prefetched(ref, prefetched) if prefetched else None
             if asset_id is None:
                 asset_id = self.client.upload_file(ref)
+            digest = reader.sha256 or sha256_of(stream)
         return {
             "asset_id": asset_id,
             "uploaded_at": time.time(),
-            "sha256": digest.hexdigest(),
+            "sha256": digest,
             "size": info.st_size,
         }
 

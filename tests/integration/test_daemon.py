@@ -18,10 +18,12 @@ from support import (
     nothing_sent,
     read_report,
     redirect_server,
+    run_daemon,
     sha256,
     wait_until,
 )
 
+from flowflexd import journal
 from flowflexd.config import load
 from flowflexd.emulator import Emulator
 from flowflexd.replay import replay_one
@@ -527,6 +529,38 @@ def test_an_oversized_file_fails_without_any_request(layout: Layout, emulator: E
     assert report["code"] == "FILE_TOO_LARGE"
     assert "26,214,401 bytes, over the 26,214,400-byte limit" in report["reason"]
     assert emulator.stats()["requests_by_path"] == {}
+
+
+def bytes_read(pid: int) -> int:
+    """What a process has read from files so far (rchar in /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+def test_a_file_is_read_once_for_its_hash_and_its_upload(
+    layout: Layout, emulator: Emulator, tmp_path: Path
+) -> None:
+    size = 8 * 1024 * 1024
+    data = os.urandom(size)
+    staging = tmp_path / "staging.pdf"
+    staging.write_bytes(data)
+    proc = run_daemon(layout.config(emulator, [PDF]))
+    try:
+        proc.wait_for_log("flowflexd ready")
+        before = bytes_read(proc.proc.pid)
+        staging.rename(layout.inbox / "big.pdf")
+        wait_until(lambda: "big.pdf" in files_in(layout.done), timeout=30)
+        read = bytes_read(proc.proc.pid) - before
+    finally:
+        proc.stop()
+
+    assert size <= read < 1.25 * size  # once, not once to hash and again to send
+    [event] = emulator.events()
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(data)
+    [record] = journal.read(tmp_path / "state")
+    assert record["sha256"] == sha256(data)
 
 
 def test_the_journal_records_every_outcome(layout: Layout, emulator: Emulator) -> None:
