@@ -167,6 +167,48 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
         wait_until(lambda: "later.pdf" in files_in(tmp_path / "done"), timeout=20)
 
 
+def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator: Emulator) -> None:
+    limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Watches count per user: a few instances each watching the same files
+    # use them all up while leaving instances for the daemon.
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    instances = 64
+    per_instance = limit // instances + 1
+    for i in range(per_instance):
+        (targets / str(i)).touch()
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    taken: list[int] = []
+    proc = None
+    try:
+        for _ in range(instances):
+            fd = libc.inotify_init1(os.O_CLOEXEC)
+            assert fd >= 0, os.strerror(ctypes.get_errno())
+            taken.append(fd)
+            for i in range(per_instance):
+                if libc.inotify_add_watch(fd, str(targets / str(i)).encode(), 0x2) < 0:
+                    assert ctypes.get_errno() == errno.ENOSPC
+                    break
+        proc = run_daemon(config)
+        line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
+        proc.wait_for_log("watching", mode="polling (inotify limit)")
+        for fd in taken:
+            os.close(fd)
+        taken.clear()
+        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
+        wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        for fd in taken:
+            os.close(fd)
+        if proc is not None:
+            proc.stop()
+
+    assert "fs.inotify.max_user_watches" in line["fix"]
+
+
 def test_the_inotify_instance_limit_falls_back_to_polling(
     tmp_path: Path, emulator: Emulator
 ) -> None:
