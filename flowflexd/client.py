@@ -719,9 +719,7 @@ class FlowFlex:
             headers["Content-Type"] = "application/json"
 
         def send() -> requests.Response:
-            return self._exchange(
-                method, url, headers, body, length=len(body or b""), settings=settings
-            )
+            return self._exchange(method, url, headers, body, settings=settings)
 
         return self._parse_body(self._with_retries(what, send))
 
@@ -732,7 +730,6 @@ class FlowFlex:
         headers: dict[str, str],
         body: Any,
         *,
-        length: int,
         settings: dict[str, Any],
     ) -> requests.Response:
         """One HTTP request and its whole answer.
@@ -760,7 +757,7 @@ class FlowFlex:
         request.url = url
         request.headers = CaseInsensitiveDict({**_DEFAULT_HEADERS, **headers})
         if body is not None:
-            request.headers["Content-Length"] = str(length)
+            request.headers["Content-Length"] = str(len(body))  # a streamed _Body has one too
         request.body = body
         request.hooks = {"response": []}
         response = self._session.get_adapter(url).send(request, timeout=self._timeout, **settings)
@@ -834,7 +831,6 @@ class FlowFlex:
                     upload_url,
                     {"Content-Type": mime, "User-Agent": self._user_agent},
                     body if length else b"",
-                    length=length,
                     settings=settings,
                 )
 

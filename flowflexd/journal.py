@@ -17,25 +17,19 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from flowflexd.spool import fsync_dir
 
 JOURNAL_NAME = "journal.jsonl"
 ROTATE_BYTES = 16 << 20
 KEEP = 8
 
 log = structlog.get_logger("flowflexd.journal")
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _open_append(path: Path) -> int:
@@ -56,7 +50,7 @@ class Journal:
         self._fd = _open_append(self.path)
         self._size = os.fstat(self._fd).st_size
         # A journal created just now must survive a power cut with its name.
-        _fsync_dir(state_dir)
+        fsync_dir(state_dir)
         self._lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -84,7 +78,7 @@ class Journal:
                     os.replace(older, rotated(self.path, n + 1))
             os.replace(self.path, rotated(self.path, 1))
             fd = _open_append(self.path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as err:
             # Keep writing where we are: a full disk must not stop the records.
             log.warning("cannot rotate the journal; it keeps growing", error=str(err))
@@ -154,12 +148,9 @@ def outcomes_in_tail(
         chunks.append(data)
         left -= len(data)
     for data in reversed(chunks):
-        for raw in data.splitlines():
-            try:
-                entry = json.loads(raw.decode("utf-8", "surrogateescape"))
-            except ValueError:
-                continue  # a partial first line, or one a crash cut short
-            if isinstance(entry, dict) and entry.get("claim") in claims:
+        # The first line of a tail may be cut: _entries skips it like a torn one.
+        for entry in _entries(data.splitlines()):
+            if entry.get("claim") in claims:
                 found[entry["claim"]] = entry
     return found
 
@@ -172,10 +163,15 @@ def read(state_dir: Path) -> Iterator[dict[str, Any]]:
         except FileNotFoundError:
             continue
         with handle:
-            for raw in handle:
-                try:
-                    entry = json.loads(raw.decode("utf-8", "surrogateescape"))
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    yield entry
+            yield from _entries(handle)
+
+
+def _entries(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The whole records among ``lines``; one a crash cut short is skipped."""
+    for raw in lines:
+        try:
+            entry = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield entry

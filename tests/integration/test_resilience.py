@@ -8,7 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,35 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
         wait_until(lambda: "later.pdf" in files_in(tmp_path / "done"), timeout=20)
 
 
+def falls_back_to_polling(
+    tmp_path: Path, emulator: Emulator, use_up: Callable[[list[int]], None]
+) -> dict[str, Any]:
+    """Start the daemon while ``use_up`` holds inotify descriptors (it appends
+    them to the list); check it polls and delivers once they are released, and
+    return its log line about the limit."""
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    taken: list[int] = []
+    proc = None
+    try:
+        use_up(taken)
+        proc = run_daemon(config)
+        line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
+        proc.wait_for_log("watching", mode="polling (inotify limit)")
+        for fd in taken:
+            os.close(fd)
+        taken.clear()
+        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
+        wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        for fd in taken:
+            os.close(fd)
+        if proc is not None:
+            proc.stop()
+    return line
+
+
 def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator: Emulator) -> None:
     limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
     libc = ctypes.CDLL(None, use_errno=True)
@@ -178,10 +207,8 @@ def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator:
     per_instance = limit // instances + 1
     for i in range(per_instance):
         (targets / str(i)).touch()
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
-    taken: list[int] = []
-    proc = None
-    try:
+
+    def use_up(taken: list[int]) -> None:
         for _ in range(instances):
             fd = libc.inotify_init1(os.O_CLOEXEC)
             assert fd >= 0, os.strerror(ctypes.get_errno())
@@ -190,21 +217,8 @@ def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator:
                 if libc.inotify_add_watch(fd, str(targets / str(i)).encode(), 0x2) < 0:
                     assert ctypes.get_errno() == errno.ENOSPC
                     break
-        proc = run_daemon(config)
-        line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
-        proc.wait_for_log("watching", mode="polling (inotify limit)")
-        for fd in taken:
-            os.close(fd)
-        taken.clear()
-        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
-        wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
-        proc.proc.terminate()
-        assert proc.wait_exit() == 0
-    finally:
-        for fd in taken:
-            os.close(fd)
-        if proc is not None:
-            proc.stop()
+
+    line = falls_back_to_polling(tmp_path, emulator, use_up)
 
     assert "fs.inotify.max_user_watches" in line["fix"]
 
@@ -213,29 +227,14 @@ def test_the_inotify_instance_limit_falls_back_to_polling(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    taken: list[int] = []
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
-    proc = None
-    try:
+
+    def use_up(taken: list[int]) -> None:
         while len(taken) < 100_000:
             fd = libc.inotify_init1(os.O_CLOEXEC)
             if fd < 0:
                 break
             taken.append(fd)
-        proc = run_daemon(config)
-        line = proc.wait_for_log("inotify limit reached; this folder falls back to polling")
-        proc.wait_for_log("watching", mode="polling (inotify limit)")
-        for fd in taken:
-            os.close(fd)
-        taken.clear()
-        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
-        wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
-        proc.proc.terminate()
-        assert proc.wait_exit() == 0
-    finally:
-        for fd in taken:
-            os.close(fd)
-        if proc is not None:
-            proc.stop()
+
+    line = falls_back_to_polling(tmp_path, emulator, use_up)
 
     assert "fs.inotify.max_user_instances" in line["fix"]
