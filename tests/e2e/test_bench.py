@@ -1,0 +1,44 @@
+"""The benchmark still runs end to end: every part, tiny sizes, no timing asserted.
+
+Timings belong to ``bench/run.py`` itself; this only keeps it from rotting
+between full runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_benchmark_runs_every_part_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            *("--files", "20", "--repeat", "1", "--backlog", "50", "--drops", "3"),
+            *("--idle-seconds", "1", "--settle", "0.5", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    rows = result["throughput"]
+    assert [(r["latency_ms"], r["workers"]) for r in rows] == [(0, 8), (0, 4), (50, 8)]
+    for row in rows:
+        assert row["files"] == 20
+        assert row["sdk_files_per_s"] > 0 and row["flowflexd_files_per_s"] > 0
+        assert row["vs_sdk"] > 0 and row["vs_floor"] > 0
+    assert result["latency"]["drops"] == 3
+    assert result["big_files"]["peak_rss_mb"] > 0
+    assert result["idle"]["folders"] == 20
+    assert result["backlog"]["files"] == 50
+    assert "| 50 ms | 8 |" in done.stdout  # the table a user reads
