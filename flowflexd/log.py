@@ -52,6 +52,9 @@ def guard(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return {key: _scrub(value, secrets) for key, value in event_dict.items()}
 
 
+_WATCHDOG_INOTIFY = "watchdog.observers.inotify"
+
+
 class _WatchdogStopNoise(logging.Filter):
     """Drop the ERROR watchdog 7.1 logs when an observer stops.
 
@@ -100,9 +103,15 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
             renderer,
         ],
     )
+    # No line shows the caller's file, the thread or the process, so the
+    # logging module need not look them up for every record (its HOWTO's
+    # "Optimization" list): a frame walk and a getpid() per line, saved.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
-    handler.addFilter(_WatchdogStopNoise())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -111,3 +120,9 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     # Their chatter at info is per connection or per inotify event: too much.
     for noisy in ("urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # On the one logger that says it, not the handler: a handler filter would
+    # render every line's event dict to a string just to look for the phrase.
+    noise = logging.getLogger(_WATCHDOG_INOTIFY)
+    for stale in [f for f in noise.filters if isinstance(f, _WatchdogStopNoise)]:
+        noise.removeFilter(stale)
+    noise.addFilter(_WatchdogStopNoise())
