@@ -2,6 +2,7 @@
 
     python bench/run.py            # the full run (several minutes)
     python bench/run.py --quick    # fewer files, for a first look
+    python bench/run.py --sweep 1 2 4 8   # 0 ms only, once per worker count
 
 Throughput, 1,000 files of 20 kB at 0 ms and 50 ms emulated API latency:
   A  the official SDK as a user would script it: one send_event per file, then a
@@ -494,10 +495,22 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="*", default=None, help="throughput latency big_files idle backlog"
     )
-    parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="+",
+        metavar="WORKERS",
+        help="throughput at 0 ms only, once per worker count (e.g. 1 2 4 8); "
+        "writes bench/results/workers.json unless --json says otherwise",
+    )
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.files, args.backlog, args.idle_seconds, args.drops = 200, 2000, 10, 20
+    if args.sweep:
+        args.only = ["throughput"]
+    if args.json is None:
+        args.json = HERE / "results" / ("workers.json" if args.sweep else "latest.json")
     parts = args.only or ["throughput", "latency", "big_files", "idle", "backlog"]
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -515,7 +528,10 @@ def main() -> int:
                 rows = []
                 # 50 ms with the 8 workers the targets name; 0 ms with those and
                 # with the daemon's default of 4.
-                for latency, workers in ((0, args.workers), (0, 4), (50, args.workers)):
+                shapes = [(0, args.workers), (0, 4), (50, args.workers)]
+                if args.sweep:
+                    shapes = [(0, workers) for workers in args.sweep]
+                for latency, workers in shapes:
                     where = sub / f"{latency}-{workers}"
                     where.mkdir()
                     rows.append(throughput(args, where, latency, workers))

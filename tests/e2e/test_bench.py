@@ -14,19 +14,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_benchmark_runs_every_part_and_writes_its_table(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run.py"),
-            *("--files", "20", "--repeat", "1", "--backlog", "50", "--drops", "3"),
-            *("--idle-seconds", "1", "--settle", "0.5", "--json", str(out)),
-        ],
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_the_benchmark_runs_every_part_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = bench(
+        *("--files", "20", "--repeat", "1", "--backlog", "50", "--drops", "3"),
+        *("--idle-seconds", "1", "--settle", "0.5", "--json", str(out)),
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -42,3 +44,15 @@ def test_the_benchmark_runs_every_part_and_writes_its_table(tmp_path: Path) -> N
     assert result["idle"]["folders"] == 20
     assert result["backlog"]["files"] == 50
     assert "| 50 ms | 8 |" in done.stdout  # the table a user reads
+
+
+def test_the_worker_sweep_measures_0_ms_only_at_each_count(tmp_path: Path) -> None:
+    out = tmp_path / "workers.json"
+    done = bench(*("--sweep", "1", "2", "--files", "20", "--repeat", "1", "--json", str(out)))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert set(result) == {"when", "machine", "throughput"}
+    rows = result["throughput"]
+    assert [(r["latency_ms"], r["workers"]) for r in rows] == [(0, 1), (0, 2)]
+    assert all(r["files"] == 20 and r["flowflexd_files_per_s"] > 0 for r in rows)
