@@ -294,7 +294,12 @@ class Tracker:
         settled_at = entry.still_since + self.settle
         if now < settled_at:
             self._schedule(entry, settled_at)
-            if name not in self._offered and self._worth_prefetching(name, info):
+            # Judged once per file: a settling file is looked at on every event.
+            if (
+                name not in self._offered
+                and name not in self._prefetchable
+                and self._worth_prefetching(name, info)
+            ):
                 self._prefetchable.add(name)
             return None
         self._prefetchable.discard(name)
