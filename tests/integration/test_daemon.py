@@ -359,6 +359,49 @@ def test_files_dropped_in_a_burst_are_each_sent_once(layout: Layout, emulator: E
     assert names == sorted(f"burst-{i}.pdf" for i in range(60))
 
 
+# ------------------------------------------------- upload URLs while settling
+
+UPLOAD_URL = "/v1/assets/upload-url"
+
+
+def requests_to(emulator: Emulator, path: str) -> int:
+    return int(emulator.stats()["requests_by_path"].get(path, 0))
+
+
+def test_a_settling_file_gets_its_upload_url_and_nothing_leaves_before_the_claim(
+    layout: Layout, emulator: Emulator
+) -> None:
+    data = b"%PDF settling"
+    with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=4)):
+        drop(layout.inbox, "s.pdf", data)
+        wait_until(lambda: requests_to(emulator, UPLOAD_URL) == 1, timeout=3)
+        # Still settling: asked for its URL, but neither claimed nor uploaded.
+        assert "/_storage" not in emulator.stats()["requests_by_path"]
+        assert files_in(layout.inbox) == {"s.pdf"}
+        assert claims_in(layout.inbox) == []
+        wait_until(lambda: "s.pdf" in files_in(layout.done), timeout=20)
+
+    assert requests_to(emulator, UPLOAD_URL) == 1  # the URL asked for early was used
+    [event] = emulator.events()
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(data)
+
+
+def test_a_prefetched_url_that_storage_refuses_is_replaced(
+    layout: Layout, emulator: Emulator
+) -> None:
+    data = b"%PDF expired"
+    with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=4)):
+        drop(layout.inbox, "x.pdf", data)
+        wait_until(lambda: requests_to(emulator, UPLOAD_URL) == 1, timeout=3)
+        emulator.clock.advance(3 * 3600)  # past the URL's 2 hours at the storage
+        wait_until(lambda: "x.pdf" in files_in(layout.done), timeout=20)
+
+    assert requests_to(emulator, UPLOAD_URL) == 2
+    assert files_in(layout.failed) == set()
+    [event] = emulator.events()
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(data)
+
+
 # ---------------------------------------------------------- outcomes, names
 
 
