@@ -89,7 +89,7 @@ class Producer(threading.Thread):
     def run(self) -> None:
         pause = self.seconds / max(self.count, 1)
         for i in range(self.count):
-            data = self.random.randbytes(self.random.randint(1, 64) * 1024)
+            data = self.random.randbytes(self.random.randint(1, 64) * 1024) + b"\n%%EOF\n"
             with_sidecar = i % 10 == 0
             name = f"S-{i:05}.pdf" if with_sidecar else f"F-{i:05}.pdf"
             if with_sidecar:

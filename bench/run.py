@@ -186,9 +186,12 @@ def wait_count(folder: Path, n: int, timeout: float) -> float:
     return time.monotonic()
 
 
+PDF_END = b"\n%%EOF\n"  # what makes random bytes a whole PDF to flowflexd's format check
+
+
 def make_payloads(n: int, size: int, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
-    return [rng.randbytes(size) for _ in range(n)]
+    return [rng.randbytes(max(size - len(PDF_END), 0)) + PDF_END for _ in range(n)]
 
 
 def write_files(folder: Path, payloads: list[bytes], prefix: str) -> list[Path]:
@@ -329,7 +332,7 @@ def close_to_event(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for i in range(args.drops):
             path = inbox / f"l-{i:03}.pdf"
             with path.open("wb") as fh:
-                fh.write(os.urandom(args.size))
+                fh.write(os.urandom(max(args.size - len(PDF_END), 0)) + PDF_END)
             closed = time.time()
             deadline = time.monotonic() + 30
             while emulator.count() <= i:
@@ -367,6 +370,8 @@ def big_files(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             with (staging / f"big-{i}.pdf").open("wb") as fh:
                 for _ in range(25):
                     fh.write(os.urandom(1024 * 1024))
+                fh.seek(-len(PDF_END), os.SEEK_END)
+                fh.write(PDF_END)
         for i in range(8):  # all eight appear at once
             os.rename(staging / f"big-{i}.pdf", inbox / f"big-{i}.pdf")
         wait_count(root / "m-inbox-done", 8, timeout=300)

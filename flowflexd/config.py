@@ -64,8 +64,13 @@ RULE_KEYS = (
     "sidecar_timeout",
     "attach",
     "payload",
+    "verify_format",
+    "incomplete_timeout",
 )
 WORK_DIR_NAME = ".flowflexd"
+# How long a settled file may stay cut short (by its format, or an unwritten
+# end) before it fails as INCOMPLETE_FILE: a dead client's prefix never goes.
+DEFAULT_INCOMPLETE_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -524,6 +529,10 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     if "sidecar_required" in section and sidecar is None:
         check.warn((*key, "sidecar_required"), "has no effect without sidecar")
     timeout = check.number(section, "sidecar_timeout", key, default=60.0, minimum=0)
+    verify_format = check.boolean(section, "verify_format", key, default=True)
+    incomplete_timeout = check.number(
+        section, "incomplete_timeout", key, default=DEFAULT_INCOMPLETE_TIMEOUT, minimum=0
+    )
     attach = _attachments(check, section, key)
     payload = _payload(check, section, key)
     scope = _Scope(groups, set(attach), sidecar is not None)
@@ -545,6 +554,8 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         sidecar_timeout=timeout,
         attach=attach,
         payload=payload,
+        verify_format=verify_format,
+        incomplete_timeout=incomplete_timeout,
     )
 
 

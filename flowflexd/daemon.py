@@ -142,7 +142,7 @@ class Daemon:
         self._next_heartbeat = 0.0
         self.heartbeats_withheld = 0
         self.journal = Journal(config.state_dir)
-        self.pipeline = Pipeline(client, self.journal)
+        self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
         self.gate = Gate()
         self.totals = Totals()
         self.ready = threading.Event()
@@ -536,21 +536,28 @@ class Daemon:
             else:
                 self.gate.probing = False
         if result in (Result.RETRY, Result.PAUSE) and outcome.claim is not None:
-            retry = Job(runtime, claim=outcome.claim)
-            if result is Result.PAUSE:
-                self.gate.trip("config", outcome.reason, now, probe=job.probe)
-                self._retry(retry, now)
-            elif outcome.code in LOCAL_RETRY_CODES:
-                self.totals.deferred += 1
-                first, longest = FILESYSTEM_RETRY
-                delay = min(longest, first * 2 ** min(outcome.claim.attempts, 10))
-                self._retry(retry, now, delay)
-            else:
-                self.gate.trip("outage", outcome.reason, now, probe=job.probe)
-                self._retry(retry, now)
+            self._requeue(job, outcome.claim, outcome, now)
         elif result is Result.RETRY:
             self.totals.deferred += 1
             log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
+
+    def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
+        """A claim that did not finish: when to carry it again, and whether sending pauses."""
+        retry = Job(job.runtime, claim=claim)
+        if outcome.result is Result.PAUSE:
+            self.gate.trip("config", outcome.reason, now, probe=job.probe)
+            self._retry(retry, now)
+        elif outcome.code == "FILE_CHANGED":
+            # A writer came back: look again once the file may have settled.
+            self._retry(retry, now, max(self.config.settle_seconds, 0.5))
+        elif outcome.code in LOCAL_RETRY_CODES:
+            self.totals.deferred += 1
+            first, longest = FILESYSTEM_RETRY
+            delay = min(longest, first * 2 ** min(claim.attempts, 10))
+            self._retry(retry, now, delay)
+        else:
+            self.gate.trip("outage", outcome.reason, now, probe=job.probe)
+            self._retry(retry, now)
 
     # ---------------------------------------------------------------- once
 
@@ -592,6 +599,7 @@ class Daemon:
             "empty": states.get("empty", 0),
             "ignored": states.get("ignored", 0),
             "companions": states.get("companion", 0),
+            "incomplete": states.get("incomplete", 0),
             "waiting": max(0, waiting - self._inflight),
             "in_flight": self._inflight + len(self._retries),
             "done": self.totals.done,
@@ -632,6 +640,7 @@ class Daemon:
             return
         old = self.config
         self.config = new
+        self.pipeline.settle_seconds = new.settle_seconds
         if client is not None:
             self.client = self.pipeline.client = client
             self.gate.reset()

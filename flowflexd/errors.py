@@ -103,3 +103,15 @@ class FileRejected(FlowflexdError):
         self.message = message
         self.code = code
         self.status = status
+
+
+class FileChanged(FlowflexdError):
+    """A claimed file (or a companion) changed, or is open for writing, before its event fired.
+
+    Nothing was fired: the claim keeps its idempotency key, settles again, and
+    is uploaded again.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -5,6 +5,12 @@ restart after a crash continues with the same idempotency key. An upload
 older than ``REUPLOAD_AFTER`` (a safe margin under FlowFlex's 48 h asset
 lifetime) is redone before the event is fired again; otherwise a retry sends
 the identical body.
+
+What is sent is what was read: each member's size, mtime and ctime are noted
+when it is read, and checked again (with a probe for writers) after the
+uploads and before the event fires. A member that changed makes the claim
+settle again and upload again under the same idempotency key; one that
+changed after its event is reported in failed, never kept silently.
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ import structlog
 
 from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
-from flowflexd.errors import FileRejected, FlowFlexError, FlowFlexUploadError
+from flowflexd.completeness import Writers
+from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.hashing import HashingReader, sha256_of
 from flowflexd.journal import Journal
 from flowflexd.prefetch import Prefetched, UrlCache
 from flowflexd.rules import Match, Rule, event_name, match, payload
 from flowflexd.sanitize import asset_name
-from flowflexd.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
+from flowflexd.spool import (
+    SIDECAR_MAX_BYTES,
+    Claim,
+    FolderUnavailable,
+    Spool,
+    content_signature,
+)
 from flowflexd.templates import MISSING
 
 log = structlog.get_logger("flowflexd.pipeline")
@@ -42,7 +55,7 @@ PAUSE_STATUSES = frozenset({301, 302, 303, 307, 308, 401, 403, 404})
 
 # Retry codes for trouble on this machine, not at FlowFlex: retried with
 # backoff, without pausing everything else.
-LOCAL_RETRY_CODES = frozenset({"FILESYSTEM", "INTERNAL", "CLAIM_FAILED"})
+LOCAL_RETRY_CODES = frozenset({"FILESYSTEM", "INTERNAL", "CLAIM_FAILED", "FILE_CHANGED"})
 
 
 class Result(Enum):
@@ -112,9 +125,10 @@ def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
 
 
 class Pipeline:
-    def __init__(self, client: FlowFlex, journal: Journal) -> None:
+    def __init__(self, client: FlowFlex, journal: Journal, *, settle_seconds: float = 2.0) -> None:
         self.client = client
         self.journal = journal
+        self.settle_seconds = settle_seconds
         self.urls = UrlCache()
 
     def prefetch(self, spool: Spool, name: str, inode: int) -> None:
@@ -243,7 +257,8 @@ class Pipeline:
             return MISSING
         name = claim.members["sidecar"]
         try:
-            raw = spool.read_member(claim, "sidecar", limit=SIDECAR_MAX_BYTES)
+            raw, info = spool.read_member(claim, "sidecar", limit=SIDECAR_MAX_BYTES)
+            claim.seen["sidecar"] = content_signature(info)
         except FileRejected as err:
             if err.code in ("FILE_TOO_LARGE", "SIDECAR_TOO_LARGE"):
                 raise FileRejected(
@@ -253,6 +268,10 @@ class Pipeline:
         return parse_sidecar(raw, name)
 
     def _send(self, spool: Spool, claim: Claim) -> Outcome | None:
+        if claim.changes:
+            unsettled = self._still_changing(spool, claim)
+            if unsettled:
+                return Outcome(Result.RETRY, claim, unsettled, "FILE_CHANGED")
         found = self._rule(spool, claim)
         present = claim.present()
         missing = [
@@ -268,8 +287,11 @@ class Pipeline:
         for round_ in (1, 2):
             try:
                 assets = self._upload(spool, claim, roles)
+                self._unchanged(spool, claim)
                 body = payload(found, sidecar=sidecar, assets=assets)
                 answer = self.client.fire_event(event, body, claim.key)
+            except FileChanged as err:
+                return self._changed(spool, claim, err)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
@@ -314,12 +336,68 @@ class Pipeline:
             if asset_id is None:
                 asset_id = self.client.upload_file(ref)
             digest = reader.sha256 or sha256_of(stream)
+            after = os.fstat(stream.fileno())
+        name = claim.members[role]
+        if content_signature(after) != content_signature(info):
+            raise FileChanged(f"{name} changed while it was uploaded ({_difference(info, after)})")
+        claim.seen[role] = content_signature(info)
         return {
             "asset_id": asset_id,
             "uploaded_at": time.time(),
             "sha256": digest,
             "size": info.st_size,
         }
+
+    def _unchanged(self, spool: Spool, claim: Claim) -> None:
+        """Raise FileChanged when a member differs from what was read, or is being written."""
+        for role, was in claim.seen.items():
+            info, writers = spool.member_now(claim, role)
+            name = claim.members[role]
+            if info is None:
+                continue  # a member gone from the work area is the claim's own trouble
+            if writers is Writers.OPEN:
+                raise FileChanged(f"{name} is open for writing by another process")
+            if content_signature(info) != was:
+                raise FileChanged(f"{name} changed after it was read ({_difference(was, info)})")
+
+    def _still_changing(self, spool: Spool, claim: Claim) -> str:
+        """Why a claim that changed before has not settled again ("" once it has)."""
+        for role, name in claim.present().items():
+            info, writers = spool.member_now(claim, role)
+            if info is None:
+                continue
+            if writers is Writers.OPEN:
+                return f"{name} is still open for writing by another process"
+            age = time.time() - info.st_ctime
+            if age < self.settle_seconds:
+                return f"{name} changed {age:.1f} s ago; it settles again first"
+        return ""
+
+    def _changed(self, spool: Spool, claim: Claim, err: FileChanged) -> Outcome:
+        claim.changes += 1
+        claim.uploads = {}
+        claim.seen = {}
+        self._log(spool, claim).warning(
+            "a file changed before its event was fired; nothing was fired, and it is uploaded "
+            "again under the same idempotency key once it has settled",
+            reason=err.message,
+        )
+        self._save_quietly(spool, claim)
+        return Outcome(Result.RETRY, claim, err.message, "FILE_CHANGED")
+
+    def _changed_since_sent(self, spool: Spool, claim: Claim) -> str:
+        """How a member now differs from what FlowFlex received ("" when none does).
+
+        Size and mtime only: the move to done links the file, which sets ctime.
+        """
+        for role, was in claim.seen.items():
+            try:
+                info = os.lstat(claim.path(role))
+            except FileNotFoundError:
+                continue
+            if [info.st_size, info.st_mtime_ns] != was[:2]:
+                return f"{claim.members[role]} changed after its event ({_difference(was, info)})"
+        return ""
 
     def _put_prefetched(self, ref: FileRef, prefetched: Prefetched) -> str | None:
         """Upload to a prefetched URL; None when storage refuses it (then ask anew)."""
@@ -355,8 +433,27 @@ class Pipeline:
     # ----------------------------------------------------------------- endings
 
     def _done(self, spool: Spool, claim: Claim, started: float) -> Outcome:
-        self.journal.record(self._entry(spool, claim, "done"))
+        changed = self._changed_since_sent(spool, claim)
+        entry = self._entry(spool, claim, "done")
+        if changed:
+            entry["changed_after_event"] = changed
+        self.journal.record(entry)
         crashpoints.reached("after_answer")
+        if changed:
+            # FlowFlex has the bytes it was sent; these differ. Set them aside
+            # with the reason, so that someone decides (replay sends them anew).
+            reason = (
+                f"the event was fired, but {changed}: FlowFlex has the earlier content "
+                f"(sha256 {entry['sha256']}); check the file and replay it to send it as "
+                "a new event"
+            )
+            moved = spool.finish(claim, report=self._report(claim, "CHANGED_AFTER_EVENT", reason))
+            self._log(spool, claim).error(
+                "a file changed after its event was fired; set aside in failed with the reason",
+                reason=changed,
+                moved_to=moved["file"],
+            )
+            return Outcome(Result.DONE, claim)
         moved = spool.finish(claim)
         self._log(spool, claim).info(
             "file done",
@@ -365,12 +462,13 @@ class Pipeline:
         )
         return Outcome(Result.DONE, claim)
 
-    def _fail(self, spool: Spool, claim: Claim, err: FileRejected) -> Outcome:
-        report = {
+    @staticmethod
+    def _report(claim: Claim, code: str, reason: str, status: int | None = None) -> dict[str, Any]:
+        return {
             "file": claim.name,
-            "reason": err.message,
-            "code": err.code,
-            "status": err.status,
+            "reason": reason,
+            "code": code,
+            "status": status,
             "rule": claim.rule or None,
             "event": claim.event,
             "idempotency_key": claim.key,
@@ -378,6 +476,9 @@ class Pipeline:
             "time": _now_iso(),
             "members": claim.members,
         }
+
+    def _fail(self, spool: Spool, claim: Claim, err: FileRejected) -> Outcome:
+        report = self._report(claim, err.code, err.message, err.status)
         if claim.reject is None:
             # Decided now, and durable before anything moves: a restart part-way
             # through the move must report this reason, not what it then finds.
@@ -416,6 +517,15 @@ class Pipeline:
             spool.save(claim)
         except OSError as err:
             log.warning("cannot save claim progress", file=claim.name, error=str(err))
+
+
+def _difference(was: os.stat_result | list[int], now: os.stat_result) -> str:
+    before = content_signature(was) if isinstance(was, os.stat_result) else was
+    if before[0] != now.st_size:
+        return f"{before[0]:,} bytes, now {now.st_size:,}"
+    if before[1] != now.st_mtime_ns:
+        return "same size, modified again"
+    return "same size and mtime, its status changed"
 
 
 def _now_iso() -> str:

@@ -43,6 +43,8 @@ class Rule:
     sidecar_timeout: float = 60.0
     attach: Mapping[str, Template] = field(default_factory=dict)
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
+    verify_format: bool = True  # check the format's trailer before taking the file
+    incomplete_timeout: float = 600.0  # then a cut-short file fails as INCOMPLETE_FILE
 
     def companion_templates(self) -> dict[str, Template]:
         roles: dict[str, Template] = {}

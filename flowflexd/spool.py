@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd import crashpoints
+from flowflexd.completeness import Writers, probe_writers, someone_writes
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.rules import is_temporary_name
@@ -229,6 +230,10 @@ class Claim:
     answer: Any = None  # the API's answer, once the event was accepted
     sent_at: float | None = None
     attempts: int = 0
+    # role -> [size, mtime_ns, ctime_ns] when it was read for this event: what
+    # FlowFlex gets. Checked again before the event fires and before the move.
+    seen: dict[str, list[int]] = field(default_factory=dict)
+    changes: int = 0  # times a member changed under us before the event fired
     version: int = 1
     dir: Path = field(init=False, repr=False, compare=False)
 
@@ -381,7 +386,8 @@ class Spool:
 
         The claim (with its new idempotency key) is durable before the first
         rename. Returns None when the file is gone or changed since it was
-        judged complete: someone else took it, or it is being written again.
+        judged complete: someone else took it, or it is being written again
+        (another process has it open for writing).
         """
         self._home_is_ours()
         name = members["file"]
@@ -392,6 +398,8 @@ class Spool:
             except FileNotFoundError:
                 return None
             if signature(now) != signature(expect):
+                return None
+            if reject is None and someone_writes(source):
                 return None
         claim = Claim(
             id=uuid.uuid4().hex,
@@ -511,10 +519,21 @@ class Spool:
     def open_member(self, claim: Claim, role: str, *, max_bytes: int) -> tuple[int, os.stat_result]:
         return open_regular(claim.path(role), max_bytes=max_bytes)
 
-    def read_member(self, claim: Claim, role: str, *, limit: int) -> bytes:
-        fd, _ = open_regular(claim.path(role), max_bytes=limit)
+    def read_member(self, claim: Claim, role: str, *, limit: int) -> tuple[bytes, os.stat_result]:
+        fd, info = open_regular(claim.path(role), max_bytes=limit)
         try:
-            return read_limited(fd, limit, what=f"the {role}")
+            return read_limited(fd, limit, what=f"the {role}"), info
+        finally:
+            os.close(fd)
+
+    def member_now(self, claim: Claim, role: str) -> tuple[os.stat_result | None, Writers]:
+        """A member's state now: its fstat (None when gone) and whether anyone writes it."""
+        try:
+            fd = os.open(claim.path(role), _READ_FLAGS)
+        except FileNotFoundError:
+            return None, Writers.NONE
+        try:
+            return os.fstat(fd), probe_writers(fd).writers
         finally:
             os.close(fd)
 
@@ -618,6 +637,11 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode(
         "utf-8", "surrogateescape"
     )
+
+
+def content_signature(info: os.stat_result) -> list[int]:
+    """What changes when a writer writes: size, mtime and ctime (as stored in a claim)."""
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def signature(info: os.stat_result) -> tuple[int, int, int, int]:

@@ -5,9 +5,13 @@ names to look at; ``step`` looks, and returns the files to claim. A file is
 complete once its size, mtime and ctime held still for ``settle_seconds``
 (all of them: Samba reserves a file's full size when a copy starts, and
 ctime moves on every write or rename, which no copier can set back). Empty
-files and temporary names are never taken. A file whose sidecar or
-attachments have not come waits for them up to the rule's
-``sidecar_timeout``; companions are never sent on their own.
+files and temporary names are never taken. A settled file must also be
+whole (see completeness.py): no other process has it open for writing, its
+end was written, and its format's trailer is there; until then it waits, and
+a file still cut short after the rule's ``incomplete_timeout`` fails as
+INCOMPLETE_FILE. A file whose sidecar or attachments have not come waits for
+them up to the rule's ``sidecar_timeout``; companions are never sent on
+their own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from flowflexd.completeness import Writers, examine
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import FileRejected
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
@@ -43,13 +48,14 @@ log = structlog.get_logger("flowflexd.tracker")
 class State(Enum):
     WATCHING = "watching"  # seen, not yet still for settle_seconds
     WAITING = "waiting"  # complete, waiting for its sidecar or attachments
+    INCOMPLETE = "incomplete"  # settled, but open for writing or cut short
     EMPTY = "empty"  # 0 bytes: a scanner's placeholder, never taken
     IGNORED = "ignored"  # no rule takes it (unmatched: ignore), or a subfolder
     COMPANION = "companion"  # a sidecar or attachment; moves with its file
     QUEUED = "queued"  # handed over to be claimed
 
 
-WAITING_STATES = frozenset({State.WATCHING, State.WAITING, State.QUEUED})
+WAITING_STATES = frozenset({State.WATCHING, State.WAITING, State.INCOMPLETE, State.QUEUED})
 EMPTY_RECHECK_SECONDS = 5.0
 
 
@@ -60,6 +66,7 @@ class Entry:
     still_since: float = 0.0  # monotonic time since when nothing changed
     state: State = State.WATCHING
     complete_at: float | None = None  # monotonic: when the wait for companions began
+    incomplete_since: float | None = None  # monotonic: settled but not whole since
     due: float | None = None
     first_seen: float = field(default_factory=time.time)  # wall clock, for "oldest waiting"
     said: set[str] = field(default_factory=set)
@@ -104,6 +111,7 @@ class Tracker:
         self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
         self._skip = self._skipped(folder)
+        self._said_no_lease = False
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
         """New rules or settings: every name is judged again, what is queued stays queued."""
@@ -250,6 +258,7 @@ class Tracker:
         if sig != entry.sig:
             entry.sig = sig
             entry.complete_at = None
+            entry.incomplete_since = None
             entry.still_since = now
             if self.trust_ctime:
                 age = self._wall() - info.st_ctime
@@ -340,8 +349,7 @@ class Tracker:
                 entry, info, rule=found.rule.name, code=err.code, reason=err.message
             )
         if not wanted:
-            entry.state = State.QUEUED
-            return Ready(self.folder, {"file": entry.name}, found.rule.name, info)
+            return self._take(entry, info, found, {"file": entry.name}, now)
         return self._with_companions(entry, info, found, wanted, now)
 
     def _with_companions(
@@ -369,8 +377,7 @@ class Tracker:
             return None
         members = {"file": entry.name, **present}
         if not missing:
-            entry.state = State.QUEUED
-            return Ready(self.folder, members, found.rule.name, info)
+            return self._take(entry, info, found, members, now)
         required = [r for r in missing if r != "sidecar" or found.rule.sidecar_required]
         if now >= deadline:
             if required:
@@ -384,8 +391,7 @@ class Tracker:
                     reason=f"{names} did not arrive within {found.rule.sidecar_timeout:g} s",
                     members=members,
                 )
-            entry.state = State.QUEUED
-            return Ready(self.folder, members, found.rule.name, info)
+            return self._take(entry, info, found, members, now)
         entry.state = State.WAITING
         if entry.say_once("waiting"):
             log.info(
@@ -397,6 +403,86 @@ class Tracker:
                 timeout_s=found.rule.sidecar_timeout,
             )
         self._schedule(entry, deadline)
+        return None
+
+    def _take(
+        self,
+        entry: Entry,
+        info: os.stat_result,
+        found: Match,
+        members: dict[str, str],
+        now: float,
+    ) -> Ready | None:
+        """Queue the settled file and its companions once each of them is whole.
+
+        Until then the file waits, looked at again every settle period (a
+        writer that closes the file also sends an event). An unwritten end or
+        a missing trailer fails the file after ``incomplete_timeout``; a file
+        still open for writing never does: taking it would move it from under
+        its writer.
+        """
+        rule = found.rule
+        problem: tuple[str, str] | None = None
+        for name in members.values():
+            seen = examine(self.inbox / name, verify_format=rule.verify_format)
+            if seen is None:
+                continue  # gone or unreadable: the claim says what happened
+            if seen.writer.writers is Writers.UNKNOWN and not self._said_no_lease:
+                self._said_no_lease = True
+                log.warning(
+                    "cannot tell whether another process still writes files here; "
+                    "files are taken once settled alone",
+                    folder=str(self.inbox),
+                    file=name,
+                    reason=seen.writer.why,
+                    fix="give flowflexd CAP_LEASE (the shipped unit does) and keep inboxes on a "
+                    "local file system; otherwise raise settle_seconds",
+                )
+            problem = seen.problem()
+            if problem is not None and problem[0] != "writer" and _refused_anyway(seen.info):
+                problem = None  # fails at the claim without a byte read: no need to wait
+            if problem is not None:
+                break
+        if problem is None:
+            entry.state = State.QUEUED
+            entry.incomplete_since = None
+            return Ready(self.folder, members, rule.name, info)
+        check, reason = problem
+        entry.state = State.INCOMPLETE
+        if entry.incomplete_since is None:
+            entry.incomplete_since = now
+            log.info(
+                "settled but not whole yet; waiting",
+                folder=str(self.inbox),
+                file=entry.name,
+                rule=rule.name,
+                check=check,
+                reason=reason,
+            )
+        waited = now - entry.incomplete_since
+        if waited >= rule.incomplete_timeout:
+            if check != "writer":
+                return self._reject(
+                    entry,
+                    info,
+                    rule=rule.name,
+                    code="INCOMPLETE_FILE",
+                    reason=f"{reason}; still so after {waited:.0f} s (incomplete_timeout), "
+                    "so it was never sent",
+                    members=members,
+                )
+            if entry.say_once("writer-timeout"):
+                log.warning(
+                    "a file is still open for writing by another process; it waits until the "
+                    "writer closes it",
+                    folder=str(self.inbox),
+                    file=entry.name,
+                    waited_s=round(waited),
+                )
+        recheck = max(self.settle, 1.0)
+        if check != "writer":
+            recheck = min(recheck, entry.incomplete_since + rule.incomplete_timeout - now)
+        self._schedule(entry, now + max(recheck, 0.05))
         return None
 
     def _unmatched(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
@@ -427,6 +513,11 @@ class Tracker:
         if entry.say_once("unmatched"):
             log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)
         return None
+
+
+def _refused_anyway(info: os.stat_result) -> bool:
+    """Over FlowFlex's cap, or hard-linked: the claim refuses it whatever its content."""
+    return info.st_size > MAX_FILE_BYTES or info.st_nlink > 1
 
 
 def inbox_identity(path: Path) -> tuple[int, int] | None:

@@ -346,6 +346,15 @@ class RunningDaemon:
         self.stop()
 
 
+PDF_END = b"\n%%EOF\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def pdf(body: bytes = b"") -> bytes:
+    """Bytes that end like a whole PDF, as flowflexd's format check wants."""
+    return b"%PDF-1.7\n" + body + PDF_END
+
+
 def drop(folder: Path, name: str, data: bytes) -> Path:
     """Write a file the way a quick copier does: open, write, close."""
     path = folder / name

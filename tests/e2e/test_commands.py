@@ -107,7 +107,7 @@ def test_run_logs_json_lines_that_carry_the_file_context(
     proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
-        drop(tmp_path / "inbox", "a.pdf", b"%PDF a")
+        drop(tmp_path / "inbox", "a.pdf", b"%PDF a\n%%EOF")
         claimed = proc.wait_for_log("file claimed")
         finished = proc.wait_for_log("file done")
         proc.proc.send_signal(signal.SIGTERM)
@@ -189,7 +189,7 @@ def test_a_second_daemon_on_the_same_inbox_is_refused(tmp_path: Path, emulator: 
 def test_once_processes_the_backlog_and_exits_0(tmp_path: Path, emulator: Emulator) -> None:
     (tmp_path / "inbox").mkdir()
     for i in range(20):
-        drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF")
+        drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF\n%%EOF")
     drop(tmp_path / "inbox", "notes.txt", b"not for us")
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
 
@@ -204,7 +204,7 @@ def test_once_processes_the_backlog_and_exits_0(tmp_path: Path, emulator: Emulat
 
 def test_once_exits_1_when_a_file_failed(tmp_path: Path, emulator: Emulator) -> None:
     (tmp_path / "inbox").mkdir()
-    drop(tmp_path / "inbox", "good.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "good.pdf", b"%PDF\n%%EOF")
     drop(tmp_path / "inbox", "bad.exe", b"MZ")
     rules = [PDF, {"name": "any", "pattern": "*", "event": "x"}]
     config = write_config(
@@ -230,7 +230,7 @@ def test_once_exits_2_on_bad_configuration(tmp_path: Path) -> None:
 
 def test_once_shows_a_progress_line_on_a_terminal(tmp_path: Path, emulator: Emulator) -> None:
     (tmp_path / "inbox").mkdir()
-    drop(tmp_path / "inbox", "f.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "f.pdf", b"%PDF\n%%EOF")
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
@@ -305,7 +305,7 @@ def test_check_fails_on_a_folder_that_cannot_be_created(tmp_path: Path, emulator
 def test_explain_shows_rule_event_and_payload_without_network(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    drop(inbox, "INV-7.pdf", b"%PDF")
+    drop(inbox, "INV-7.pdf", b"%PDF\n%%EOF")
     drop(inbox, "INV-7.json", b'{"customer": {"id": 9}}')
     drop(inbox, "notes.txt", b"x")
     rules = [
@@ -337,7 +337,7 @@ def test_explain_shows_rule_event_and_payload_without_network(tmp_path: Path) ->
 def test_explain_says_why_a_file_would_fail(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    drop(inbox, "a.pdf", b"%PDF")
+    drop(inbox, "a.pdf", b"%PDF\n%%EOF")
     drop(inbox, "a.json", b"{broken")
     rules = [{**PDF, "sidecar": "{stem}.json"}]
     config = write_config(
@@ -355,8 +355,8 @@ def test_explain_says_why_a_file_would_fail(tmp_path: Path) -> None:
 def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    drop(inbox, "ok.pdf", b"%PDF")
-    drop(inbox, "lonely.pdf", b"%PDF")
+    drop(inbox, "ok.pdf", b"%PDF\n%%EOF")
+    drop(inbox, "lonely.pdf", b"%PDF\n%%EOF")
     drop(inbox, "lonely.txt", b"unmatched")
     rules = [
         {"name": "ok", "pattern": "ok.pdf", "event": "ok"},
@@ -372,7 +372,7 @@ def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
         tmp_path / "config.yaml", emulator, folders=[folder(tmp_path, rules=rules)]
     )
     assert run("once", "-c", str(config)).returncode == 1
-    drop(inbox, "waiting.pdf", b"%PDF")
+    drop(inbox, "waiting.pdf", b"%PDF\n%%EOF")
 
     table = run("status", "-c", str(config))
     as_json = json.loads(run("status", "-c", str(config), "--json").stdout)
@@ -397,7 +397,7 @@ def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
 
 def test_replay_of_a_file_outside_failed_is_refused(tmp_path: Path, emulator: Emulator) -> None:
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
-    (tmp_path / "elsewhere.pdf").write_bytes(b"%PDF")
+    (tmp_path / "elsewhere.pdf").write_bytes(b"%PDF\n%%EOF")
 
     done = run("replay", "-c", str(config), str(tmp_path / "elsewhere.pdf"))
 

@@ -74,20 +74,20 @@ def test_a_kill_at_each_step_loses_nothing_and_sends_once(
     config = layout(tmp_path, emulator)
     inbox = tmp_path / "inbox"
     drop(inbox, "INV-1.json", b'{"n": 1}')
-    drop(inbox, "INV-1.pdf", b"%PDF crash test")
+    drop(inbox, "INV-1.pdf", b"%PDF crash test\n%%EOF")
 
     run_until_killed(config, point)
     [claim] = claims(tmp_path)  # the file is claimed, with its key, whatever the step
     run_until(config, lambda: files_in(tmp_path / "done") == {"INV-1.pdf", "INV-1.json"})
 
-    assert (tmp_path / "done" / "INV-1.pdf").read_bytes() == b"%PDF crash test"
+    assert (tmp_path / "done" / "INV-1.pdf").read_bytes() == b"%PDF crash test\n%%EOF"
     assert (tmp_path / "done" / "INV-1.json").read_bytes() == b'{"n": 1}'
     assert files_in(inbox) == set()
     assert files_in(tmp_path / "failed") == set()
     assert claims(tmp_path) == []
     [event] = emulator.events()
     assert event["idempotency_key"] == claim["key"]
-    assert next(iter(event["assets"].values()))["sha256"] == sha256(b"%PDF crash test")
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(b"%PDF crash test\n%%EOF")
     assert emulator.stats()["asset_missing"] == 0
 
 
@@ -95,7 +95,7 @@ def test_a_kill_while_moving_to_failed_keeps_the_reason(tmp_path: Path, emulator
     config = layout(tmp_path, emulator)
     inbox = tmp_path / "inbox"
     drop(inbox, "INV-2.json", b"{not json")  # found out only once claimed
-    drop(inbox, "INV-2.pdf", b"%PDF")
+    drop(inbox, "INV-2.pdf", b"%PDF\n%%EOF")
 
     run_until_killed(config, "during_move")
     run_until(config, lambda: "INV-2.pdf.error.json" in files_in(tmp_path / "failed"))
@@ -111,7 +111,7 @@ def test_an_upload_older_than_the_margin_is_redone_before_the_event(
 ) -> None:
     config = layout(tmp_path, emulator)
     drop(tmp_path / "inbox", "OLD.json", b"{}")
-    drop(tmp_path / "inbox", "OLD.pdf", b"%PDF old")
+    drop(tmp_path / "inbox", "OLD.pdf", b"%PDF old\n%%EOF")
     run_until_killed(config, "after_upload")
     # Two days pass: FlowFlex deleted the asset; the claim says when it went up.
     emulator.clock.advance(49 * 3600)
@@ -134,7 +134,7 @@ def test_an_upload_older_than_the_margin_is_redone_before_the_event(
 def test_an_asset_lost_by_flowflex_is_uploaded_again(tmp_path: Path, emulator: Emulator) -> None:
     config = layout(tmp_path, emulator)
     drop(tmp_path / "inbox", "GONE.json", b"{}")
-    drop(tmp_path / "inbox", "GONE.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "GONE.pdf", b"%PDF\n%%EOF")
     run_until_killed(config, "after_upload")
     emulator.clock.advance(49 * 3600)  # the claim still thinks its upload is fresh
 

@@ -41,7 +41,7 @@ def test_the_emulator_command_serves_logs_keeps_and_stops(tmp_path: Path) -> Non
             base_url=ready["base_url"],
         )
         pdf = tmp_path / "INV-1.pdf"
-        pdf.write_bytes(b"%PDF-1.4 cli")
+        pdf.write_bytes(b"%PDF-1.4 cli\n%%EOF")
         result = client.send_event(
             "invoice.created",
             payload={"assetId": client.file(pdf), "n": 1},
@@ -61,7 +61,7 @@ def test_the_emulator_command_serves_logs_keeps_and_stops(tmp_path: Path) -> Non
     assert [event["idempotency_key"] for event in listed] == ["cli-key-1"]
     assert (data_dir / "events.jsonl").exists()
     asset = data_dir / "assets" / f"{result.uploaded_assets['assetId']}.bin"
-    assert asset.read_bytes() == b"%PDF-1.4 cli"
+    assert asset.read_bytes() == b"%PDF-1.4 cli\n%%EOF"
     assert secret not in proc.output()
 
 

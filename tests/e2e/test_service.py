@@ -184,7 +184,7 @@ def test_run_reports_ready_status_heartbeats_reload_and_stop(
         assert proc.wait_for_log("flowflexd ready")
         first_beat = notify_socket.wait_for("WATCHDOG=1", after=ready)
         notify_socket.wait_for("WATCHDOG=1", after=first_beat + 1)  # it keeps beating
-        drop(tmp_path / "inbox", "a.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "a.pdf", b"%PDF\n%%EOF")
         notify_socket.wait_for("STATUS=waiting 0, in flight 0, done 1, failed 0")
         before_reload = len(notify_socket.drain())
         proc.proc.send_signal(signal.SIGHUP)
@@ -216,7 +216,7 @@ def test_no_heartbeat_when_the_watchdog_belongs_to_another_process(
     )
     try:
         notify_socket.wait_for("READY=1")
-        drop(tmp_path / "inbox", "a.pdf", b"%PDF")  # a second of activity
+        drop(tmp_path / "inbox", "a.pdf", b"%PDF\n%%EOF")  # a second of activity
         notify_socket.wait_for("STATUS=waiting 0, in flight 0, done 1")
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait_exit() == 0
@@ -270,7 +270,7 @@ def test_sigterm_lets_a_file_in_flight_finish_and_leaves_the_rest(tmp_path: Path
     try:
         proc.wait_for_log("flowflexd ready")
         for i in range(5):
-            drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF")
+            drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF\n%%EOF")
         proc.wait_for_log("file claimed")
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait_exit() == 0
@@ -292,7 +292,7 @@ def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: 
     proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
-        drop(tmp_path / "inbox", "slow.pdf", b"%PDF slow")
+        drop(tmp_path / "inbox", "slow.pdf", b"%PDF slow\n%%EOF")
         proc.wait_for_log("file claimed")
         proc.proc.send_signal(signal.SIGTERM)
         proc.wait_for_log("stopping: no new files are taken; waiting for files in flight")
@@ -324,7 +324,7 @@ def test_a_file_slower_than_the_grace_period_stays_claimed(tmp_path: Path) -> No
     proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
-        drop(tmp_path / "inbox", "g.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "g.pdf", b"%PDF\n%%EOF")
         proc.wait_for_log("file claimed")
         started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
@@ -350,7 +350,7 @@ def test_sighup_swaps_folders_and_rules_without_dropping_a_file_in_flight(tmp_pa
     proc = run_daemon(config)
     try:
         proc.wait_for_log("flowflexd ready")
-        drop(tmp_path / "inbox", "in-flight.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "in-flight.pdf", b"%PDF\n%%EOF")
         proc.wait_for_log("file claimed")
         data = yaml.safe_load(config.read_text())
         data["folders"][0]["rules"][0]["event"] = "doc.v2"
@@ -360,8 +360,8 @@ def test_sighup_swaps_folders_and_rules_without_dropping_a_file_in_flight(tmp_pa
         proc.wait_for_log("configuration reloaded")
         proc.wait_for_log("watching", folder=str(second / "inbox"))
         emulator.set_faults(latency_ms=0)
-        drop(tmp_path / "inbox", "after.pdf", b"%PDF")
-        drop(second / "inbox", "new-folder.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "after.pdf", b"%PDF\n%%EOF")
+        drop(second / "inbox", "new-folder.pdf", b"%PDF\n%%EOF")
         wait_until(
             lambda: files_in(tmp_path / "done") == {"in-flight.pdf", "after.pdf"}, timeout=30
         )
@@ -390,7 +390,7 @@ def test_an_invalid_config_on_sighup_is_logged_and_the_running_one_stays(
         config.write_text(good + "workers: [not, a, number]\n")
         proc.proc.send_signal(signal.SIGHUP)
         failed = proc.wait_for_log("reload failed; the running configuration stays")
-        drop(tmp_path / "inbox", "still.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "still.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "still.pdf" in files_in(tmp_path / "done"))
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait_exit() == 0
@@ -434,7 +434,7 @@ def test_logs_are_readable_lines_on_a_terminal(tmp_path: Path, emulator: Emulato
 def test_log_level_warning_hides_info(tmp_path: Path, emulator: Emulator) -> None:
     config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     (tmp_path / "inbox").mkdir()
-    drop(tmp_path / "inbox", "a.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "a.pdf", b"%PDF\n%%EOF")
 
     done = subprocess.run(
         flowflexd_argv("once", "-c", str(config), "--log-format", "json", "--log-level", "warning"),
@@ -459,7 +459,7 @@ def test_the_secret_can_come_from_a_systemd_credential(tmp_path: Path, emulator:
     del data["flowflex"]["api_secret"]
     config.write_text(yaml.safe_dump(data))
     (tmp_path / "inbox").mkdir()
-    drop(tmp_path / "inbox", "a.pdf", b"%PDF")
+    drop(tmp_path / "inbox", "a.pdf", b"%PDF\n%%EOF")
 
     done = subprocess.run(
         flowflexd_argv("once", "-c", str(config)),

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from support import (
+    PDF_END,
+    PNG_END,
     Folders,
     RunningDaemon,
     claims_in,
@@ -76,8 +78,8 @@ def test_every_placeholder_kind(layout: Layout, emulator: Emulator) -> None:
     sidecar = {"kind": "created", "customer": {"id": 42}, "items": [{"sku": "A-1"}, {"sku": "B"}]}
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "INV-1001.json", json.dumps(sidecar).encode())
-        drop(layout.inbox, "INV-1001.png", b"\x89PNG label")
-        drop(layout.inbox, "INV-1001.pdf", b"%PDF invoice")
+        drop(layout.inbox, "INV-1001.png", b"\x89PNG label" + PNG_END)
+        drop(layout.inbox, "INV-1001.pdf", b"%PDF invoice\n%%EOF")
         wait_until(
             lambda: files_in(layout.done) == {"INV-1001.pdf", "INV-1001.json", "INV-1001.png"}
         )
@@ -100,8 +102,8 @@ def test_every_placeholder_kind(layout: Layout, emulator: Emulator) -> None:
         "source": "scanner-3",
         "fixed": 7,
     }
-    assert assets["INV-1001.pdf"]["sha256"] == sha256(b"%PDF invoice")
-    assert assets["INV-1001.png"]["sha256"] == sha256(b"\x89PNG label")
+    assert assets["INV-1001.pdf"]["sha256"] == sha256(b"%PDF invoice\n%%EOF")
+    assert assets["INV-1001.png"]["sha256"] == sha256(b"\x89PNG label" + PNG_END)
     assert files_in(layout.inbox) == set()
 
 
@@ -111,7 +113,7 @@ def test_without_a_payload_the_sidecar_and_asset_id_are_sent(
     rules = [{**PDF, "sidecar": "{stem}.json"}]
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "a.json", b'{"customer": "cust_1"}')
-        drop(layout.inbox, "a.pdf", b"%PDF a")
+        drop(layout.inbox, "a.pdf", b"%PDF a\n%%EOF")
         wait_until(lambda: "a.pdf" in files_in(layout.done))
 
     [event] = emulator.events()
@@ -130,7 +132,7 @@ def test_a_sidecar_that_arrives_first_waits_for_its_file(
         # Once settled, the daemon knows it as a companion and never sends it alone.
         wait_until(lambda: running.daemon.snapshot.get("companions") == 1)
         assert emulator.events() == []
-        drop(layout.inbox, "early.pdf", b"%PDF early")
+        drop(layout.inbox, "early.pdf", b"%PDF early\n%%EOF")
         wait_until(lambda: files_in(layout.done) == {"early.pdf", "early.json"})
 
     [event] = emulator.events()
@@ -140,7 +142,7 @@ def test_a_sidecar_that_arrives_first_waits_for_its_file(
 def test_a_sidecar_that_arrives_after_its_file(layout: Layout, emulator: Emulator) -> None:
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 30}]
     with RunningDaemon(layout.config(emulator, rules)) as running:
-        drop(layout.inbox, "late.pdf", b"%PDF late")
+        drop(layout.inbox, "late.pdf", b"%PDF late\n%%EOF")
         wait_until(lambda: running.daemon.runtimes[0].tracker.states().get("waiting") == 1)
         drop(layout.inbox, "late.json", b'{"n": 2}')
         wait_until(lambda: files_in(layout.done) == {"late.pdf", "late.json"})
@@ -154,7 +156,7 @@ def test_a_missing_required_sidecar_fails_the_file_with_the_reason(
 ) -> None:
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 1}]
     with RunningDaemon(layout.config(emulator, rules)):
-        drop(layout.inbox, "alone.pdf", b"%PDF alone")
+        drop(layout.inbox, "alone.pdf", b"%PDF alone\n%%EOF")
         wait_until(lambda: "alone.pdf.error.json" in files_in(layout.failed))
 
     report = read_report(layout.failed, "alone.pdf")
@@ -173,7 +175,7 @@ def test_a_sidecar_later_than_its_timeout_stays_behind_unsent(
 ) -> None:
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 0.5}]
     with RunningDaemon(layout.config(emulator, rules)) as running:
-        drop(layout.inbox, "slow.pdf", b"%PDF")
+        drop(layout.inbox, "slow.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "slow.pdf" in files_in(layout.failed))
         drop(layout.inbox, "slow.json", b"{}")
         wait_until(lambda: running.daemon.snapshot.get("companions") == 1)
@@ -185,7 +187,7 @@ def test_a_sidecar_later_than_its_timeout_stays_behind_unsent(
 def test_an_optional_sidecar_that_never_comes(layout: Layout, emulator: Emulator) -> None:
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_required": False, "sidecar_timeout": 0.5}]
     with RunningDaemon(layout.config(emulator, rules)):
-        drop(layout.inbox, "solo.pdf", b"%PDF solo")
+        drop(layout.inbox, "solo.pdf", b"%PDF solo\n%%EOF")
         wait_until(lambda: "solo.pdf" in files_in(layout.done))
 
     [event] = emulator.events()
@@ -206,7 +208,7 @@ def test_a_malformed_sidecar_fails_the_file(
     rules = [{**PDF, "sidecar": "{stem}.json"}]
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "bad.json", content)
-        drop(layout.inbox, "bad.pdf", b"%PDF")
+        drop(layout.inbox, "bad.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "bad.pdf.error.json" in files_in(layout.failed))
 
     report = read_report(layout.failed, "bad.pdf")
@@ -221,7 +223,7 @@ def test_a_missing_sidecar_path_fails_naming_the_path(layout: Layout, emulator: 
     rules = [{**PDF, "sidecar": "{stem}.json", "payload": {"c": "{sidecar.customer.id}"}}]
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "p.json", b'{"customer": {"name": "Ada"}}')
-        drop(layout.inbox, "p.pdf", b"%PDF")
+        drop(layout.inbox, "p.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "p.pdf.error.json" in files_in(layout.failed))
 
     report = read_report(layout.failed, "p.pdf")
@@ -236,9 +238,9 @@ def test_a_missing_sidecar_path_fails_naming_the_path(layout: Layout, emulator: 
 def test_attachments_travel_and_are_uploaded(layout: Layout, emulator: Emulator) -> None:
     rules = [{**PDF, "attach": {"label": "{stem}.png", "photo": "{stem}-photo.jpg"}}]
     with RunningDaemon(layout.config(emulator, rules)):
-        drop(layout.inbox, "ship.pdf", b"%PDF ship")
-        drop(layout.inbox, "ship.png", b"\x89PNG")
-        drop(layout.inbox, "ship-photo.jpg", b"\xff\xd8 photo")
+        drop(layout.inbox, "ship.pdf", b"%PDF ship\n%%EOF")
+        drop(layout.inbox, "ship.png", b"\x89PNG" + PNG_END)
+        drop(layout.inbox, "ship-photo.jpg", b"\xff\xd8 photo\xff\xd9")
         wait_until(lambda: files_in(layout.done) == {"ship.pdf", "ship.png", "ship-photo.jpg"})
 
     [event] = emulator.events()
@@ -248,14 +250,14 @@ def test_attachments_travel_and_are_uploaded(layout: Layout, emulator: Emulator)
         "label": assets["ship.png"]["id"],
         "photo": assets["ship-photo.jpg"]["id"],
     }
-    assert assets["ship-photo.jpg"]["sha256"] == sha256(b"\xff\xd8 photo")
+    assert assets["ship-photo.jpg"]["sha256"] == sha256(b"\xff\xd8 photo\xff\xd9")
 
 
 # ------------------------------------------------------------ complete files
 
 
 def test_a_file_written_slowly_is_taken_once_complete(layout: Layout, emulator: Emulator) -> None:
-    chunks = [bytes([i]) * 1000 for i in range(12)]
+    chunks = [bytes([i]) * 1000 for i in range(12)] + [PDF_END]
     with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=1.0)):
         with (layout.inbox / "slow.pdf").open("wb") as fh:
             for chunk in chunks:
@@ -269,7 +271,7 @@ def test_a_file_written_slowly_is_taken_once_complete(layout: Layout, emulator: 
 
 
 def test_a_preallocated_file_is_taken_only_once_filled(layout: Layout, emulator: Emulator) -> None:
-    chunks = [bytes([65 + i]) * 4096 for i in range(10)]
+    chunks = [bytes([65 + i]) * 4096 for i in range(10)] + [PDF_END]
     with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=1.0)):
         path = layout.inbox / "prealloc.pdf"
         with path.open("wb") as fh:
@@ -290,18 +292,18 @@ def test_a_zero_byte_placeholder_is_taken_once_filled(layout: Layout, emulator: 
         drop(layout.inbox, "scan.pdf", b"")
         wait_until(lambda: running.daemon.snapshot.get("empty") == 1)
         assert emulator.events() == []
-        drop(layout.inbox, "scan.pdf", b"%PDF filled later")
+        drop(layout.inbox, "scan.pdf", b"%PDF filled later\n%%EOF")
         wait_until(lambda: "scan.pdf" in files_in(layout.done))
 
     [event] = emulator.events()
-    assert next(iter(event["assets"].values()))["sha256"] == sha256(b"%PDF filled later")
+    assert next(iter(event["assets"].values()))["sha256"] == sha256(b"%PDF filled later\n%%EOF")
 
 
 def test_a_file_moved_in_from_another_folder(layout: Layout, emulator: Emulator) -> None:
     outside = layout.root / "outside"
     outside.mkdir()
     with RunningDaemon(layout.config(emulator, [PDF])):
-        drop(outside, "moved.pdf", b"%PDF moved")
+        drop(outside, "moved.pdf", b"%PDF moved\n%%EOF")
         os.rename(outside / "moved.pdf", layout.inbox / "moved.pdf")
         wait_until(lambda: "moved.pdf" in files_in(layout.done))
 
@@ -310,9 +312,9 @@ def test_a_file_moved_in_from_another_folder(layout: Layout, emulator: Emulator)
 
 def test_a_temporary_name_renamed_into_place_is_taken(layout: Layout, emulator: Emulator) -> None:
     with RunningDaemon(layout.config(emulator, [{**PDF, "pattern": "*"}])):
-        drop(layout.inbox, "scan.pdf.tmp", b"%PDF via tmp")
+        drop(layout.inbox, "scan.pdf.tmp", b"%PDF via tmp\n%%EOF")
         drop(layout.inbox, "~$lock.docx", b"lock")
-        drop(layout.inbox, ".hidden.pdf", b"%PDF")
+        drop(layout.inbox, ".hidden.pdf", b"%PDF\n%%EOF")
         os.rename(layout.inbox / "scan.pdf.tmp", layout.inbox / "scan.pdf")
         wait_until(lambda: "scan.pdf" in files_in(layout.done))
 
@@ -329,7 +331,7 @@ def test_a_file_the_events_missed_is_found_by_the_rescan(
     # only the reconciling rescan can find the file.
     config = layout.config(emulator, [PDF], poll=True, poll_interval=3600, rescan_seconds=1)
     with RunningDaemon(config):
-        drop(layout.inbox, "missed.pdf", b"%PDF missed")
+        drop(layout.inbox, "missed.pdf", b"%PDF missed\n%%EOF")
         wait_until(lambda: "missed.pdf" in files_in(layout.done), timeout=10)
 
     assert len(emulator.events()) == 1
@@ -337,7 +339,7 @@ def test_a_file_the_events_missed_is_found_by_the_rescan(
 
 def test_a_backlog_present_at_start_is_processed(layout: Layout, emulator: Emulator) -> None:
     for i in range(150):
-        drop(layout.inbox, f"backlog-{i:03}.pdf", f"%PDF {i}".encode())
+        drop(layout.inbox, f"backlog-{i:03}.pdf", f"%PDF {i}\n%%EOF".encode())
 
     with RunningDaemon(layout.config(emulator, [PDF])):
         wait_until(lambda: len(files_in(layout.done)) == 150, timeout=60)
@@ -351,7 +353,7 @@ def test_a_backlog_present_at_start_is_processed(layout: Layout, emulator: Emula
 def test_files_dropped_in_a_burst_are_each_sent_once(layout: Layout, emulator: Emulator) -> None:
     with RunningDaemon(layout.config(emulator, [PDF])):
         for i in range(60):
-            path = drop(layout.inbox, f"burst-{i}.pdf", b"%PDF")
+            path = drop(layout.inbox, f"burst-{i}.pdf", b"%PDF\n%%EOF")
             os.utime(path)  # another event for the same file
         wait_until(lambda: len(files_in(layout.done)) == 60, timeout=60)
 
@@ -371,7 +373,7 @@ def requests_to(emulator: Emulator, path: str) -> int:
 def test_a_settling_file_gets_its_upload_url_and_nothing_leaves_before_the_claim(
     layout: Layout, emulator: Emulator
 ) -> None:
-    data = b"%PDF settling"
+    data = b"%PDF settling\n%%EOF"
     with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=4)):
         drop(layout.inbox, "s.pdf", data)
         wait_until(lambda: requests_to(emulator, UPLOAD_URL) == 1, timeout=3)
@@ -389,7 +391,7 @@ def test_a_settling_file_gets_its_upload_url_and_nothing_leaves_before_the_claim
 def test_a_prefetched_url_that_storage_refuses_is_replaced(
     layout: Layout, emulator: Emulator
 ) -> None:
-    data = b"%PDF expired"
+    data = b"%PDF expired\n%%EOF"
     with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=4)):
         drop(layout.inbox, "x.pdf", data)
         wait_until(lambda: requests_to(emulator, UPLOAD_URL) == 1, timeout=3)
@@ -414,12 +416,12 @@ def test_names_taken_in_done_get_a_suffix_and_stay_paired(
     rules = [{**PDF, "sidecar": "{stem}.json"}]
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "INV-1.json", b'{"new": true}')
-        drop(layout.inbox, "INV-1.pdf", b"%PDF new")
+        drop(layout.inbox, "INV-1.pdf", b"%PDF new\n%%EOF")
         wait_until(lambda: "INV-1 (1).pdf" in files_in(layout.done))
 
     assert (layout.done / "INV-1.pdf").read_bytes() == b"old pdf"
     assert (layout.done / "INV-1.json").read_bytes() == b"old json"
-    assert (layout.done / "INV-1 (1).pdf").read_bytes() == b"%PDF new"
+    assert (layout.done / "INV-1 (1).pdf").read_bytes() == b"%PDF new\n%%EOF"
     assert (layout.done / "INV-1 (1).json").read_bytes() == b'{"new": true}'
 
 
@@ -441,7 +443,7 @@ def test_names_taken_in_failed_get_a_suffix(layout: Layout, emulator: Emulator) 
 def test_unmatched_files_stay_by_default(layout: Layout, emulator: Emulator) -> None:
     with RunningDaemon(layout.config(emulator, [PDF])) as running:
         drop(layout.inbox, "notes.txt", b"hello")
-        drop(layout.inbox, "a.pdf", b"%PDF")
+        drop(layout.inbox, "a.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "a.pdf" in files_in(layout.done))
         wait_until(lambda: running.daemon.snapshot.get("ignored") == 1)
 
@@ -465,7 +467,7 @@ def test_replay_puts_a_failed_file_back_and_it_goes_through(
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 0.5}]
     config_path = layout.config(emulator, rules)
     with RunningDaemon(config_path):
-        drop(layout.inbox, "r.pdf", b"%PDF replay")
+        drop(layout.inbox, "r.pdf", b"%PDF replay\n%%EOF")
         wait_until(lambda: "r.pdf.error.json" in files_in(layout.failed))
         drop(layout.inbox, "r.json", b'{"fixed": true}')
         moved = replay_one(load(config_path), layout.failed / "r.pdf")
@@ -489,7 +491,7 @@ def test_an_api_outage_makes_files_wait_then_go_through(layout: Layout, tmp_path
     with RunningDaemon(config) as running:
         emulator.stop()
         for i in range(5):
-            drop(layout.inbox, f"outage-{i}.pdf", f"%PDF {i}".encode())
+            drop(layout.inbox, f"outage-{i}.pdf", f"%PDF {i}\n%%EOF".encode())
         wait_until(lambda: running.daemon.gate.kind == "outage", timeout=15)
         assert files_in(layout.failed) == set()
         assert files_in(layout.done) == set()
@@ -509,7 +511,7 @@ def test_bad_credentials_pause_without_failing_files(layout: Layout, emulator: E
     bad = layout.config(emulator, [PDF], secret="not-the-secret-at-all")
     with RunningDaemon(bad) as running:
         for i in range(3):
-            drop(layout.inbox, f"cred-{i}.pdf", b"%PDF")
+            drop(layout.inbox, f"cred-{i}.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
         claimed = claims_in(layout.inbox)
 
@@ -534,7 +536,7 @@ def test_unknown_integration_pauses_without_failing_files(
     text = config.read_text().replace(emulator.integration_code, "ic_nobody")
     config.write_text(text)
     with RunningDaemon(config) as running:
-        drop(layout.inbox, "u.pdf", b"%PDF")
+        drop(layout.inbox, "u.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
         assert (
             "INTEGRATION" in running.daemon.gate.reason or "ic_nobody" in running.daemon.gate.reason
@@ -551,7 +553,7 @@ def test_an_api_that_redirects_pauses_without_failing_files(
     with redirect_server() as (url, seen):
         config.write_text(config.read_text().replace(emulator.url, url))
         with RunningDaemon(config) as running:
-            drop(layout.inbox, "r.pdf", b"%PDF")
+            drop(layout.inbox, "r.pdf", b"%PDF\n%%EOF")
             wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
             reason = running.daemon.gate.reason
 
@@ -586,7 +588,7 @@ def test_a_file_is_read_once_for_its_hash_and_its_upload(
     layout: Layout, emulator: Emulator, tmp_path: Path
 ) -> None:
     size = 8 * 1024 * 1024
-    data = os.urandom(size)
+    data = os.urandom(size - len(PDF_END)) + PDF_END
     staging = tmp_path / "staging.pdf"
     staging.write_bytes(data)
     proc = run_daemon(layout.config(emulator, [PDF]))
@@ -610,8 +612,8 @@ def test_the_journal_records_every_outcome(layout: Layout, emulator: Emulator) -
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 0.3}]
     with RunningDaemon(layout.config(emulator, rules)) as running:
         drop(layout.inbox, "j.json", b'{"k": 1}')
-        drop(layout.inbox, "j.pdf", b"%PDF journal")
-        drop(layout.inbox, "nope.pdf", b"%PDF")
+        drop(layout.inbox, "j.pdf", b"%PDF journal\n%%EOF")
+        drop(layout.inbox, "nope.pdf", b"%PDF\n%%EOF")
         wait_until(
             lambda: "j.pdf" in files_in(layout.done) and "nope.pdf" in files_in(layout.failed)
         )
@@ -621,7 +623,7 @@ def test_the_journal_records_every_outcome(layout: Layout, emulator: Emulator) -
     [event] = emulator.events()
     done = entries["j.pdf"]
     assert done["outcome"] == "done"
-    assert done["sha256"] == sha256(b"%PDF journal")
+    assert done["sha256"] == sha256(b"%PDF journal\n%%EOF")
     assert done["rule"] == "pdf"
     assert done["event"] == "doc.received"
     assert done["idempotency_key"] == event["idempotency_key"]

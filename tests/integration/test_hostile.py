@@ -102,7 +102,7 @@ def claimed(
 def test_a_file_swapped_for_a_symlink_after_the_check_is_never_read(
     box: Box, emulator: Emulator
 ) -> None:
-    drop(box.inbox, "swap.pdf", b"%PDF harmless")
+    drop(box.inbox, "swap.pdf", b"%PDF harmless\n%%EOF")
     spool, claim = claimed(
         box, emulator, {"file": "swap.pdf"}, [{"name": "any", "pattern": "*", "event": "e"}]
     )
@@ -120,7 +120,7 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_never_read(
 
 
 def test_a_sidecar_swapped_for_a_symlink_is_never_read(box: Box, emulator: Emulator) -> None:
-    drop(box.inbox, "s.pdf", b"%PDF")
+    drop(box.inbox, "s.pdf", b"%PDF\n%%EOF")
     drop(box.inbox, "s.json", b"{}")
     rules = [{"name": "r", "pattern": "*.pdf", "event": "e", "sidecar": "{stem}.json"}]
     spool, claim = claimed(box, emulator, {"file": "s.pdf", "sidecar": "s.json"}, rules)
@@ -172,7 +172,7 @@ def test_special_files_are_set_aside_without_opening_them(
 ) -> None:
     with RunningDaemon(box.config(emulator)):
         maker(box.inbox / "special.pdf")
-        drop(box.inbox, "after.pdf", b"%PDF after")  # the workers are not stuck
+        drop(box.inbox, "after.pdf", b"%PDF after\n%%EOF")  # the workers are not stuck
         wait_until(lambda: "special.pdf.error.json" in files_in(box.failed))
         wait_until(lambda: "after.pdf" in files_in(box.done))
 
@@ -184,7 +184,7 @@ def test_special_files_are_set_aside_without_opening_them(
 
 def test_a_fifo_sidecar_does_not_hang_a_worker(box: Box, emulator: Emulator) -> None:
     rules = [{"name": "r", "pattern": "*.pdf", "event": "e", "sidecar": "{stem}.json"}]
-    drop(box.inbox, "f.pdf", b"%PDF")
+    drop(box.inbox, "f.pdf", b"%PDF\n%%EOF")
     os.mkfifo(box.inbox / "f.json")
     spool, claim = claimed(box, emulator, {"file": "f.pdf", "sidecar": "f.json"}, rules)
 
@@ -224,7 +224,7 @@ def test_a_hostile_sidecar_fails_its_file_with_the_reason(
     rules = [{"name": "r", "pattern": "*.pdf", "event": "e", "sidecar": "{stem}.json"}]
     with RunningDaemon(box.config(emulator, rules)):
         drop(box.inbox, f"{label}.json", content)
-        drop(box.inbox, f"{label}.pdf", b"%PDF")
+        drop(box.inbox, f"{label}.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: f"{label}.pdf.error.json" in files_in(box.failed))
 
     report = read_report(box.failed, f"{label}.pdf")
@@ -257,7 +257,7 @@ def test_paths_from_names_and_sidecars_never_decide_where_files_go(
     config = box.config(emulator, rules)
     before = tree(box.root)
     with RunningDaemon(config):
-        drop(box.inbox, "a...pdf", b"%PDF")  # {match.x} is ".."
+        drop(box.inbox, "a...pdf", b"%PDF\n%%EOF")  # {match.x} is ".."
         drop(box.inbox, "a...json", b'{"path": "../../etc/cron.d/evil"}')
         wait_until(lambda: "a...pdf.error.json" in files_in(box.failed))
 
@@ -289,7 +289,7 @@ def test_hostile_names_are_processed_and_logged_escaped(tmp_path: Path, emulator
     try:
         proc.wait_for_log("flowflexd ready")
         for name in HOSTILE_NAMES:
-            drop(box.inbox, name, b"%PDF " + os.fsencode(name))
+            drop(box.inbox, name, b"%PDF \n%%EOF" + os.fsencode(name))
         wait_until(lambda: len(files_in(box.done)) == len(HOSTILE_NAMES) + 1, timeout=30)
         proc.proc.send_signal(signal.SIGTERM)
         assert proc.wait_exit() == 0
@@ -348,7 +348,7 @@ def test_an_event_name_with_control_characters_never_reaches_a_header(
     ]
     with RunningDaemon(box.config(emulator, rules)):
         drop(box.inbox, "h.json", json.dumps({"kind": "x\r\nX-Injected: 1"}).encode())
-        drop(box.inbox, "h.pdf", b"%PDF")
+        drop(box.inbox, "h.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "h.pdf.error.json" in files_in(box.failed))
 
     assert read_report(box.failed, "h.pdf")["code"] == "BAD_EVENT_NAME"
@@ -376,8 +376,8 @@ def test_no_secret_in_logs_reports_journal_or_claims(tmp_path: Path, emulator: E
         proc.wait_for_log("flowflexd ready")
         emulator.fail_next(3)  # retries log at info
         drop(box.inbox, "ok.json", b"{}")
-        drop(box.inbox, "ok.pdf", b"%PDF")
-        drop(box.inbox, "alone.pdf", b"%PDF")
+        drop(box.inbox, "ok.pdf", b"%PDF\n%%EOF")
+        drop(box.inbox, "alone.pdf", b"%PDF\n%%EOF")
         drop(box.inbox, "bad.exe", b"MZ")
         wait_until(lambda: "ok.pdf" in files_in(box.done) and len(files_in(box.failed)) == 4)
         proc.proc.send_signal(signal.SIGTERM)

@@ -91,8 +91,8 @@ def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
             tmp_path / "config.yaml", emulator, folders=[spec(fs)], rescan_seconds=0.5
         )
         with RunningDaemon(config) as running:
-            drop(fs / "inbox", "a.pdf", b"%PDF a")
-            drop(fs / "inbox", "b.pdf", b"%PDF b")
+            drop(fs / "inbox", "a.pdf", b"%PDF a\n%%EOF")
+            drop(fs / "inbox", "b.pdf", b"%PDF b\n%%EOF")
             fillers = fill_inodes(fs / "inbox")
             wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 1)
             assert files_in(fs / "inbox") >= {"a.pdf", "b.pdf"}
@@ -100,7 +100,7 @@ def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
             for filler in fillers:
                 filler.unlink()
             wait_until(lambda: files_in(fs / "done") == {"a.pdf", "b.pdf"}, timeout=30)
-        assert (fs / "done" / "a.pdf").read_bytes() == b"%PDF a"
+        assert (fs / "done" / "a.pdf").read_bytes() == b"%PDF a\n%%EOF"
 
     assert len(emulator.events()) == 2
 
@@ -112,11 +112,11 @@ def test_a_read_only_done_folder_keeps_files_claimed_until_it_is_writable(
     config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     with RunningDaemon(config) as running:
         with unwritable(tmp_path / "done"):
-            drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro")
+            drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro\n%%EOF")
             wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 2, timeout=30)
             work = tmp_path / "inbox" / ".flowflexd" / "work"
             [claim_dir] = work.iterdir()
-            assert (claim_dir / "ro.pdf").read_bytes() == b"%PDF ro"
+            assert (claim_dir / "ro.pdf").read_bytes() == b"%PDF ro\n%%EOF"
             assert files_in(tmp_path / "failed") == set()
         wait_until(lambda: "ro.pdf" in files_in(tmp_path / "done"), timeout=30)
 
@@ -139,12 +139,12 @@ def test_an_inbox_that_vanishes_comes_back_by_itself(tmp_path: Path, emulator: E
         os.rename(one / "inbox", tmp_path / "unmounted")
         wait_until(lambda: running.daemon.snapshot.get("offline") == [str(one / "inbox")])
         # The other folder keeps running meanwhile.
-        drop(two / "inbox", "still.pdf", b"%PDF")
+        drop(two / "inbox", "still.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "still.pdf" in files_in(two / "done"))
-        drop(tmp_path / "unmounted", "while-away.pdf", b"%PDF away")
+        drop(tmp_path / "unmounted", "while-away.pdf", b"%PDF away\n%%EOF")
         os.rename(tmp_path / "unmounted", one / "inbox")
         wait_until(lambda: running.daemon.snapshot.get("offline") == [], timeout=20)
-        drop(one / "inbox", "after.pdf", b"%PDF after")
+        drop(one / "inbox", "after.pdf", b"%PDF after\n%%EOF")
         wait_until(lambda: files_in(one / "done") == {"while-away.pdf", "after.pdf"}, timeout=20)
 
     assert len(emulator.events()) == 3
@@ -159,11 +159,11 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
     with RunningDaemon(config):
         replacement = tmp_path / "replacement"
         replacement.mkdir()
-        drop(replacement, "came-with-it.pdf", b"%PDF")
+        drop(replacement, "came-with-it.pdf", b"%PDF\n%%EOF")
         os.rename(tmp_path / "inbox", tmp_path / "old-inbox")
         os.rename(replacement, tmp_path / "inbox")
         wait_until(lambda: "came-with-it.pdf" in files_in(tmp_path / "done"), timeout=20)
-        drop(tmp_path / "inbox", "later.pdf", b"%PDF later")  # the new folder's events
+        drop(tmp_path / "inbox", "later.pdf", b"%PDF later\n%%EOF")  # the new folder's events
         wait_until(lambda: "later.pdf" in files_in(tmp_path / "done"), timeout=20)
 
 
@@ -184,7 +184,7 @@ def falls_back_to_polling(
         for fd in taken:
             os.close(fd)
         taken.clear()
-        drop(tmp_path / "inbox", "polled.pdf", b"%PDF")
+        drop(tmp_path / "inbox", "polled.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
         proc.proc.terminate()
         assert proc.wait_exit() == 0
