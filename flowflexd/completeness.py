@@ -49,6 +49,13 @@ _WHY_NO_LEASE = {
 }
 
 
+NO_LEASE = "cannot tell whether another process still writes files here"
+NO_LEASE_FIX = (
+    "give flowflexd CAP_LEASE (the shipped unit does) and keep inboxes on a local file system; "
+    "otherwise raise settle_seconds"
+)
+
+
 class Writers(Enum):
     NONE = "none"  # nobody else has the file open for writing
     OPEN = "open"  # another process has it open for writing

@@ -21,8 +21,9 @@ from typing import Any
 
 import structlog
 
-from flowflexd import journal
+from flowflexd import journal, preflight
 from flowflexd.client import FlowFlex
+from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.config import Config, Folder
 from flowflexd.errors import UserError
 from flowflexd.journal import Journal
@@ -224,6 +225,15 @@ class Daemon:
             runtime.said_offline = True
             runtime.next_rescan = time.monotonic() + OFFLINE_CHECK_SECONDS
             return runtime
+        why = preflight.lease_problem(folder)
+        if why is not None:
+            log.warning(
+                f"{NO_LEASE}; files are taken once settled alone",
+                folder=str(folder.path),
+                reason=why,
+                fix=NO_LEASE_FIX,
+            )
+            runtime.tracker.said_no_lease = True
         self._bring_online(runtime, time.monotonic())
         return runtime
 

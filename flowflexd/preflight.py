@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.config import Config, Folder
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -73,12 +74,62 @@ def check_folder(
                 f"{label} {path} is on another filesystem than the inbox {folder.path}: files "
                 "move by atomic rename, which cannot cross filesystems"
             )
+    why = lease_problem(folder, mounts_file)
+    if why is not None:
+        findings.warnings.append(lease_warning(folder, why))
     mount = mount_of(folder.path, mounts_file)
     if mount and mount[1] in NETWORK_FILESYSTEMS and not folder.poll:
         findings.warnings.append(
             f"inbox {folder.path} is on a network filesystem ({mount[1]} at {mount[0]}) "
             "without poll: true; inotify sees no writes made by other machines there"
         )
+
+
+CAP_LEASE = 28  # linux/capability.h
+
+
+def has_cap_lease(status_file: str = "/proc/self/status") -> bool:
+    """Whether this process may take leases on files other users own."""
+    try:
+        with open(status_file, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_LEASE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def lease_problem(
+    folder: Folder,
+    mounts_file: str = "/proc/self/mounts",
+    status_file: str = "/proc/self/status",
+    leases_file: str = "/proc/sys/fs/leases-enable",
+) -> str | None:
+    """Why the writer probe cannot work for this inbox's files, or None when it can."""
+    mount = mount_of(folder.path, mounts_file)
+    if mount and mount[1] in NETWORK_FILESYSTEMS:
+        return (
+            f"the inbox is on a network file system ({mount[1]}), where the kernel does not "
+            "see writers on other machines"
+        )
+    try:
+        with open(leases_file, encoding="ascii") as handle:
+            if handle.read().strip() == "0":
+                return "leases are switched off on this machine (sysctl fs.leases-enable = 0)"
+    except OSError:
+        pass
+    if not has_cap_lease(status_file):
+        return (
+            "flowflexd's user lacks CAP_LEASE, so files that other users own "
+            "(the scanner or share users) cannot be probed"
+        )
+    return None
+
+
+def lease_warning(folder: Folder, why: str) -> str:
+    settled = "such files are taken once settled alone"
+    return f"inbox {folder.path}: {NO_LEASE} ({why}); {settled}: {NO_LEASE_FIX}"
 
 
 def check(config: Config, mounts_file: str = "/proc/self/mounts") -> Findings:

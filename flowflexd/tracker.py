@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from flowflexd.completeness import Writers, examine
+from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import FileRejected
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
@@ -111,7 +111,7 @@ class Tracker:
         self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
         self._skip = self._skipped(folder)
-        self._said_no_lease = False
+        self.said_no_lease = False
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
         """New rules or settings: every name is judged again, what is queued stays queued."""
@@ -427,16 +427,14 @@ class Tracker:
             seen = examine(self.inbox / name, verify_format=rule.verify_format)
             if seen is None:
                 continue  # gone or unreadable: the claim says what happened
-            if seen.writer.writers is Writers.UNKNOWN and not self._said_no_lease:
-                self._said_no_lease = True
+            if seen.writer.writers is Writers.UNKNOWN and not self.said_no_lease:
+                self.said_no_lease = True
                 log.warning(
-                    "cannot tell whether another process still writes files here; "
-                    "files are taken once settled alone",
+                    f"{NO_LEASE}; files are taken once settled alone",
                     folder=str(self.inbox),
                     file=name,
                     reason=seen.writer.why,
-                    fix="give flowflexd CAP_LEASE (the shipped unit does) and keep inboxes on a "
-                    "local file system; otherwise raise settle_seconds",
+                    fix=NO_LEASE_FIX,
                 )
             problem = seen.problem()
             if problem is not None and problem[0] != "writer" and _refused_anyway(seen.info):

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd import journal
+from flowflexd.completeness import Writers, examine, has_format_check
 from flowflexd.config import Config, Folder
 from flowflexd.errors import FileRejected
 from flowflexd.pipeline import parse_sidecar
 from flowflexd.rules import (
+    Rule,
     companion_patterns,
     companions,
     could_be_companion,
@@ -92,6 +94,8 @@ def explain(folder: Folder, path: Path) -> list[str]:
     out.append(f"  rule: {rule.name} ({how})")
     if found.groups:
         out.append(f"  groups: {json.dumps(dict(found.groups), ensure_ascii=False)}")
+    if info is not None and info.st_size > 0:
+        out.extend(_wholeness(path, rule))
     try:
         wanted = companions(found)
         sidecar: Any = MISSING
@@ -116,6 +120,34 @@ def explain(folder: Folder, path: Path) -> list[str]:
     text = json.dumps(body, indent=2, ensure_ascii=False)
     out.extend(f"    {line}" for line in text.splitlines())
     return out
+
+
+def _wholeness(path: Path, rule: Rule) -> list[str]:
+    """Whether the file is whole by each check the daemon makes before taking it."""
+    seen = examine(path, verify_format=rule.verify_format)
+    if seen is None:
+        return ["  whole: cannot open it to check (gone, unreadable, or a link)"]
+    later = f"fails as INCOMPLETE_FILE after {rule.incomplete_timeout:g} s (incomplete_timeout)"
+    writer = {
+        Writers.NONE: "no other process has it open for writing",
+        Writers.OPEN: "NO: another process still has it open for writing; it waits until closed",
+        Writers.UNKNOWN: f"cannot tell ({seen.writer.why}); settling alone decides",
+    }[seen.writer.writers]
+    if seen.unwritten:
+        end = f"NO: its last {seen.unwritten:,} bytes were never written; it waits, then {later}"
+    else:
+        end = "written to its last byte"
+    if not rule.verify_format:
+        form = "not checked (verify_format: false)"
+    elif not has_format_check(path.name):
+        form = "no check for this type"
+    elif seen.format_problem:
+        form = f"NO: {seen.format_problem}; it waits, then {later}"
+    elif seen.unwritten:
+        form = "checked once its end is written"
+    else:
+        form = "its trailer is there"
+    return ["  whole:", f"    writers: {writer}", f"    end: {end}", f"    format: {form}"]
 
 
 # -------------------------------------------------------------------- status

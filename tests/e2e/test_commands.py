@@ -334,6 +334,35 @@ def test_explain_shows_rule_event_and_payload_without_network(tmp_path: Path) ->
     assert "notes.txt:\n  no rule takes it (tried: ^INV-" in out
 
 
+def test_explain_says_whether_a_file_is_whole_by_each_check(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    drop(inbox, "whole.pdf", b"%PDF\n%%EOF")
+    drop(inbox, "cut.pdf", b"%PDF half of it")
+    with (inbox / "sized.pdf").open("wb") as fh:
+        fh.truncate(1024 * 1024)  # the size set first, nothing written yet
+        fh.write(b"%PDF")
+    rules = [{**PDF, "incomplete_timeout": 90}]
+    config = write_config(
+        tmp_path / "config.yaml", OFFLINE, folders=[folder(tmp_path, rules=rules)]
+    )
+
+    done = run("explain", "-c", str(config), *(str(inbox / n) for n in ("whole.pdf", "cut.pdf")))
+    sized = run("explain", "-c", str(config), str(inbox / "sized.pdf"))
+
+    assert done.returncode == 0, done.stderr
+    whole, cut = done.stdout.split("\n\n")
+    assert "    writers: no other process has it open for writing" in whole
+    assert "    end: written to its last byte" in whole
+    assert "    format: its trailer is there" in whole
+    assert (
+        "    format: NO: a PDF ends with %%EOF within its last 1,024 bytes; this one does not; "
+        "it waits, then fails as INCOMPLETE_FILE after 90 s (incomplete_timeout)"
+    ) in cut
+    assert "    end: NO: its last " in sized.stdout
+    assert "bytes were never written" in sized.stdout
+
+
 def test_explain_says_why_a_file_would_fail(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -70,7 +70,9 @@ def test_the_unit_has_what_the_service_needs() -> None:
     assert unit["ReadWritePaths"]
     for flag in ("NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices"):
         assert unit[flag] == ["yes"], flag
-    assert unit["CapabilityBoundingSet"] == [""]
+    # Only what the writer probe needs: a lease on files the scanner users own.
+    assert unit["CapabilityBoundingSet"] == ["CAP_LEASE"]
+    assert unit["AmbientCapabilities"] == ["CAP_LEASE"]
     assert unit["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "@system-service" in unit["SystemCallFilter"]
     assert unit["UMask"] == ["0077"]

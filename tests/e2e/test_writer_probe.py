@@ -1,0 +1,168 @@
+"""The writer probe as a service user meets it: files owned by other users (the scanner
+users), with and without CAP_LEASE. The real command runs as nobody through setpriv,
+the way the unit's User= and AmbientCapabilities= start it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import (
+    LoggedProcess,
+    child_env,
+    drop,
+    files_in,
+    flowflexd_argv,
+    folder_spec,
+    pdf,
+    wait_until,
+    write_config,
+)
+
+from flowflexd.emulator import Emulator
+
+NOBODY = 65534
+PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+NO_LEASE = "cannot tell whether another process still writes files here"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (util-linux) to run flowflexd as another user",
+)
+
+
+def as_nobody(*, cap_lease: bool) -> list[str]:
+    caps = ["--inh-caps=-all,+lease", "--ambient-caps=+lease"] if cap_lease else ["--inh-caps=-all"]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nobody_can_run_flowflexd() -> None:
+    done = subprocess.run(
+        [*as_nobody(cap_lease=False), *flowflexd_argv("--help")], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(
+            f"user nobody cannot run {flowflexd_argv()[0]} (a folder on its path is private)"
+        )
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A folder nobody can reach (pytest's own tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="flowflexd-probe-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def service_config(base: Path, emulator: Emulator) -> Path:
+    for name in ("inbox", "done", "failed", "state"):
+        (base / name).mkdir()
+        os.chown(base / name, NOBODY, NOBODY)
+    spec = folder_spec(base, [PDF])
+    config = write_config(base / "config.yaml", emulator, folders=[spec], settle_seconds=0.3)
+    os.chown(config, NOBODY, NOBODY)
+    return config
+
+
+def run_as_nobody(config: Path, *, cap_lease: bool) -> LoggedProcess:
+    argv = flowflexd_argv("run", "-c", str(config), "--log-format", "json")
+    return LoggedProcess([*as_nobody(cap_lease=cap_lease), *argv], env=child_env(HOME="/"))
+
+
+def check_as_nobody(config: Path, *, cap_lease: bool) -> str:
+    done = subprocess.run(
+        [*as_nobody(cap_lease=cap_lease), *flowflexd_argv("check", "-c", str(config))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(HOME="/"),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_check_says_when_the_service_user_cannot_probe_for_writers(
+    base: Path, emulator: Emulator
+) -> None:
+    config = service_config(base, emulator)
+
+    without = check_as_nobody(config, cap_lease=False)
+    with_cap = check_as_nobody(config, cap_lease=True)
+
+    assert f"warning: inbox {base / 'inbox'}: {NO_LEASE} (flowflexd's user lacks CAP_LEASE" in (
+        without
+    )
+    assert NO_LEASE not in with_cap
+
+
+def test_without_cap_lease_files_go_on_settling_alone_said_once(
+    base: Path, emulator: Emulator
+) -> None:
+    config = service_config(base, emulator)
+    proc = run_as_nobody(config, cap_lease=False)
+    try:
+        said = proc.wait_for_log(f"{NO_LEASE}; files are taken once settled alone")
+        for i in range(3):
+            drop(base / "inbox", f"scan-{i}.pdf", pdf(b"%d" % i))  # owned by root
+        wait_until(lambda: len(files_in(base / "done")) == 3)
+    finally:
+        proc.stop()
+
+    assert said["folder"] == str(base / "inbox")
+    assert "lacks CAP_LEASE" in said["reason"]
+    warnings = [line for line in proc.json_lines() if line.get("event", "").startswith(NO_LEASE)]
+    assert len(warnings) == 1
+
+
+WRITER = """
+import sys
+with open(sys.argv[1], "wb") as fh:
+    fh.write(b"%PDF-1.7 first page\\n")
+    fh.flush()
+    print("open", flush=True)
+    sys.stdin.readline()
+    fh.write(b"second page\\n%%EOF\\n")
+"""
+
+
+def test_with_cap_lease_a_scanner_users_open_file_waits_for_its_writer(
+    base: Path, emulator: Emulator
+) -> None:
+    config = service_config(base, emulator)
+    proc = run_as_nobody(config, cap_lease=True)
+    writer = subprocess.Popen(  # root: another user than the service's
+        [sys.executable, "-c", WRITER, str(base / "inbox" / "scan.pdf")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        proc.wait_for_log("flowflexd ready")
+        assert writer.stdout.readline() == "open\n"
+        waiting = proc.wait_for_log("settled but not whole yet; waiting", file="scan.pdf")
+        assert waiting["check"] == "writer"
+        assert emulator.events() == []
+        writer.stdin.write("go\n")
+        writer.stdin.close()
+        assert writer.wait(timeout=10) == 0
+        wait_until(lambda: "scan.pdf" in files_in(base / "done"))
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        proc.stop()
+
+    assert (base / "done" / "scan.pdf").read_bytes() == b"%PDF-1.7 first page\nsecond page\n%%EOF\n"
+    assert len(emulator.events()) == 1
+    assert not any(line.get("event", "").startswith(NO_LEASE) for line in proc.json_lines())
