@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowflexd.config import Folder
-from flowflexd.preflight import Findings, check_folder, mount_of
+from flowflexd.preflight import Findings, check_folder, has_cap_lease, lease_problem, mount_of
 
 
 def mounts(tmp_path: Path, fstype: str) -> str:
@@ -26,12 +26,14 @@ def test_a_network_inbox_without_polling_is_warned(tmp_path: Path) -> None:
         folder(tmp_path / "share" / "inbox", poll=False), findings, mounts(tmp_path, "cifs")
     )
 
-    [warning] = findings.warnings
-    assert "network filesystem (cifs" in warning
-    assert "poll: true" in warning
+    [lease, inotify] = findings.warnings
+    assert "network filesystem (cifs" in inotify
+    assert "poll: true" in inotify
+    assert "cannot tell whether another process still writes files here" in lease
+    assert "network file system (cifs), where the kernel does not see writers" in lease
 
 
-def test_a_network_inbox_with_polling_is_fine(tmp_path: Path) -> None:
+def test_a_network_inbox_with_polling_is_warned_only_about_writers(tmp_path: Path) -> None:
     (tmp_path / "share" / "inbox").mkdir(parents=True)
     findings = Findings()
 
@@ -39,7 +41,42 @@ def test_a_network_inbox_with_polling_is_fine(tmp_path: Path) -> None:
         folder(tmp_path / "share" / "inbox", poll=True), findings, mounts(tmp_path, "nfs4")
     )
 
-    assert findings.warnings == []
+    [warning] = findings.warnings
+    assert "(the inbox is on a network file system (nfs4)" in warning
+
+
+def status_file(folder: Path, cap_eff: str) -> str:
+    folder.mkdir(exist_ok=True)
+    path = folder / "status"
+    path.write_text(f"Name:\tflowflexd\nCapInh:\t0\nCapEff:\t{cap_eff}\nCapBnd:\t1ff\n")
+    return str(path)
+
+
+def leases_file(folder: Path, value: str) -> str:
+    folder.mkdir(exist_ok=True)
+    path = folder / "leases-enable"
+    path.write_text(f"{value}\n")
+    return str(path)
+
+
+def test_cap_lease_is_read_from_the_effective_set(tmp_path: Path) -> None:
+    assert has_cap_lease(status_file(tmp_path / "a", "0000000010000000"))  # CAP_LEASE alone
+    assert has_cap_lease(status_file(tmp_path / "b", "000001ffffffffff"))  # root
+    assert not has_cap_lease(status_file(tmp_path / "c", "0000000000000000"))
+    assert not has_cap_lease(str(tmp_path / "no-such-status"))
+
+
+def test_the_writer_probe_needs_cap_lease_leases_on_and_a_local_file_system(
+    tmp_path: Path,
+) -> None:
+    inbox = folder(tmp_path / "inbox", poll=False)
+    local = mounts(tmp_path, "cifs")  # the inbox is beside the cifs share, not in it
+    on, off = leases_file(tmp_path / "on", "1"), leases_file(tmp_path / "off", "0")
+    cap, no_cap = status_file(tmp_path / "cap", "10000000"), status_file(tmp_path / "no", "0")
+
+    assert lease_problem(inbox, local, cap, on) is None
+    assert "lacks CAP_LEASE" in str(lease_problem(inbox, local, no_cap, on))
+    assert "fs.leases-enable = 0" in str(lease_problem(inbox, local, cap, off))
 
 
 def test_the_longest_mount_point_wins(tmp_path: Path) -> None:
