@@ -360,3 +360,36 @@ def test_no_secret_in_the_config_repr(tmp_path: Path) -> None:
 
     assert "secret-from-env" not in repr(config)
     assert os.fspath(config.source).endswith("config.yaml")
+
+
+def test_a_rule_checks_the_format_and_waits_600_s_for_a_cut_short_file_by_default(
+    tmp_path: Path,
+) -> None:
+    [rule] = load(write(tmp_path, MINIMAL), environ=ENV).folders[0].rules
+
+    assert rule.verify_format is True
+    assert rule.incomplete_timeout == 600
+
+
+def test_verify_format_and_incomplete_timeout_are_read(tmp_path: Path) -> None:
+    text = MINIMAL + "        verify_format: false\n        incomplete_timeout: 30\n"
+
+    [rule] = load(write(tmp_path, text), environ=ENV).folders[0].rules
+
+    assert rule.verify_format is False
+    assert rule.incomplete_timeout == 30
+
+
+def test_verify_format_and_incomplete_timeout_of_the_wrong_kind_are_named(tmp_path: Path) -> None:
+    text = MINIMAL + '        verify_format: "no"\n        incomplete_timeout: -1\n'
+
+    found = problems(tmp_path, text)
+
+    assert any(
+        "folders[0].rules[0].verify_format: expected true or false, got text 'no'" in p
+        for p in found
+    ), found
+    assert any(
+        "folders[0].rules[0].incomplete_timeout: expected a number 0 or more, got -1" in p
+        for p in found
+    ), found
