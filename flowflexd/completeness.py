@@ -86,6 +86,8 @@ def someone_writes(path: Path) -> bool:
     """True when another process has ``path`` open for writing (False when it cannot tell)."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
+    except BlockingIOError:
+        return True  # another process holds a write lease (Samba with kernel oplocks)
     except OSError:
         return False  # gone or unreadable: the claim itself says so
     try:
@@ -213,6 +215,14 @@ def examine(path: Path, *, verify_format: bool) -> Examined | None:
     """Run every check on ``path``; None when it cannot be opened (gone, unreadable, a link)."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
+    except BlockingIOError:
+        # Opening would break another process's write lease (Samba with kernel
+        # oplocks): O_NONBLOCK refuses instead of waiting. That is a writer.
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        return Examined(path.name, info, WriterProbe(Writers.OPEN), 0, None)
     except OSError:
         return None
     try:

@@ -532,6 +532,8 @@ class Spool:
             fd = os.open(claim.path(role), _READ_FLAGS)
         except FileNotFoundError:
             return None, Writers.NONE
+        except BlockingIOError:  # it would break another process's write lease
+            return os.lstat(claim.path(role)), Writers.OPEN
         try:
             return os.fstat(fd), probe_writers(fd).writers
         finally:

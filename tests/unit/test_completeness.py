@@ -261,3 +261,36 @@ def test_a_writer_is_the_first_problem_named(tmp_path: Path) -> None:
     assert found is not None
     problem = found.problem()
     assert problem == ("writer", "busy.pdf is still open for writing by another process")
+
+
+# Holds a write lease, as smbd does with "kernel oplocks = yes" for a client
+# with an exclusive oplock; it ignores the break signal and keeps the lease.
+LEASE_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_file_under_another_processs_write_lease_counts_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "oplocked.pdf"
+    path.write_bytes(pdf())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LEASE_HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert proc.stdout.readline() == "leased\n"
+        found = examine(path, verify_format=True)  # O_NONBLOCK: refused, never waits
+        assert someone_writes(path)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    assert found is not None
+    assert found.writer.writers is Writers.OPEN
