@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from flowflexd.config import Config, Folder
 from flowflexd.errors import UserError
 from flowflexd.sanitize import printable
-from flowflexd.spool import REPORT_SUFFIX, fsync_dir, move_no_replace, report_name, suffixed
+from flowflexd.spool import (
+    REPORT_SUFFIX,
+    fsync_dir,
+    move_no_replace,
+    name_tags,
+    report_name,
+    suffixed,
+)
 
 REPLAYED_DIR = "replayed"
 
 
 def _move_free(src: Path, folder: Path, name: str) -> Path:
-    for n in range(10_000):
-        dst = folder / suffixed(name, n)
+    for tag in name_tags(uuid.uuid4().hex):
+        dst = folder / suffixed(name, tag)
         try:
             move_no_replace(src, dst)
         except FileExistsError:

@@ -156,15 +156,25 @@ def read_limited(fd: int, limit: int, *, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def suffixed(name: str, n: int) -> str:
-    """``INV-1.pdf`` -> ``INV-1 (2).pdf``, trimmed to fit the 255-byte name limit."""
-    if n == 0:
+def suffixed(name: str, tag: str) -> str:
+    """``INV-1.pdf`` -> ``INV-1 (3f2a9c1b).pdf``, trimmed to fit the 255-byte name limit."""
+    if not tag:
         return name
     stem, ext = split_name(name)
-    tail = f" ({n})" + (f".{ext}" if ext else "")
+    tail = f" ({tag})" + (f".{ext}" if ext else "")
     room = 255 - len(tail.encode("utf-8", "surrogateescape"))
     raw = stem.encode("utf-8", "surrogateescape")[:room]
     return raw.decode("utf-8", "surrogateescape") + tail
+
+
+def name_tags(unique: str) -> tuple[str, ...]:
+    """The suffixes to try for a name, in order: none, then ones unique by construction.
+
+    ``unique`` is a claim's id (or another random hex string), so a taken name
+    costs one more try, never a search through what a folder has kept for years;
+    the same claim gets the same suffix again after a crash.
+    """
+    return ("", unique[:8], unique)
 
 
 def report_name(name: str) -> str:
@@ -504,9 +514,9 @@ class Spool:
             if entry.name == CLAIM_FILE:
                 os.unlink(entry.path)
                 continue
-            for n in range(1000):
+            for tag in name_tags(uuid.uuid4().hex):
                 try:
-                    move_no_replace(Path(entry.path), self.inbox / suffixed(entry.name, n))
+                    move_no_replace(Path(entry.path), self.inbox / suffixed(entry.name, tag))
                     break
                 except FileExistsError:
                     continue
@@ -545,7 +555,8 @@ class Spool:
         """Move a claim's files to done (or to failed, with ``report`` beside the file).
 
         Names are never replaced: when one is taken, every member gets the
-        same ``(n)`` suffix so the file and its sidecar stay a pair. Safe to
+        same suffix, the claim's short id (``INV-1 (3f2a9c1b).pdf``), so the
+        file and its sidecar stay a pair and the journal finds them. Safe to
         call again after a crash part-way. Returns role -> final path.
         """
         target = self.folder.failed if report is not None else self.folder.done
@@ -553,9 +564,9 @@ class Spool:
         # The file moves last: while it is still in the claim folder, a restart
         # knows this claim is unfinished.
         order = sorted(present, key=lambda role: role == "file")
-        for n in range(10_000):
-            names = {role: suffixed(present[role], n) for role in order}
-            report_file = report_name(suffixed(claim.name, n)) if report is not None else None
+        for tag in name_tags(claim.id):
+            names = {role: suffixed(present[role], tag) for role in order}
+            report_file = report_name(suffixed(claim.name, tag)) if report is not None else None
             if not self._free(target, names, claim, report_file):
                 continue
             linked: list[Path] = []
@@ -575,7 +586,7 @@ class Spool:
                 os.unlink(path)
             self.close(claim)
             moved = {role: str(target / name) for role, name in names.items()}
-            moved.setdefault("file", str(target / suffixed(claim.name, n)))
+            moved.setdefault("file", str(target / suffixed(claim.name, tag)))
             return moved
         raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
 

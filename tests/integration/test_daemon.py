@@ -407,6 +407,12 @@ def test_a_prefetched_url_that_storage_refuses_is_replaced(
 # ---------------------------------------------------------- outcomes, names
 
 
+def claim_tag(state_dir: Path, name: str) -> str:
+    """The suffix a taken name gets: the claim's short id, as the journal records it."""
+    [record] = [r for r in journal.read(state_dir) if r["file"] == name]
+    return str(record["claim"])[:8]
+
+
 def test_names_taken_in_done_get_a_suffix_and_stay_paired(
     layout: Layout, emulator: Emulator
 ) -> None:
@@ -417,12 +423,29 @@ def test_names_taken_in_done_get_a_suffix_and_stay_paired(
     with RunningDaemon(layout.config(emulator, rules)):
         drop(layout.inbox, "INV-1.json", b'{"new": true}')
         drop(layout.inbox, "INV-1.pdf", b"%PDF new\n%%EOF")
-        wait_until(lambda: "INV-1 (1).pdf" in files_in(layout.done))
+        wait_until(lambda: len(files_in(layout.done)) == 4)
 
+    tag = claim_tag(layout.root / "state", "INV-1.pdf")
     assert (layout.done / "INV-1.pdf").read_bytes() == b"old pdf"
     assert (layout.done / "INV-1.json").read_bytes() == b"old json"
-    assert (layout.done / "INV-1 (1).pdf").read_bytes() == b"%PDF new\n%%EOF"
-    assert (layout.done / "INV-1 (1).json").read_bytes() == b'{"new": true}'
+    assert (layout.done / f"INV-1 ({tag}).pdf").read_bytes() == b"%PDF new\n%%EOF"
+    assert (layout.done / f"INV-1 ({tag}).json").read_bytes() == b'{"new": true}'
+
+
+def test_a_fixed_name_sent_ten_thousand_times_still_finds_a_name_at_once(
+    layout: Layout, emulator: Emulator
+) -> None:
+    """An ERP export with a fixed name: done keeps every earlier one for years."""
+    layout.done.mkdir()
+    for n in range(10_000):
+        (layout.done / ("scan.pdf" if n == 0 else f"scan ({n}).pdf")).touch()
+    with RunningDaemon(layout.config(emulator, [PDF])):
+        drop(layout.inbox, "scan.pdf", b"%PDF the next one\n%%EOF")
+        wait_until(lambda: len(files_in(layout.done)) == 10_001)
+
+    tag = claim_tag(layout.root / "state", "scan.pdf")
+    assert (layout.done / f"scan ({tag}).pdf").read_bytes() == b"%PDF the next one\n%%EOF"
+    assert claims_in(layout.inbox) == []
 
 
 def test_names_taken_in_failed_get_a_suffix(layout: Layout, emulator: Emulator) -> None:
@@ -431,11 +454,12 @@ def test_names_taken_in_failed_get_a_suffix(layout: Layout, emulator: Emulator) 
     (layout.failed / "x.exe.error.json").write_text("{}")
     with RunningDaemon(layout.config(emulator, [{**PDF, "pattern": "*"}])):
         drop(layout.inbox, "x.exe", b"MZ")
-        wait_until(lambda: "x (1).exe.error.json" in files_in(layout.failed))
+        wait_until(lambda: len(files_in(layout.failed)) == 4)
 
+    tag = claim_tag(layout.root / "state", "x.exe")
     assert (layout.failed / "x.exe").read_bytes() == b"old"
-    assert (layout.failed / "x (1).exe").read_bytes() == b"MZ"
-    report = read_report(layout.failed, "x (1).exe")
+    assert (layout.failed / f"x ({tag}).exe").read_bytes() == b"MZ"
+    report = read_report(layout.failed, f"x ({tag}).exe")
     assert report["code"] in ("MIME_NOT_ALLOWED", "UPLOAD_REFUSED")
     assert emulator.stats()["requests_by_path"] == {}
 
