@@ -121,6 +121,27 @@ def _dotted(key: Key) -> str:
     return out or "(top level)"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only ``true`` and ``false`` as booleans, as YAML 1.2 has it.
+
+    PyYAML follows YAML 1.1, where ``yes``, ``no``, ``on``, ``off``, ``y`` and
+    ``n`` are booleans too: a payload key ``no`` was sent as ``"False"``.
+    """
+
+    # PyYAML's own class attribute, replaced (not mutated) for this subclass.
+    yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML declares and reads it so
+        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 class _Document:
     """Plain Python data from YAML, with the line of every key and item."""
 
@@ -128,7 +149,7 @@ class _Document:
         self.source = source
         self.lines: dict[Key, int] = {}
         self.problems: list[str] = []
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             self.data = None if node is None else self._build(loader, node, ())
@@ -142,13 +163,17 @@ class _Document:
         finally:
             loader.dispose()
 
-    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, key: Key) -> Any:
+    def _build(self, loader: _Loader, node: yaml.Node, key: Key) -> Any:
         self.lines.setdefault(key, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                name = loader.construct_object(key_node, deep=True)
-                name = str(name)
+                # A key is the text written (payload keys become JSON keys): "1",
+                # "no" and "null" stay what they say, not 1, False or None.
+                if isinstance(key_node, yaml.ScalarNode):
+                    name = str(key_node.value)
+                else:
+                    name = str(loader.construct_object(key_node, deep=True))
                 line = key_node.start_mark.line + 1
                 if name in out:
                     self.problems.append(

@@ -8,6 +8,8 @@ import pytest
 
 from flowflexd.config import load
 from flowflexd.errors import ConfigError
+from flowflexd.rules import match, payload
+from flowflexd.templates import MISSING
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -393,3 +395,25 @@ def test_verify_format_and_incomplete_timeout_of_the_wrong_kind_are_named(tmp_pa
         "folders[0].rules[0].incomplete_timeout: expected a number 0 or more, got -1" in p
         for p in found
     ), found
+
+
+def test_yes_no_on_off_are_text_not_booleans_in_keys_and_values(tmp_path: Path) -> None:
+    """YAML 1.1 read them as booleans: a payload key `no` was sent as "False"."""
+    text = MINIMAL.replace('pattern: "*.pdf"', r"regex: '^S-(?P<num>\d+)\.pdf$'") + (
+        "        payload: {no: '{match.num}', on: off, 1: yes, flag: true}\n"
+    )
+
+    [rule] = load(write(tmp_path, text), environ=ENV).folders[0].rules
+
+    found = match([rule], "S-77.pdf")
+    assert found is not None
+    body = payload(found, sidecar=MISSING, assets={"file": "asset_1"})
+    assert body == {"no": "77", "on": "off", "1": "yes", "flag": True}
+
+
+def test_a_yaml_1_1_boolean_where_true_or_false_is_wanted_is_named(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  - path: inbox\n", "  - path: inbox\n    poll: yes\n")
+
+    [problem] = problems(tmp_path, text)
+
+    assert "folders[0].poll: expected true or false, got text 'yes'" in problem
