@@ -68,15 +68,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_durable(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; file and directory fsynced."""
+def write_durable(path: Path, data: bytes, *, readable_as: os.stat_result | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically; file and directory fsynced.
+
+    With ``readable_as``, whoever may read that file may read this one too:
+    its read bits and its group (where our user may give it), never more.
+    """
     # Not derived from the name: a 255-byte name leaves no room for a suffix.
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        if readable_as is not None:
+            # Explicit: the service's UMask=0077 would mask the mode given to open.
+            os.fchmod(fd, 0o600 | (stat.S_IMODE(readable_as.st_mode) & 0o444))
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, readable_as.st_gid)  # only to a group we are in
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -579,7 +586,9 @@ class Spool:
                 continue  # taken between the check and the move: next suffix
             if report is not None and report_file is not None:
                 body = {**report, "claim": claim.id, "files": names}
-                write_durable(target / report_file, _json_bytes(body))
+                # The users whose file failed read why: the report is as readable as the file.
+                shown = os.lstat(target / names["file"]) if "file" in names else None
+                write_durable(target / report_file, _json_bytes(body), readable_as=shown)
             # The new names are durable before the old ones go.
             fsync_dir(target)
             for path in linked:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -657,3 +658,20 @@ def test_the_journal_records_every_outcome(layout: Layout, emulator: Emulator) -
     assert failed["outcome"] == "failed"
     assert failed["code"] == "SIDECAR_MISSING"
     assert "nope.json" in failed["reason"]
+
+
+def test_a_failure_report_is_as_readable_as_the_file_it_explains(
+    layout: Layout, emulator: Emulator
+) -> None:
+    """The scanner users whose file failed can read why, and no one else can write it."""
+    with RunningDaemon(layout.config(emulator, [{**PDF, "pattern": "*"}])):
+        staged = layout.root / "shared.exe"
+        staged.write_bytes(b"MZ")
+        os.chown(staged, -1, 65534)  # the scanners' group, say
+        staged.chmod(0o640)
+        staged.rename(layout.inbox / "shared.exe")
+        wait_until(lambda: "shared.exe.error.json" in files_in(layout.failed))
+
+    report = os.lstat(layout.failed / "shared.exe.error.json")
+    assert oct(stat.S_IMODE(report.st_mode)) == oct(0o640)
+    assert report.st_gid == 65534
