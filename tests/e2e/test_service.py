@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -60,7 +61,7 @@ def test_the_unit_has_what_the_service_needs() -> None:
 
     assert unit["Type"] == ["notify"]
     assert unit["ExecStart"][0].endswith("flowflexd run --config /etc/flowflexd/config.yaml")
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["ExecReload"] == ["""/bin/sh -c 'kill -HUP "$MAINPID"'"""]
     assert unit["Restart"] == ["on-failure"]
     assert unit["WatchdogSec"]
     assert unit["User"] == ["flowflexd"]
@@ -83,6 +84,17 @@ def systemd_analyze() -> str:
     if path is None:
         pytest.skip("systemd-analyze is not installed here")
     return path
+
+
+# What a minimal Debian (debootstrap's minbase) is sure to have: Essential packages.
+ESSENTIAL_PROGRAMS = {"/bin/sh", "/bin/sleep", "/bin/true"}
+
+
+def exec_reload(pid: int, empty: Path) -> None:
+    """Run the unit's ExecReload as systemd does: $MAINPID set, nothing else to lean on."""
+    argv = shlex.split(unit_settings()["ExecReload"][0])
+    assert argv[0] in ESSENTIAL_PROGRAMS, f"{argv[0]} may be missing on a minimal Debian"
+    subprocess.run(argv, env={"MAINPID": str(pid), "PATH": str(empty)}, check=True, timeout=10)
 
 
 def test_the_unit_exposure_level_is_at_most_2() -> None:
@@ -189,7 +201,8 @@ def test_run_reports_ready_status_heartbeats_reload_and_stop(
         drop(tmp_path / "inbox", "a.pdf", b"%PDF\n%%EOF")
         notify_socket.wait_for("STATUS=waiting 0, in flight 0, done 1, failed 0")
         before_reload = len(notify_socket.drain())
-        proc.proc.send_signal(signal.SIGHUP)
+        (tmp_path / "empty").mkdir()
+        exec_reload(proc.proc.pid, tmp_path / "empty")
         reloading = notify_socket.wait_for("RELOADING=1", after=before_reload)
         notify_socket.wait_for("READY=1", after=reloading + 1)
         proc.proc.send_signal(signal.SIGTERM)
