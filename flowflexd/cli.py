@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -59,20 +60,37 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=logsetup.LEVELS, default="info")
 
 
+def port_number(text: str) -> int:
+    """A TCP port for argparse: a whole number from 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return port
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
-    emulator = Emulator(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        api_key=args.api_key,
-        api_secret=args.api_secret,
-        integration_code=args.integration_code,
-        latency_ms=args.latency_ms,
-        fail_rate=args.fail_rate,
-        storage_fail_rate=args.storage_fail_rate,
-        retry_after_seconds=args.retry_after,
-        seed=args.seed,
-    )
+    try:
+        emulator = Emulator(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            api_key=args.api_key,
+            api_secret=args.api_secret,
+            integration_code=args.integration_code,
+            latency_ms=args.latency_ms,
+            fail_rate=args.fail_rate,
+            storage_fail_rate=args.storage_fail_rate,
+            retry_after_seconds=args.retry_after,
+            seed=args.seed,
+        )
+    except OSError as err:
+        raise UserError(
+            f"cannot use --data-dir {args.data_dir}: {err.strerror}",
+            hint="give a folder this user may create and write, or none for a temporary one",
+        ) from err
     try:
         emulator.start()
     except OSError as err:
@@ -332,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         "uploads, idempotent events, injected latency and failures.",
     )
     emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8765, help="0 picks a free port (default 8765)")
+    emu.add_argument(
+        "--port", type=port_number, default=8765, help="0 picks a free port (default 8765)"
+    )
     emu.add_argument(
         "--data-dir",
         help="where received events and asset bytes are kept (default: a temporary "
@@ -397,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:
+        # The reader went away (`status --json | head`): not an error worth a
+        # traceback. Later writes at exit must not raise again either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except UserError as err:
         print(f"flowflexd: {err}", file=sys.stderr)
         return err.exit_code

@@ -315,7 +315,11 @@ class Emulator:
         return int(self._server.server_address[1])
 
     def start(self) -> Emulator:
-        self._server = _Server(self._address, self.state, self._upload_base_url)
+        try:
+            self._server = _Server(self._address, self.state, self._upload_base_url)
+        except BaseException:
+            self.stop()  # a port taken or refused leaves no temporary folder behind
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},

@@ -448,3 +448,27 @@ def test_read_report_helper_matches_the_format(tmp_path: Path, emulator: Emulato
     report = read_report(tmp_path / "failed", "x.zip")
     assert report["code"] == "UPLOAD_REFUSED" or report["code"] == "MIME_NOT_ALLOWED"
     assert "x.zip" in report["reason"]
+
+
+def test_status_into_a_pipe_closed_early_exits_without_a_traceback(tmp_path: Path) -> None:
+    """`flowflexd status --json | head -c 1`: the reader leaves before the output ends."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        OFFLINE,
+        folders=[folder(tmp_path / f"f{i}") for i in range(2000)],  # past a pipe buffer
+    )
+    proc = subprocess.Popen(
+        flowflexd_argv("status", "--json", "-c", str(config)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.read(1)  # what `head -c 1` takes, then it exits
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=60)
+
+    assert first == b"["
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert code == 128 + signal.SIGPIPE

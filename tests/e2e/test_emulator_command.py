@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import requests
@@ -102,3 +104,43 @@ def test_a_bad_fail_rate_is_a_usage_error() -> None:
 
     assert proc.wait_exit() == 2
     assert "share between 0 and 1" in proc.output()
+
+
+def run_command(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        flowflexd_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(TMPDIR=str(tmp)),
+        check=False,
+    )
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    done = run_command("emulator", "--port", "80000", tmp=tmp_path)
+
+    assert done.returncode == 2
+    assert "argument --port: '80000' is not a port (0 to 65535)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    done = run_command("emulator", "--port", "0", "--data-dir", "/proc/nope", tmp=tmp_path)
+
+    assert done.returncode == 1
+    assert "cannot use --data-dir /proc/nope: No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_named_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run_command("emulator", "--port", port, tmp=tmp_path)
+
+    assert done.returncode == 1
+    assert f"Cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no ffemu-* left behind
