@@ -135,8 +135,11 @@ def on_signals(handler: Callable[[int], None]) -> None:
 # ----------------------------------------------------------------- the daemon
 
 
-def load_config(args: argparse.Namespace) -> configuration.Config:
-    config = configuration.load(args.config, emulator=getattr(args, "emulator", False))
+def load_config(args: argparse.Namespace, *, offline: bool = False) -> configuration.Config:
+    """The configuration; ``offline`` for commands that never call FlowFlex (no secret needed)."""
+    config = configuration.load(
+        args.config, emulator=getattr(args, "emulator", False), offline=offline
+    )
     for warning in config.warnings:
         log.warning("configuration warning", problem=warning)
     return config
@@ -296,7 +299,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = load_config(args, offline=True)
     blocks: list[list[str]] = []
     for given in args.files:
         path = Path(given).absolute()
@@ -313,7 +316,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = load_config(args, offline=True)
     rows = views.status(config)
     if args.json:
         print(json.dumps([{**row.__dict__, "path": str(row.path)} for row in rows], indent=2))
@@ -323,7 +326,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = load_config(args, offline=True)
     problems = 0
     for given in args.files:
         try:

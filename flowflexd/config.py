@@ -658,8 +658,14 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     emulator: bool = False,
+    offline: bool = False,
 ) -> Config:
-    """Read and validate a configuration file; raise ``ConfigError`` listing every problem."""
+    """Read and validate a configuration file; raise ``ConfigError`` listing every problem.
+
+    ``emulator`` (the built-in emulator stands in for FlowFlex) and ``offline``
+    (a command that never calls FlowFlex: status, explain, replay) read no
+    credentials, so a missing secret or an unset ``${VAR}`` there is no error.
+    """
     environ = os.environ if environ is None else environ
     source = Path(os.path.abspath(path))
     try:
@@ -679,7 +685,7 @@ def load(
         if doc.data is None:
             check.problems.append(f"{source}: the file is empty; start from config.example.yaml")
         raise ConfigError(check.problems)
-    api = _api_settings(check, top.get("flowflex"), base, mode, emulator=emulator)
+    api = _api_settings(check, top.get("flowflex"), base, mode, emulator=emulator or offline)
     workers = int(check.number(top, "workers", (), default=4, minimum=1, integer=True))
     settle = check.number(top, "settle_seconds", (), default=2.0, minimum=0)
     rescan = check.number(top, "rescan_seconds", (), default=60.0, minimum=0, above=True)

@@ -472,3 +472,30 @@ def test_status_into_a_pipe_closed_early_exits_without_a_traceback(tmp_path: Pat
     assert first == b"["
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert code == 128 + signal.SIGPIPE
+
+
+def test_read_only_commands_need_no_api_secret(tmp_path: Path) -> None:
+    """The operator's status, explain and replay read folders and the journal only."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        OFFLINE,
+        folders=[folder(tmp_path)],
+        secret="${FLOWFLEX_API_SECRET}",  # unset here, as in the operator's shell
+    )
+    (tmp_path / "failed").mkdir()
+    drop(tmp_path / "failed", "r.pdf", b"%PDF\n%%EOF")
+    drop(tmp_path / "failed", "r.pdf.error.json", b'{"code": "HTTP_500", "reason": "x"}')
+    (tmp_path / "inbox").mkdir()
+
+    status = run("status", "-c", str(config))
+    explain = run("explain", "-c", str(config), str(tmp_path / "inbox" / "a.pdf"))
+    replay = run("replay", "-c", str(config), str(tmp_path / "failed" / "r.pdf"))
+    check = run("check", "-c", str(config))
+
+    assert (status.returncode, explain.returncode, replay.returncode) == (0, 0, 0), (
+        status.stderr + explain.stderr + replay.stderr
+    )
+    assert "rule: pdf" in explain.stdout
+    assert (tmp_path / "inbox" / "r.pdf").exists()
+    assert check.returncode == 2  # check does need it, and says so
+    assert "FLOWFLEX_API_SECRET" in check.stdout + check.stderr
