@@ -272,8 +272,16 @@ def cmd_once(args: argparse.Namespace) -> int:
         if emulator is not None:
             emulator.stop()
     totals = daemon.totals
-    log.info("once: finished", done=totals.done, failed=totals.failed, left_claimed=totals.left)
-    return 1 if totals.failed or totals.left else 0
+    left, waiting = daemon.left_claimed(), daemon.left_in_inboxes()
+    log.info(
+        "once: finished",
+        done=totals.done,
+        failed=totals.failed,
+        left_claimed=left,
+        left_in_inbox=waiting,
+    )
+    # 1 for anything not sent: failed, still claimed, or still in an inbox.
+    return 1 if totals.failed or left or waiting else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

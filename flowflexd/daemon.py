@@ -29,6 +29,7 @@ from flowflexd.errors import UserError
 from flowflexd.journal import Journal
 from flowflexd.notify import Notifier, status_text
 from flowflexd.pipeline import LOCAL_RETRY_CODES, Outcome, Pipeline, Result
+from flowflexd.rules import match
 from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
 from flowflexd.tracker import Ready, Tracker, inbox_identity
 from flowflexd.watcher import FolderWatcher
@@ -570,6 +571,19 @@ class Daemon:
             self._retry(retry, now)
 
     # ---------------------------------------------------------------- once
+
+    def left_claimed(self) -> int:
+        """Claims still in the work areas: files taken but not finished."""
+        return sum(r.spool.claimed_count() for r in self.runtimes)
+
+    def left_in_inboxes(self) -> int:
+        """Files a rule takes that are still in their inbox (not claimed, not sent)."""
+        return sum(
+            1
+            for r in self.runtimes
+            for name, _ in r.spool.waiting()
+            if match(r.folder.rules, name) is not None
+        )
 
     def _once_finished(self) -> bool:
         if self._inflight:

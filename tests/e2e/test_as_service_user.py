@@ -1,6 +1,6 @@
-"""The writer probe as a service user meets it: files owned by other users (the scanner
-users), with and without CAP_LEASE. The real command runs as nobody through setpriv,
-the way the unit's User= and AmbientCapabilities= start it."""
+"""flowflexd as a service user meets the field: files owned by other users (the scanner
+users), with and without CAP_LEASE, and folders it may not change. The real command runs
+as nobody through setpriv, the way the unit's User= and AmbientCapabilities= start it."""
 
 from __future__ import annotations
 
@@ -166,3 +166,28 @@ def test_with_cap_lease_a_scanner_users_open_file_waits_for_its_writer(
     assert (base / "done" / "scan.pdf").read_bytes() == b"%PDF-1.7 first page\nsecond page\n%%EOF\n"
     assert len(emulator.events()) == 1
     assert not any(line.get("event", "").startswith(NO_LEASE) for line in proc.json_lines())
+
+
+def test_once_exits_1_when_a_file_could_not_be_claimed(base: Path, emulator: Emulator) -> None:
+    """A sticky inbox: nobody may not rename the scanner's (here root's) file away."""
+    config = service_config(base, emulator)
+    inbox = base / "inbox"
+    os.chown(inbox, 0, 0)
+    inbox.chmod(0o1777)
+    drop(inbox, "scan.pdf", pdf(b"scanned"))  # owned by root, not by the service user
+    argv = flowflexd_argv("once", "-c", str(config), "--log-format", "json")
+
+    done = subprocess.run(
+        [*as_nobody(cap_lease=True), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(HOME="/"),
+        check=False,
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not claim a file; it stays in the inbox" in done.stdout + done.stderr
+    assert '"left_in_inbox": 1' in done.stdout + done.stderr
+    assert (inbox / "scan.pdf").exists()
+    assert emulator.events() == []
