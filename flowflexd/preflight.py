@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +64,28 @@ def _check_dir(label: str, path: Path, findings: Findings) -> int | None:
     return os.stat(base).st_dev
 
 
+def sticky_problem(inbox: Path) -> str | None:
+    """Why a sticky inbox stops claims, or None when the inbox is not sticky."""
+    try:
+        info = os.stat(inbox)
+    except OSError:
+        return None
+    if not info.st_mode & stat.S_ISVTX:
+        return None
+    return (
+        f"inbox {inbox} has the sticky bit (mode {stat.S_IMODE(info.st_mode):04o}): "
+        "flowflexd's user may then rename only the files it owns, so files the scanner or "
+        f"share users write stay in the inbox (EPERM). Run: chmod o-t {inbox} "
+        "(a setgid group folder, mode 2775, is what works)"
+    )
+
+
 def check_folder(
     folder: Folder, findings: Findings, mounts_file: str = "/proc/self/mounts"
 ) -> None:
+    sticky = sticky_problem(folder.path)
+    if sticky is not None:
+        findings.errors.append(sticky)
     inbox_dev = _check_dir("inbox", folder.path, findings)
     for label, path in (("done", folder.done), ("failed", folder.failed)):
         dev = _check_dir(label, path, findings)

@@ -363,8 +363,7 @@ class Spool:
                 raise FolderUnavailable(
                     f"{path} is not a folder owned by flowflexd's user; "
                     "someone else created or replaced it",
-                    hint=f"move it aside; flowflexd recreates it (sticky bit on {self.inbox} "
-                    "stops other users renaming what is not theirs)",
+                    hint="move it aside; flowflexd recreates it",
                 )
 
     def _lock(self) -> None:

@@ -499,3 +499,16 @@ def test_read_only_commands_need_no_api_secret(tmp_path: Path) -> None:
     assert (tmp_path / "inbox" / "r.pdf").exists()
     assert check.returncode == 2  # check does need it, and says so
     assert "FLOWFLEX_API_SECRET" in check.stdout + check.stderr
+
+
+def test_check_refuses_a_sticky_inbox(tmp_path: Path, emulator: Emulator) -> None:
+    """A sticky inbox lets the service user rename only its own files: every claim fails."""
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox").chmod(0o3775)
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+
+    done = run("check", "-c", str(config))
+
+    assert done.returncode == 2, done.stdout
+    assert f"error: inbox {tmp_path / 'inbox'} has the sticky bit (mode 3775)" in done.stdout
+    assert f"chmod o-t {tmp_path / 'inbox'}" in done.stdout
