@@ -286,6 +286,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args)
+    if not getattr(args, "emulator", False):
+        make_client(config)  # the client's own checks (https, the code) as run applies them
     findings = preflight.check(config)
     out = sys.stdout
     print(f"{config.source}: configuration is valid", file=out)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import grp
 import os
+import pwd
 import re
 import stat
 from collections.abc import Mapping
@@ -641,6 +643,19 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     )
 
 
+def _user_and_group() -> tuple[str, str]:
+    """This process's user name and primary group name (numbers where unnamed)."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    try:
+        group = grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        group = str(os.getegid())
+    return user, group
+
+
 def default_state_dir(environ: Mapping[str, str]) -> Path:
     """systemd's StateDirectory, else the XDG state directory."""
     if environ.get("STATE_DIRECTORY"):
@@ -672,7 +687,14 @@ def load(
         raw_bytes = source.read_bytes()
         mode = source.stat().st_mode
     except OSError as err:
-        raise ConfigError([f"{source}: cannot read the configuration: {err.strerror}"]) from err
+        problem = f"{source}: cannot read the configuration: {err.strerror}"
+        if isinstance(err, PermissionError):
+            user, group = _user_and_group()
+            problem += (
+                f" (flowflexd runs as {user}); let that user read it, e.g. "
+                f"chgrp {group} {source} && chmod 640 {source}"
+            )
+        raise ConfigError([problem]) from err
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as err:

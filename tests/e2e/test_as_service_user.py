@@ -4,6 +4,7 @@ as nobody through setpriv, the way the unit's User= and AmbientCapabilities= sta
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
@@ -191,3 +192,27 @@ def test_once_exits_1_when_a_file_could_not_be_claimed(base: Path, emulator: Emu
     assert '"left_in_inbox": 1' in done.stdout + done.stderr
     assert (inbox / "scan.pdf").exists()
     assert emulator.events() == []
+
+
+def test_a_config_the_service_user_cannot_read_names_the_user_and_the_fix(
+    base: Path, emulator: Emulator
+) -> None:
+    config = service_config(base, emulator)
+    os.chown(config, 0, 0)
+    config.chmod(0o640)  # root:root 0640, as the README's step 4 once left it
+
+    done = subprocess.run(
+        [*as_nobody(cap_lease=False), *flowflexd_argv("run", "-c", str(config))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(HOME="/"),
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "cannot read the configuration: Permission denied (flowflexd runs as nobody)" in (
+        done.stderr
+    )
+    group = grp.getgrgid(NOBODY).gr_name  # nogroup on Debian
+    assert f"chgrp {group} {config} && chmod 640 {config}" in done.stderr

@@ -512,3 +512,19 @@ def test_check_refuses_a_sticky_inbox(tmp_path: Path, emulator: Emulator) -> Non
     assert done.returncode == 2, done.stdout
     assert f"error: inbox {tmp_path / 'inbox'} has the sticky bit (mode 3775)" in done.stdout
     assert f"chmod o-t {tmp_path / 'inbox'}" in done.stdout
+
+
+def test_check_refuses_a_base_url_that_run_would_refuse(tmp_path: Path) -> None:
+    api = SimpleNamespace(
+        url="http://files.example.com",
+        api_key="cik_x",
+        api_secret="s",
+        integration_code="ic_x",
+    )
+    config = write_config(tmp_path / "config.yaml", api, folders=[folder(tmp_path)])
+
+    done = run("check", "-c", str(config))
+
+    assert done.returncode == 2
+    assert "https" in done.stderr
+    assert "configuration is valid" not in done.stdout

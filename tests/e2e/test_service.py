@@ -63,6 +63,7 @@ def test_the_unit_has_what_the_service_needs() -> None:
     assert unit["ExecStart"][0].endswith("flowflexd run --config /etc/flowflexd/config.yaml")
     assert unit["ExecReload"] == ["""/bin/sh -c 'kill -HUP "$MAINPID"'"""]
     assert unit["Restart"] == ["on-failure"]
+    assert unit["RestartPreventExitStatus"] == ["2"]  # a config error is not retried in a loop
     assert unit["WatchdogSec"]
     assert unit["User"] == ["flowflexd"]
     assert unit["StateDirectory"] == ["flowflexd"]
