@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -308,6 +309,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if findings.errors else 0
 
 
+EXAMPLES = {
+    "config": "config.example.yaml",
+    "unit": "flowflexd.service",
+    "sysusers": "flowflexd.sysusers.conf",
+}
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    """Print a shipped file, so an installed wheel carries all the README's steps need."""
+    text = resources.files("flowflexd.shipped").joinpath(EXAMPLES[args.which]).read_text()
+    sys.stdout.write(text)
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     config = load_config(args, offline=True)
     blocks: list[list[str]] = []
@@ -406,10 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
         "once",
         cmd_once,
         "process what is in the inboxes now, wait for every outcome, exit "
-        "(0 all done, 1 any failed, 2 bad configuration)",
+        "(0 all done, 1 any failed or not sent, 2 bad configuration)",
     )
     once.add_argument("--emulator", action="store_true", help="send to the built-in emulator")
     command("check", cmd_check, "validate the configuration and the folders (exit 0 or 2)")
+    summary = "print a shipped file: the example configuration, the systemd unit, sysusers"
+    example = commands.add_parser("example", help=summary, description=summary)
+    example.add_argument("which", choices=sorted(EXAMPLES))
+    _add_logging(example)
+    example.set_defaults(handler=cmd_example)
     explain = command(
         "explain", cmd_explain, "show the rule, event and payload each file would get, offline"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,17 @@ from flowflexd.config import load
 from flowflexd.daemon import Daemon
 
 T = TypeVar("T")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_block(marker: str) -> str:
+    """The shell block under ``<!-- marker -->`` in the README, as a reader copies it."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert found, f"README has no {marker} block"
+    return found.group(1)
 
 
 def wait_until(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from support import (
     flowflexd_argv,
     folder_spec,
     read_report,
+    readme_block,
     run_daemon,
     wait_until,
     write_config,
@@ -55,13 +55,6 @@ def folder(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- quick start
-
-
-def readme_block(marker: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```", text, re.DOTALL)
-    assert found, f"README has no {marker} block"
-    return found.group(1)
 
 
 def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
