@@ -28,7 +28,7 @@ from flowflexd.emulator import (
     DEFAULT_INTEGRATION_CODE,
     Emulator,
 )
-from flowflexd.errors import ConfigError, FlowFlexConfigError, UserError
+from flowflexd.errors import ConfigError, FlowFlexConfigError, FlowFlexError, UserError
 from flowflexd.notify import Notifier
 from flowflexd.replay import replay_one
 
@@ -287,9 +287,17 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args)
-    if not getattr(args, "emulator", False):
-        make_client(config)  # the client's own checks (https, the code) as run applies them
+    client = make_client(config)  # the client's own checks (https, the code) as run applies them
     findings = preflight.check(config)
+    if args.online:
+        try:
+            client.verify()
+        except FlowFlexError as err:
+            status = f" (HTTP {err.status})" if err.status else ""
+            findings.errors.append(f"FlowFlex refuses them: {err.message}{status}")
+        else:
+            findings.notes.append("FlowFlex accepts the credentials and the integration code")
+    client.close()
     out = sys.stdout
     print(f"{config.source}: configuration is valid", file=out)
     print(f"  FlowFlex: {config.api.base_url} integration {config.api.integration_code}", file=out)
@@ -424,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(0 all done, 1 any failed or not sent, 2 bad configuration)",
     )
     once.add_argument("--emulator", action="store_true", help="send to the built-in emulator")
-    command("check", cmd_check, "validate the configuration and the folders (exit 0 or 2)")
+    check = command("check", cmd_check, "validate the configuration and the folders (exit 0 or 2)")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also prove the credentials and integration code with one request that fires nothing",
+    )
     summary = "print a shipped file: the example configuration, the systemd unit, sysusers"
     example = commands.add_parser("example", help=summary, description=summary)
     example.add_argument("which", choices=sorted(EXAMPLES))

@@ -907,6 +907,31 @@ class FlowFlex:
         response = self.fire_event(event, resolved, key)
         return SendEventResult(response, uploaded, key)
 
+    def verify(self) -> None:
+        """Prove the credentials and the integration code with one request that fires nothing.
+
+        It is an event request without an event name. FlowFlex checks the
+        credentials (401, 403) and the integration (404) before it refuses the
+        missing name (400), so that 400 is the proof; no event is fired, no
+        flow starts and nothing is stored. Raises FlowFlexError otherwise.
+        """
+        try:
+            self._api(
+                "POST",
+                f"/v1/events/{quote(self._integration_code, safe='')}",
+                "checking the credentials and integration code",
+                json={},
+            )
+        except FlowFlexError as err:
+            if err.status == 400:
+                return
+            raise
+        raise FlowFlexError(
+            "checking the credentials and integration code: FlowFlex accepted an event without "
+            "a name, which it should refuse; is base_url really FlowFlex?",
+            code="UNEXPECTED_ANSWER",
+        )
+
     def fire_event(self, event: str, payload: Any, idempotency_key: str) -> Any:
         """POST an event whose files are already assetIds; returns the answer body."""
         _assert_safe_header_value("event", event)

@@ -521,3 +521,37 @@ def test_check_refuses_a_base_url_that_run_would_refuse(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "https" in done.stderr
     assert "configuration is valid" not in done.stdout
+
+
+def test_check_online_proves_the_credentials_and_the_integration_firing_nothing(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    good = write_config(tmp_path / "good.yaml", emulator, folders=[folder(tmp_path)])
+    wrong_secret = write_config(
+        tmp_path / "secret.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
+    )
+    code = SimpleNamespace(**{**vars_of(emulator), "integration_code": "ic_nope"})
+    wrong_code = write_config(tmp_path / "code.yaml", code, folders=[folder(tmp_path)])
+
+    accepted = run("check", "--online", "-c", str(good))
+    refused = run("check", "--online", "-c", str(wrong_secret))
+    unknown = run("check", "--online", "-c", str(wrong_code))
+
+    assert accepted.returncode == 0, accepted.stdout
+    assert "note: FlowFlex accepts the credentials and the integration code" in accepted.stdout
+    assert refused.returncode == 2
+    assert "error: FlowFlex refuses them:" in refused.stdout
+    assert "(HTTP 401)" in refused.stdout
+    assert "not-the-secret" not in refused.stdout + refused.stderr
+    assert unknown.returncode == 2
+    assert "(HTTP 404)" in unknown.stdout
+    assert emulator.events() == []
+
+
+def vars_of(emulator: Emulator) -> dict[str, str]:
+    return {
+        "url": emulator.url,
+        "api_key": emulator.api_key,
+        "api_secret": emulator.api_secret,
+        "integration_code": emulator.integration_code,
+    }
