@@ -30,6 +30,7 @@ from flowflexd.emulator import (
 )
 from flowflexd.errors import ConfigError, FlowFlexConfigError, FlowFlexError, UserError
 from flowflexd.notify import Notifier
+from flowflexd.pipeline import PAUSE_STATUSES
 from flowflexd.replay import replay_one
 
 log = structlog.get_logger("flowflexd")
@@ -212,11 +213,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     on_signals(stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: daemon.request_reload())
+    threading.Thread(target=verify_at_start, args=(daemon,), name="verify", daemon=True).start()
     try:
         return daemon.run()
     finally:
         if emulator is not None:
             emulator.stop()
+
+
+def verify_at_start(daemon: Daemon) -> None:
+    """Say at start, not at the first file, when FlowFlex refuses the credentials.
+
+    In a thread once the daemon is ready: an unreachable FlowFlex must not
+    delay readiness (systemd's start timeout) nor stop the start.
+    """
+    daemon.ready.wait()
+    try:
+        daemon.client.verify()
+    except FlowFlexError as err:
+        if err.status in PAUSE_STATUSES:
+            daemon.refused(f"{err.message} (HTTP {err.status})")
+        else:
+            log.warning(
+                "could not check the credentials at start; files are sent as they come",
+                error=err.message,
+                status=err.status,
+            )
 
 
 class Progress:

@@ -172,6 +172,10 @@ class Daemon:
         """Re-read the configuration (SIGHUP)."""
         self._messages.put(("reload", None))
 
+    def refused(self, reason: str) -> None:
+        """FlowFlex refused our credentials or integration: pause sending, as a file would."""
+        self._messages.put(("refused", reason))
+
     def _hint(self, runtime: FolderRuntime) -> Callable[[str | None], None]:
         def hint(name: str | None) -> None:
             self._messages.put(("hint", (runtime, name)))
@@ -389,6 +393,9 @@ class Daemon:
                 runtime.tracker.note(name)
         elif kind == "finished":
             self._finished(*data)
+        elif kind == "refused":
+            self.gate.trip("config", data, time.monotonic(), probe=False)
+            self._publish(force=True)
         elif kind == "reload":
             if not self._stopping:
                 self._reload()

@@ -555,3 +555,23 @@ def vars_of(emulator: Emulator) -> dict[str, str]:
         "api_secret": emulator.api_secret,
         "integration_code": emulator.integration_code,
     }
+
+
+def test_run_says_at_start_when_flowflex_refuses_the_credentials(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
+    )
+    proc = run_daemon(config)
+    try:
+        proc.wait_for_log("flowflexd ready")
+        paused = proc.wait_for_log(
+            "FlowFlex refuses our configuration; sending is paused and files stay where they are"
+        )
+    finally:
+        proc.stop()
+
+    assert "(HTTP 401)" in paused["reason"]
+    assert "not-the-secret" not in proc.output()
+    assert emulator.events() == []
