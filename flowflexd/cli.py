@@ -242,39 +242,62 @@ def verify_at_start(daemon: Daemon) -> None:
 
 
 class Progress:
-    """A live progress line on a terminal: done, failed, waiting, files per second."""
+    """A live progress line on a terminal: done, failed, waiting, files per second.
+
+    When the log lines go to the same terminal, the line lives below them
+    (log.show_status), so neither overwrites the other.
+    """
 
     def __init__(self, daemon: Daemon, stream: TextIO) -> None:
         self._daemon = daemon
         self._stream = stream
+        self._shared = _same_terminal(stream, logsetup.status_stream())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Progress:
+        if self._shared:
+            logsetup.show_status(self._text)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        if self._shared:
+            logsetup.show_status(None)
+            return
         self._draw()
         self._stream.write("\n")
         self._stream.flush()
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            self._draw()
+            if self._shared:
+                logsetup.redraw_status()
+            else:
+                self._draw()
 
-    def _draw(self) -> None:
+    def _text(self) -> str:
         totals = self._daemon.totals
         elapsed = max(time.monotonic() - totals.started, 1e-6)
         rate = (totals.done + totals.failed) / elapsed
-        snapshot = self._daemon.snapshot
-        self._stream.write(
-            f"\r\x1b[Kdone {totals.done}  failed {totals.failed}  "
-            f"waiting {snapshot.get('waiting', 0)}  {rate:.1f} files/s"
-        )
+        waiting = self._daemon.snapshot.get("waiting", 0)
+        return f"done {totals.done}  failed {totals.failed}  waiting {waiting}  {rate:.1f} files/s"
+
+    def _draw(self) -> None:
+        self._stream.write(f"\r\x1b[K{self._text()}")
         self._stream.flush()
+
+
+def _same_terminal(a: TextIO, b: TextIO | None) -> bool:
+    if b is None:
+        return False
+    try:
+        one, other = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError):
+        return False
+    return (one.st_dev, one.st_ino, one.st_rdev) == (other.st_dev, other.st_ino, other.st_rdev)
 
 
 def cmd_once(args: argparse.Namespace) -> int:

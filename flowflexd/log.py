@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -67,6 +68,67 @@ class _WatchdogStopNoise(logging.Filter):
         return "called when the thread is inactive" not in str(record.msg)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that keeps a live status line (``once`` on a terminal) below its lines.
+
+    Each log line first clears the status line, then the status line is drawn
+    again beneath it, all under the handler's lock, so neither overwrites the
+    other mid-line.
+    """
+
+    status: Callable[[], str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.status is None:
+            super().emit(record)
+            return
+        self.stream.write(_CLEAR_LINE)
+        super().emit(record)
+        self.stream.write(self.status())
+        self.flush()
+
+    def redraw(self) -> None:
+        if self.status is None:
+            return
+        self.acquire()
+        try:
+            self.stream.write(_CLEAR_LINE + self.status())
+            self.flush()
+        finally:
+            self.release()
+
+
+_CLEAR_LINE = "\r\x1b[K"
+_handler: _Handler | None = None
+
+
+def status_stream() -> TextIO | None:
+    """Where log lines go, when that is a terminal a status line can share."""
+    if _handler is None or not _handler.stream.isatty():
+        return None
+    return cast(TextIO, _handler.stream)
+
+
+def show_status(render: Callable[[], str] | None) -> None:
+    """Keep ``render()`` as a live line below the log lines (None: no status line)."""
+    if _handler is not None:
+        _handler.status = render
+        if render is None:
+            _handler.acquire()
+            try:
+                _handler.stream.write("\n")
+                _handler.flush()
+            finally:
+                _handler.release()
+        else:
+            _handler.redraw()
+
+
+def redraw_status() -> None:
+    if _handler is not None:
+        _handler.redraw()
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog and the standard library's logging once, for the whole process."""
     stream = stream or sys.stderr
@@ -110,7 +172,8 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream)
+    global _handler  # noqa: PLW0603 - one handler for the whole process, as logging has
+    handler = _handler = _Handler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -575,3 +576,47 @@ def test_run_says_at_start_when_flowflex_refuses_the_credentials(
     assert "(HTTP 401)" in paused["reason"]
     assert "not-the-secret" not in proc.output()
     assert emulator.events() == []
+
+
+def visible_lines(output: bytes) -> list[str]:
+    """What a terminal shows line by line: each carriage return starts the line over."""
+    lines = []
+    for raw in output.decode(errors="replace").replace("\r\n", "\n").split("\n"):
+        shown = raw.split("\r")[-1].replace("\x1b[K", "")
+        lines.append(re.sub(r"\x1b\[[0-9;]*m", "", shown))  # colours
+    return lines
+
+
+def test_once_on_a_terminal_keeps_log_lines_and_the_progress_line_apart(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    for i in range(5):
+        drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF\n%%EOF")
+    emulator.set_faults(latency_ms=150)  # a run of a few seconds: many redraws between lines
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], workers=1)
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(  # logs and progress on one terminal, as an operator runs it
+        flowflexd_argv("once", "-c", str(config)),
+        stdout=secondary,
+        stderr=secondary,
+        env=child_env(),
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(main)
+
+    lines = visible_lines(output)
+    logged = [line for line in lines if "file done" in line]
+    assert len(logged) == 5
+    assert all("files/s" not in line for line in logged), logged
+    assert any(line.startswith("done 5  failed 0  waiting 0  ") for line in lines), lines
