@@ -70,6 +70,7 @@ RULE_KEYS = (
     "incomplete_timeout",
 )
 WORK_DIR_NAME = ".flowflexd"
+STATE_FILE = "daemon.json"  # in state_dir: the running daemon's pid and pause, for status
 # How long a settled file may stay cut short (by its format, or an unwritten
 # end) before it fails as INCOMPLETE_FILE: a dead client's prefix never goes.
 DEFAULT_INCOMPLETE_TIMEOUT = 600.0

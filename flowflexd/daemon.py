@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
+import os
 import queue
 import threading
 import time
@@ -24,17 +26,22 @@ import structlog
 from flowflexd import journal, preflight
 from flowflexd.client import FlowFlex
 from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
-from flowflexd.config import Config, Folder
+from flowflexd.config import STATE_FILE, Config, Folder
 from flowflexd.errors import UserError
 from flowflexd.journal import Journal
 from flowflexd.notify import Notifier, status_text
 from flowflexd.pipeline import LOCAL_RETRY_CODES, Outcome, Pipeline, Result
 from flowflexd.rules import match
-from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
+from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool, write_durable
 from flowflexd.tracker import Ready, Tracker, inbox_identity
 from flowflexd.watcher import FolderWatcher
 
 log = structlog.get_logger("flowflexd")
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
 
 OFFLINE_CHECK_SECONDS = 5.0
 OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between probes while FlowFlex is down
@@ -49,6 +56,8 @@ class Gate:
     def __init__(self) -> None:
         self.kind: str | None = None  # None (open), "outage" or "config"
         self.reason = ""
+        self.since: float | None = None  # wall clock: paused since
+        self.on_change: Callable[[], None] = lambda: None
         self.trips = 0
         self.probe_at = 0.0
         self.probing = False
@@ -68,6 +77,9 @@ class Gate:
         delay = min(longest, first * 2 ** (self.trips - 1))
         self.probe_at = now + delay
         self.probing = False
+        if changed:
+            self.since = time.time()
+            self.on_change()
         if changed or self.trips in (2, 5) or self.trips % 20 == 0:
             if kind == "config":
                 log.error(
@@ -86,12 +98,16 @@ class Gate:
                 )
 
     def reset(self) -> None:
-        if self.kind is not None:
+        was = self.kind
+        if was is not None:
             log.info("FlowFlex answers again; sending resumes", after_trips=self.trips)
         self.kind = None
         self.reason = ""
+        self.since = None
         self.trips = 0
         self.probing = False
+        if was is not None:
+            self.on_change()
 
 
 @dataclass
@@ -146,6 +162,7 @@ class Daemon:
         self.journal = Journal(config.state_dir)
         self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
         self.gate = Gate()
+        self.gate.on_change = self._write_state
         self.totals = Totals()
         self.ready = threading.Event()
         self._messages: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -282,6 +299,7 @@ class Daemon:
             mode="once" if self.once else "run",
         )
         self.ready.set()
+        self._write_state()
         self._publish(force=True)
         self.notifier.ready()
         try:
@@ -293,6 +311,7 @@ class Daemon:
                 self._jobs.put(None)
             self._shutdown_folders()
             self.journal.close()
+            self._write_state(running=False)
         log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
         return 0
 
@@ -350,6 +369,21 @@ class Daemon:
             self._heartbeat(time.monotonic())
             if self.once and self._once_finished():
                 return
+
+    def _write_state(self, *, running: bool = True) -> None:
+        """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
+        state = {
+            "pid": os.getpid(),
+            "running": running,
+            "paused": self.gate.kind,
+            "reason": self.gate.reason or None,
+            "paused_since": _iso(self.gate.since) if self.gate.since else None,
+            "written": _iso(time.time()),
+        }
+        try:
+            write_durable(self.config.state_dir / STATE_FILE, json.dumps(state).encode())
+        except OSError as err:
+            log.warning("cannot record the daemon's state for status", error=str(err))
 
     def _heartbeat(self, now: float) -> None:
         interval = self.notifier.watchdog_interval

@@ -14,7 +14,7 @@ from typing import Any
 
 from flowflexd import journal
 from flowflexd.completeness import Writers, examine, has_format_check
-from flowflexd.config import Config, Folder
+from flowflexd.config import STATE_FILE, Config, Folder
 from flowflexd.errors import FileRejected
 from flowflexd.pipeline import parse_sidecar
 from flowflexd.rules import (
@@ -163,6 +163,11 @@ class FolderStatus:
     in_progress: int = 0
     done: int = 0
     failed: int = 0
+    failed_now: int = 0  # files in the failed folder now (failed: the journal's history)
+    daemon_pid: int | None = None  # the flowflexd holding the inbox's lock, if one runs
+    paused: str | None = None  # that daemon's pause: "config" or "outage"
+    paused_reason: str | None = None
+    paused_since: str | None = None
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -193,7 +198,38 @@ def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
     return out
 
 
-def folder_status(folder: Folder, outcomes: dict[str, str], now: float) -> FolderStatus:
+def _count_reports(failed: Path) -> int:
+    try:
+        return sum(1 for e in os.scandir(failed) if e.name.endswith(REPORT_SUFFIX))
+    except OSError:
+        return 0
+
+
+def lock_holder(lock: Path, locks_file: str = "/proc/locks") -> int | None:
+    """The pid holding ``lock`` (a daemon's inbox lock), from the kernel's lock table.
+
+    Read, never taken: a status must not make a daemon starting that moment
+    think the inbox is already watched.
+    """
+    try:
+        info = os.stat(lock)
+        with open(locks_file, encoding="ascii", errors="replace") as handle:
+            table = handle.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146645 0 EOF" ("->" marks a waiter)
+        waiter = "->" in fields
+        if not waiter and fields[1:2] == ["FLOCK"] and fields[5:6] == [wanted]:
+            return int(fields[4]) if fields[4].isdigit() else None
+    return None
+
+
+def folder_status(
+    folder: Folder, outcomes: dict[str, str], now: float, locks_file: str = "/proc/locks"
+) -> FolderStatus:
     status = FolderStatus(path=folder.path, online=folder.path.is_dir())
     if not status.online:
         return status
@@ -221,6 +257,8 @@ def folder_status(folder: Folder, outcomes: dict[str, str], now: float) -> Folde
     status.in_progress = spool.claimed_count()
     status.done = sum(1 for o in outcomes.values() if o == "done")
     status.failed = sum(1 for o in outcomes.values() if o == "failed")
+    status.failed_now = _count_reports(folder.failed)
+    status.daemon_pid = lock_holder(folder.work / "lock", locks_file)
     status.latest_failures = _latest_reports(folder.failed, 5)
     return status
 
@@ -228,7 +266,23 @@ def folder_status(folder: Folder, outcomes: dict[str, str], now: float) -> Folde
 def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     now = time.time() if now is None else now
     outcomes = _outcomes(config.state_dir)
-    return [folder_status(f, outcomes.get(str(f.path), {}), now) for f in config.folders]
+    rows = [folder_status(f, outcomes.get(str(f.path), {}), now) for f in config.folders]
+    state = _daemon_state(config.state_dir)
+    for row in rows:
+        if state is not None and row.daemon_pid == state.get("pid") and state.get("paused"):
+            row.paused = str(state["paused"])
+            row.paused_reason = state.get("reason")
+            row.paused_since = state.get("paused_since")
+    return rows
+
+
+def _daemon_state(state_dir: Path) -> dict[str, Any] | None:
+    """The daemon's own record (its pid and any pause), while it says it runs."""
+    try:
+        state = json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and state.get("running") else None
 
 
 def _age(seconds: float | None) -> str:
@@ -246,15 +300,27 @@ def _age(seconds: float | None) -> str:
 
 def render_status(rows: Iterable[FolderStatus]) -> list[str]:
     rows = list(rows)
-    header = ("folder", "waiting", "oldest", "in progress", "done", "failed", "unmatched")
+    header = (
+        "folder",
+        "daemon",
+        "waiting",
+        "oldest",
+        "in progress",
+        "done",
+        "failed",
+        "in failed now",
+        "unmatched",
+    )
     table = [header] + [
         (
             str(r.path) + ("" if r.online else "  (MISSING)"),
+            f"pid {r.daemon_pid}" if r.daemon_pid else "not running",
             str(r.waiting),
             _age(r.oldest_waiting_s),
             str(r.in_progress),
             str(r.done),
             str(r.failed),
+            str(r.failed_now),
             str(r.unmatched),
         )
         for r in rows
@@ -264,6 +330,13 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
     ]
     for r in rows:
+        if r.paused:
+            lines.append("")
+            what = "FlowFlex refuses the configuration" if r.paused == "config" else "unreachable"
+            lines.append(
+                f"sending to FlowFlex is PAUSED for {r.path} since {r.paused_since} ({what}): "
+                f"{printable(str(r.paused_reason))}"
+            )
         if r.latest_failures:
             lines.append("")
             lines.append(f"latest failures in {r.path}:")

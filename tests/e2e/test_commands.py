@@ -405,6 +405,8 @@ def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
     assert as_json[0]["failed"] == 1
     assert as_json[0]["waiting"] == 0  # waiting.pdf matches no rule
     assert as_json[0]["unmatched"] == 2
+    assert as_json[0]["failed_now"] == 1
+    assert as_json[0]["daemon_pid"] is None
     assert "lonely.pdf: SIDECAR_MISSING: lonely.json did not arrive within 0.2 s" in table.stdout
 
     drop(inbox, "lonely.json", b"{}")
@@ -416,6 +418,8 @@ def test_status_and_replay(tmp_path: Path, emulator: Emulator) -> None:
     assert files_in(tmp_path / "failed" / "replayed") == {"lonely.pdf.error.json"}
     report = json.loads((tmp_path / "failed" / "replayed" / "lonely.pdf.error.json").read_text())
     assert report["code"] == "SIDECAR_MISSING"
+    [after] = json.loads(run("status", "-c", str(config), "--json").stdout)
+    assert (after["failed"], after["failed_now"]) == (1, 0)  # history, and the folder now
 
 
 def test_replay_of_a_file_outside_failed_is_refused(tmp_path: Path, emulator: Emulator) -> None:
@@ -620,3 +624,29 @@ def test_once_on_a_terminal_keeps_log_lines_and_the_progress_line_apart(
     assert len(logged) == 5
     assert all("files/s" not in line for line in logged), logged
     assert any(line.startswith("done 5  failed 0  waiting 0  ") for line in lines), lines
+
+
+def test_status_names_the_running_daemon_and_why_it_paused(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
+    )
+    proc = run_daemon(config)
+    try:
+        proc.wait_for_log(
+            "FlowFlex refuses our configuration; sending is paused and files stay where they are"
+        )
+        table = run("status", "-c", str(config))
+        [row] = json.loads(run("status", "-c", str(config), "--json").stdout)
+    finally:
+        proc.stop()
+    [stopped] = json.loads(run("status", "-c", str(config), "--json").stdout)
+
+    assert row["daemon_pid"] == proc.proc.pid
+    assert row["paused"] == "config"
+    assert "(HTTP 401)" in row["paused_reason"]
+    assert f"pid {proc.proc.pid}" in table.stdout
+    assert "sending to FlowFlex is PAUSED" in table.stdout
+    assert "FlowFlex refuses the configuration" in table.stdout
+    assert (stopped["daemon_pid"], stopped["paused"]) == (None, None)
