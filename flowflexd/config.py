@@ -657,10 +657,20 @@ def _user_and_group() -> tuple[str, str]:
     return user, group
 
 
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    """systemd's StateDirectory, else the XDG state directory."""
+SERVICE_STATE_DIR = Path("/var/lib/flowflexd")  # the unit's StateDirectory=flowflexd
+
+
+def default_state_dir(environ: Mapping[str, str], euid: int | None = None) -> Path:
+    """systemd's StateDirectory; for root the service's; else the XDG state directory.
+
+    Root's commands (the operator's ``status`` beside the service) read the
+    service's journal: inside the unit $STATE_DIRECTORY names it, outside it
+    does not, and root's own home would hold an empty one.
+    """
     if environ.get("STATE_DIRECTORY"):
         return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    if (os.geteuid() if euid is None else euid) == 0:
+        return SERVICE_STATE_DIR
     home = environ.get("HOME") or os.path.expanduser("~")
     xdg = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
     return Path(xdg) / "flowflexd"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flowflexd.config import load
+from flowflexd.config import default_state_dir, load
 from flowflexd.errors import ConfigError
 from flowflexd.rules import match, payload
 from flowflexd.templates import MISSING
@@ -128,7 +128,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.rescan_seconds == 60
     assert config.shutdown_grace_seconds == 20
     assert config.api.timeout_seconds == 30
-    assert config.state_dir == Path("/nonexistent-home/.local/state/flowflexd")
+    assert config.state_dir == default_state_dir(ENV)
 
 
 def test_state_dir_comes_from_systemd_when_set(tmp_path: Path) -> None:
@@ -417,3 +417,14 @@ def test_a_yaml_1_1_boolean_where_true_or_false_is_wanted_is_named(tmp_path: Pat
     [problem] = problems(tmp_path, text)
 
     assert "folders[0].poll: expected true or false, got text 'yes'" in problem
+
+
+def test_the_state_dir_is_the_units_then_roots_the_services_then_the_users() -> None:
+    unit = {"STATE_DIRECTORY": "/var/lib/flowflexd", "HOME": "/home/op"}
+    user = {"HOME": "/home/op"}
+
+    assert default_state_dir(unit, euid=998) == Path("/var/lib/flowflexd")
+    # The operator's `status` as root reads what the service writes.
+    assert default_state_dir(user, euid=0) == Path("/var/lib/flowflexd")
+    assert default_state_dir(user, euid=1000) == Path("/home/op/.local/state/flowflexd")
+    assert default_state_dir({**user, "XDG_STATE_HOME": "/x"}, euid=1000) == Path("/x/flowflexd")
