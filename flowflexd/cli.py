@@ -333,7 +333,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args)
     client = make_client(config)  # the client's own checks (https, the code) as run applies them
-    findings = preflight.check(config)
+    findings = preflight.check_as(config, args.as_user) if args.as_user else preflight.check(config)
     if args.online:
         try:
             client.verify()
@@ -345,6 +345,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     client.close()
     out = sys.stdout
     print(f"{config.source}: configuration is valid", file=out)
+    if args.as_user:
+        print(f"  folders checked as user {args.as_user}", file=out)
     print(f"  FlowFlex: {config.api.base_url} integration {config.api.integration_code}", file=out)
     for folder in config.folders:
         mode = "polling" if folder.poll else "inotify"
@@ -478,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     once.add_argument("--emulator", action="store_true", help="send to the built-in emulator")
     check = command("check", cmd_check, "validate the configuration and the folders (exit 0 or 2)")
+    check.add_argument(
+        "--as-user",
+        metavar="USER",
+        help="check the folders as this user would (the service's, e.g. flowflexd); needs root",
+    )
     check.add_argument(
         "--online",
         action="store_true",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import json
 import os
+import pwd
 import stat
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
-from flowflexd.config import Config, Folder
+from flowflexd.config import SERVICE_STATE_DIR, Config, Folder
+from flowflexd.errors import UserError
 
 NETWORK_FILESYSTEMS = frozenset(
     {"cifs", "smb3", "smbfs", "nfs", "nfs4", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs"}
@@ -156,7 +161,62 @@ def check(config: Config, mounts_file: str = "/proc/self/mounts") -> Findings:
     findings = Findings(warnings=list(config.warnings))
     for folder in config.folders:
         check_folder(folder, findings, mounts_file)
+    if config.state_dir == SERVICE_STATE_DIR and not config.state_dir.exists():
+        findings.notes.append(f"state_dir {config.state_dir}: the unit's StateDirectory creates it")
+        return findings
     state = _existing_ancestor(config.state_dir)
     if not os.access(state, os.W_OK | os.X_OK):
         findings.errors.append(f"state_dir {config.state_dir} is not writable by this user")
     return findings
+
+
+def check_as(config: Config, user: str) -> Findings:
+    """``check`` as ``user`` would see it: the service user, from a root shell.
+
+    A child process takes on the user's uid, gid and groups and runs the
+    folder checks; the configuration (and its secret) was read here, as root.
+    The unit grants CAP_LEASE, so its absence in the child is not reported.
+    """
+    if os.geteuid() != 0:
+        raise UserError(
+            "--as-user needs root (it takes on another user's identity)",
+            hint="run it with sudo, or drop --as-user to check as yourself",
+        )
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise UserError(
+            f"no user {user!r} on this machine", hint="create it first (README step 2)"
+        ) from None
+    # The child may not read the interpreter's own files (a home-installed
+    # Python, as a service user): what it needs is loaded before the fork.
+    for encoding in ("ascii", "utf-8"):
+        codecs.lookup(encoding)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(read_end)
+            os.initgroups(user, account.pw_gid)
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            found = check(config)
+            found.warnings = [w for w in found.warnings if "lacks CAP_LEASE" not in w]
+            found.errors = [e.replace("by this user", f"by user {user}") for e in found.errors]
+            with os.fdopen(write_end, "w") as out:
+                json.dump(asdict(found), out)
+            code = 0
+        except BaseException as err:  # the child's trouble, said by the parent
+            with contextlib.suppress(OSError):
+                os.write(2, f"flowflexd: checking as {user!r} failed: {err!r}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as result:
+        data = result.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not data:
+        raise UserError(f"could not check as {user!r}", hint="run check as that user instead")
+    found = json.loads(data)
+    return Findings(found["errors"], found["warnings"], found["notes"])

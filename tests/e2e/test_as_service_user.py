@@ -216,3 +216,28 @@ def test_a_config_the_service_user_cannot_read_names_the_user_and_the_fix(
     )
     group = grp.getgrgid(NOBODY).gr_name  # nogroup on Debian
     assert f"chgrp {group} {config} && chmod 640 {config}" in done.stderr
+
+
+def test_check_as_the_service_user_sees_what_that_user_may_write(
+    base: Path, emulator: Emulator
+) -> None:
+    """check from a root shell proves nothing for the service user unless it checks as it."""
+    config = service_config(base, emulator)
+    os.chown(config, 0, 0)  # root reads it, as in the README (root:flowflexd 0640)
+    os.chown(base / "done", 0, 0)  # a folder the service user may not write
+
+    as_root = subprocess.run(
+        flowflexd_argv("check", "-c", str(config)), capture_output=True, text=True, check=False
+    )
+    as_service = subprocess.run(
+        flowflexd_argv("check", "--as-user", "nobody", "-c", str(config)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert as_root.returncode == 0, as_root.stdout
+    assert as_service.returncode == 2, as_service.stdout + as_service.stderr
+    assert "folders checked as user nobody" in as_service.stdout
+    assert f"error: done {base / 'done'} is not writable by user nobody" in as_service.stdout
+    assert "lacks CAP_LEASE" not in as_service.stdout  # the unit grants it
