@@ -80,15 +80,19 @@ def run_as_nobody(config: Path, *, cap_lease: bool) -> LoggedProcess:
     return LoggedProcess([*as_nobody(cap_lease=cap_lease), *argv], env=child_env(HOME="/"))
 
 
-def check_as_nobody(config: Path, *, cap_lease: bool) -> str:
-    done = subprocess.run(
-        [*as_nobody(cap_lease=cap_lease), *flowflexd_argv("check", "-c", str(config))],
+def command_as_nobody(*args: str, cap_lease: bool) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*as_nobody(cap_lease=cap_lease), *flowflexd_argv(*args)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env=child_env(HOME="/"),
         check=False,
     )
+
+
+def check_as_nobody(config: Path, *, cap_lease: bool) -> str:
+    done = command_as_nobody("check", "-c", str(config), cap_lease=cap_lease)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -176,16 +180,7 @@ def test_once_exits_1_when_a_file_could_not_be_claimed(base: Path, emulator: Emu
     os.chown(inbox, 0, 0)
     inbox.chmod(0o1777)
     drop(inbox, "scan.pdf", pdf(b"scanned"))  # owned by root, not by the service user
-    argv = flowflexd_argv("once", "-c", str(config), "--log-format", "json")
-
-    done = subprocess.run(
-        [*as_nobody(cap_lease=True), *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(HOME="/"),
-        check=False,
-    )
+    done = command_as_nobody("once", "-c", str(config), "--log-format", "json", cap_lease=True)
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "could not claim a file; it stays in the inbox" in done.stdout + done.stderr
@@ -201,14 +196,7 @@ def test_a_config_the_service_user_cannot_read_names_the_user_and_the_fix(
     os.chown(config, 0, 0)
     config.chmod(0o640)  # root:root 0640, as the README's step 4 once left it
 
-    done = subprocess.run(
-        [*as_nobody(cap_lease=False), *flowflexd_argv("run", "-c", str(config))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(HOME="/"),
-        check=False,
-    )
+    done = command_as_nobody("run", "-c", str(config), cap_lease=False)
 
     assert done.returncode == 2
     assert "cannot read the configuration: Permission denied (flowflexd runs as nobody)" in (

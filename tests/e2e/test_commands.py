@@ -222,15 +222,13 @@ def test_once_exits_2_on_bad_configuration(tmp_path: Path) -> None:
     assert "workers: expected a whole number" in done.stderr
 
 
-def test_once_shows_a_progress_line_on_a_terminal(tmp_path: Path, emulator: Emulator) -> None:
-    (tmp_path / "inbox").mkdir()
-    drop(tmp_path / "inbox", "f.pdf", b"%PDF\n%%EOF")
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+def on_a_terminal(argv: list[str], *, logs_too: bool) -> tuple[int, bytes]:
+    """Run ``argv`` with its stdout (and stderr, with ``logs_too``) on a pseudo-terminal."""
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
-        flowflexd_argv("once", "-c", str(config), "--log-format", "json"),
+        argv,
         stdout=secondary,
-        stderr=subprocess.DEVNULL,
+        stderr=secondary if logs_too else subprocess.DEVNULL,
         env=child_env(),
     )
     os.close(secondary)
@@ -243,9 +241,20 @@ def test_once_shows_a_progress_line_on_a_terminal(tmp_path: Path, emulator: Emul
         if not chunk:
             break
         output += chunk
-    assert proc.wait(timeout=60) == 0
+    code = proc.wait(timeout=60)
     os.close(main)
+    return code, output
 
+
+def test_once_shows_a_progress_line_on_a_terminal(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "inbox").mkdir()
+    drop(tmp_path / "inbox", "f.pdf", b"%PDF\n%%EOF")
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    code, output = on_a_terminal(
+        flowflexd_argv("once", "-c", str(config), "--log-format", "json"), logs_too=False
+    )
+
+    assert code == 0
     assert b"done 1  failed 0  waiting 0" in output
     assert b"files/s" in output
 
@@ -599,26 +608,10 @@ def test_once_on_a_terminal_keeps_log_lines_and_the_progress_line_apart(
         drop(tmp_path / "inbox", f"f{i}.pdf", b"%PDF\n%%EOF")
     emulator.set_faults(latency_ms=150)  # a run of a few seconds: many redraws between lines
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], workers=1)
-    main, secondary = pty.openpty()
-    proc = subprocess.Popen(  # logs and progress on one terminal, as an operator runs it
-        flowflexd_argv("once", "-c", str(config)),
-        stdout=secondary,
-        stderr=secondary,
-        env=child_env(),
-    )
-    os.close(secondary)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert proc.wait(timeout=60) == 0
-    os.close(main)
+    # Logs and progress on one terminal, as an operator runs it.
+    code, output = on_a_terminal(flowflexd_argv("once", "-c", str(config)), logs_too=True)
 
+    assert code == 0
     lines = visible_lines(output)
     logged = [line for line in lines if "file done" in line]
     assert len(logged) == 5
