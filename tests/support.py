@@ -441,3 +441,38 @@ class Folders:
         extra = {k: options.pop(k) for k in self.FOLDER_KEYS if k in options}
         spec = folder_spec(self.root, rules, **extra)
         return write_config(self.root / "config.yaml", emulator, folders=[spec], **options)
+
+
+class NotifySocket:
+    """The receiving end of sd_notify: a real unix datagram socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def fields(self) -> list[str]:
+        return [line for message in self.drain() for line in message.splitlines()]
+
+    def wait_for(self, text: str, *, after: int = 0, timeout: float = 15.0) -> int:
+        """Index of the first message from ``after`` on with a line starting with ``text``."""
+
+        def find() -> int | None:
+            for i, message in enumerate(self.drain()[after:], start=after):
+                if any(line == text or line.startswith(text) for line in message.splitlines()):
+                    return i + 1
+            return None
+
+        return wait_until(find, timeout=timeout, what=f"sd_notify {text!r}") - 1
+
+    def close(self) -> None:
+        self.sock.close()
