@@ -209,7 +209,9 @@ def lock_holder(lock: Path, locks_file: str = "/proc/locks") -> int | None:
     """The pid holding ``lock`` (a daemon's inbox lock), from the kernel's lock table.
 
     Read, never taken: a status must not make a daemon starting that moment
-    think the inbox is already watched.
+    think the inbox is already watched. An entry matches by inode, and by the
+    pid the daemon wrote into the lock file where that is readable, else by
+    device too (on overlayfs the table shows the upper layer's device).
     """
     try:
         info = os.stat(lock)
@@ -217,13 +219,21 @@ def lock_holder(lock: Path, locks_file: str = "/proc/locks") -> int | None:
             table = handle.read().splitlines()
     except OSError:
         return None
-    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        written = int(lock.read_text().strip() or "0")
+    except (OSError, ValueError):
+        written = 0
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
     for line in table:
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146645 0 EOF" ("->" marks a waiter)
-        waiter = "->" in fields
-        if not waiter and fields[1:2] == ["FLOCK"] and fields[5:6] == [wanted]:
-            return int(fields[4]) if fields[4].isdigit() else None
+        if "->" in fields or fields[1:2] != ["FLOCK"] or len(fields) < 6:
+            continue
+        pid, (where, _, inode) = fields[4], fields[5].rpartition(":")
+        if not pid.isdigit() or inode != str(info.st_ino):
+            continue
+        if int(pid) == written or (not written and where == device):
+            return int(pid)
     return None
 
 
