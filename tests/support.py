@@ -6,9 +6,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +38,17 @@ def readme_block(marker: str) -> str:
     found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```", text, re.DOTALL)
     assert found, f"README has no {marker} block"
     return found.group(1)
+
+
+@contextmanager
+def reachable_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder other users can reach (pytest's own tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_until(

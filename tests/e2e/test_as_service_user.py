@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from support import (
     flowflexd_argv,
     folder_spec,
     pdf,
+    reachable_folder,
     wait_until,
     write_config,
 )
@@ -56,13 +56,8 @@ def nobody_can_run_flowflexd() -> None:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A folder nobody can reach (pytest's own tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="flowflexd-probe-"))
-    path.chmod(0o755)
-    try:
+    with reachable_folder("flowflexd-probe-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def service_config(base: Path, emulator: Emulator) -> Path:

@@ -571,13 +571,16 @@ def vars_of(emulator: Emulator) -> dict[str, str]:
     }
 
 
+def with_a_wrong_secret(tmp_path: Path, emulator: Emulator) -> Path:
+    return write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
+    )
+
+
 def test_run_says_at_start_when_flowflex_refuses_the_credentials(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
-    )
-    proc = run_daemon(config)
+    proc = run_daemon(with_a_wrong_secret(tmp_path, emulator))
     try:
         proc.wait_for_log("flowflexd ready")
         paused = proc.wait_for_log(
@@ -622,9 +625,7 @@ def test_once_on_a_terminal_keeps_log_lines_and_the_progress_line_apart(
 def test_status_names_the_running_daemon_and_why_it_paused(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)], secret="not-the-secret"
-    )
+    config = with_a_wrong_secret(tmp_path, emulator)
     proc = run_daemon(config)
     try:
         proc.wait_for_log(

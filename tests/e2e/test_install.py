@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from support import (
     NotifySocket,
     child_env,
     files_in,
+    reachable_folder,
     readme_block,
     wait_until,
 )
@@ -82,13 +82,8 @@ def _exists(name: str, db: str) -> bool:
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
-    """A folder the service user can reach (pytest's own is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="flowflexd-install-"))
-    path.chmod(0o755)
-    try:
+    with reachable_folder("flowflexd-install-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

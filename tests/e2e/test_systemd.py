@@ -18,13 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import readme_block
+from support import reachable_folder, readme_block
 
 from e2e.test_install import service_steps
 from e2e.test_wheel import built_wheel
@@ -198,12 +197,8 @@ def drops_script() -> str:
 
 @pytest.fixture
 def out() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="flowflexd-systemd-"))
-    path.chmod(0o755)  # the scanner user in the container reads drops.sh
-    try:
+    with reachable_folder("flowflexd-systemd-") as path:  # the container's scanner reads it
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_readme_service_steps_under_a_real_systemd(tmp_path: Path, out: Path) -> None:
