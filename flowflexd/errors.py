@@ -34,12 +34,10 @@ class ConfigError(UserError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+    def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
-        self.source = source
-        head = f"{source}: " if source else ""
         count = len(self.problems)
-        title = f"{head}{count} configuration problem{'s' if count != 1 else ''}"
+        title = f"{count} configuration problem{'s' if count != 1 else ''}"
         super().__init__("\n".join([title, *(f"  - {p}" for p in self.problems)]))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from flowflexd.spool import fsync_dir
+from flowflexd.spool import fsync_dir, write_all
 
 JOURNAL_NAME = "journal.jsonl"
 ROTATE_BYTES = 16 << 20
@@ -57,9 +57,7 @@ class Journal:
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         data = line.encode("utf-8", "surrogateescape")
         with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
             os.fsync(self._fd)
             self._size += len(data)
             if self._size >= self._rotate_bytes:

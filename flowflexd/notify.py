@@ -66,11 +66,6 @@ class Notifier:
             self._last_status = text
             self.send(f"STATUS={text}")
 
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
 
 def status_text(snapshot: Mapping[str, object]) -> str:
     """``waiting 3, in flight 1, done 10, failed 0, oldest waiting 12s`` (+ pause, offline)."""

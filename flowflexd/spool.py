@@ -62,7 +62,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``: a write may take only part of it (a full disk, a signal)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -83,7 +84,7 @@ def write_durable(path: Path, data: bytes, *, readable_as: os.stat_result | None
             os.fchmod(fd, 0o600 | (stat.S_IMODE(readable_as.st_mode) & 0o444))
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, -1, readable_as.st_gid)  # only to a group we are in
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -251,7 +252,6 @@ class Claim:
     # FlowFlex gets. Checked again before the event fires and before the move.
     seen: dict[str, list[int]] = field(default_factory=dict)
     changes: int = 0  # times a member changed under us before the event fired
-    version: int = 1
     dir: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -318,12 +318,7 @@ class Spool:
             probe = path
             while not probe.exists() and probe != probe.parent:
                 probe = probe.parent
-            if os.stat(probe).st_dev != inbox_dev:
-                raise FolderMisplaced(
-                    f"the {label} folder {path} is on another filesystem than its inbox "
-                    f"{self.inbox}; files move by atomic rename, which cannot cross filesystems",
-                    hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
-                )
+            self._refuse_elsewhere(label, path, os.stat(probe).st_dev, inbox_dev)
 
     def prepare(self) -> None:
         """Create the folders, check they share the inbox's filesystem, take the lock."""
@@ -339,13 +334,16 @@ class Spool:
         inbox_dev = os.stat(self.inbox).st_dev
         places = (("done", self.folder.done), ("failed", self.folder.failed), ("work", self.work))
         for label, path in places:
-            if os.stat(path).st_dev != inbox_dev:
-                raise FolderMisplaced(
-                    f"the {label} folder {path} is on another filesystem than its inbox "
-                    f"{self.inbox}; files move by atomic rename, which cannot cross filesystems",
-                    hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
-                )
+            self._refuse_elsewhere(label, path, os.stat(path).st_dev, inbox_dev)
         self._lock()
+
+    def _refuse_elsewhere(self, label: str, path: Path, device: int, inbox_device: int) -> None:
+        if device != inbox_device:
+            raise FolderMisplaced(
+                f"the {label} folder {path} is on another filesystem than its inbox "
+                f"{self.inbox}; files move by atomic rename, which cannot cross filesystems",
+                hint=f"put {label} on the inbox's filesystem, e.g. {self.inbox / label}",
+            )
 
     def _home_is_ours(self) -> None:
         """``_make_home``, at most once a second: every claim relies on it."""
@@ -433,7 +431,7 @@ class Spool:
             0o600,
         )
         try:
-            _write_all(fd, claim.to_json() + b"\n")
+            write_all(fd, claim.to_json() + b"\n")
             try:
                 os.rename(source, claim.path("file"))
             except FileNotFoundError:
@@ -474,7 +472,7 @@ class Spool:
             claim.dir / CLAIM_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         )
         try:
-            _write_all(fd, claim.to_json() + b"\n")
+            write_all(fd, claim.to_json() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)

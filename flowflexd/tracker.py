@@ -20,7 +20,6 @@ import heapq
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -82,7 +81,6 @@ class Entry:
 class Ready:
     """A file to claim with its companions, or to set aside with ``reject``."""
 
-    folder: Folder
     members: dict[str, str]  # role -> name
     rule: str
     expect: os.stat_result
@@ -95,14 +93,12 @@ class Tracker:
         folder: Folder,
         *,
         settle_seconds: float,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self.folder = folder
         self.inbox = folder.path
         self.settle = settle_seconds
         # On a network mount, ctime comes from another machine's clock.
         self.trust_ctime = not folder.poll
-        self._wall = wall
         self._entries: dict[str, Entry] = {}
         self._pending: set[str] = set()
         self._heap: list[tuple[float, str]] = []
@@ -142,17 +138,16 @@ class Tracker:
         """Look at ``name`` again at the next step."""
         self._pending.add(name)
 
-    def rescan(self) -> bool:
-        """Look at every name in the inbox; False when the inbox cannot be listed."""
+    def rescan(self) -> None:
+        """Look at every name in the inbox (nothing, when it cannot be listed now)."""
         try:
             names = set(os.listdir(self.inbox))
         except OSError:
-            return False
+            return
         for name in list(self._entries):
             if name not in names and self._entries[name].state is not State.QUEUED:
                 self._forget(name)
         self._pending.update(names)
-        return True
 
     def release(self, ready: Ready, *, look_again: bool = False) -> None:
         """A claim finished (or never happened): stop tracking its names."""
@@ -261,7 +256,7 @@ class Tracker:
             entry.incomplete_since = None
             entry.still_since = now
             if self.trust_ctime:
-                age = self._wall() - info.st_ctime
+                age = time.time() - info.st_ctime
                 if age > 0:
                     entry.still_since = now - age
             if entry.state is not State.COMPANION:
@@ -326,7 +321,6 @@ class Tracker:
     ) -> Ready:
         entry.state = State.QUEUED
         return Ready(
-            folder=self.folder,
             members=members or {"file": entry.name},
             rule=rule,
             expect=info,
@@ -444,7 +438,7 @@ class Tracker:
         if problem is None:
             entry.state = State.QUEUED
             entry.incomplete_since = None
-            return Ready(self.folder, members, rule.name, info)
+            return Ready(members, rule.name, info)
         check, reason = problem
         entry.state = State.INCOMPLETE
         if entry.incomplete_since is None:
