@@ -82,18 +82,40 @@ def probe_writers(fd: int) -> WriterProbe:
     return WriterProbe(Writers.NONE)
 
 
+def _open(path: Path) -> int | os.stat_result:
+    """A read-only descriptor on ``path``, or its lstat when another process holds a write lease.
+
+    Opening would break that lease (Samba with kernel oplocks holds one for a
+    client with an exclusive oplock); O_NONBLOCK refuses instead of waiting,
+    and such a holder is a writer. Other errors (gone, unreadable, a link) raise.
+    """
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except BlockingIOError:
+        return os.lstat(path)
+
+
+def writer_state(path: Path) -> tuple[os.stat_result, Writers] | None:
+    """``path``'s fstat and whether another process writes it; None when it is gone."""
+    try:
+        opened = _open(path)
+    except FileNotFoundError:
+        return None
+    if isinstance(opened, os.stat_result):
+        return opened, Writers.OPEN
+    try:
+        return os.fstat(opened), probe_writers(opened).writers
+    finally:
+        os.close(opened)
+
+
 def someone_writes(path: Path) -> bool:
     """True when another process has ``path`` open for writing (False when it cannot tell)."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except BlockingIOError:
-        return True  # another process holds a write lease (Samba with kernel oplocks)
+        state = writer_state(path)
     except OSError:
-        return False  # gone or unreadable: the claim itself says so
-    try:
-        return probe_writers(fd).writers is Writers.OPEN
-    finally:
-        os.close(fd)
+        return False  # unreadable or a link: the claim itself says so
+    return state is not None and state[1] is Writers.OPEN
 
 
 def unwritten_tail(fd: int, size: int) -> int:
@@ -214,17 +236,11 @@ class Examined:
 def examine(path: Path, *, verify_format: bool) -> Examined | None:
     """Run every check on ``path``; None when it cannot be opened (gone, unreadable, a link)."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except BlockingIOError:
-        # Opening would break another process's write lease (Samba with kernel
-        # oplocks): O_NONBLOCK refuses instead of waiting. That is a writer.
-        try:
-            info = os.lstat(path)
-        except OSError:
-            return None
-        return Examined(path.name, info, WriterProbe(Writers.OPEN), 0, None)
+        fd = _open(path)
     except OSError:
         return None
+    if isinstance(fd, os.stat_result):
+        return Examined(path.name, fd, WriterProbe(Writers.OPEN), 0, None)
     try:
         info = os.fstat(fd)
         writer = probe_writers(fd)

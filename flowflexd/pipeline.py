@@ -339,7 +339,10 @@ class Pipeline:
             after = os.fstat(stream.fileno())
         name = claim.members[role]
         if content_signature(after) != content_signature(info):
-            raise FileChanged(f"{name} changed while it was uploaded ({_difference(info, after)})")
+            raise FileChanged(
+                f"{name} changed while it was uploaded "
+                f"({_difference(content_signature(info), after)})"
+            )
         claim.seen[role] = content_signature(info)
         return {
             "asset_id": asset_id,
@@ -351,10 +354,11 @@ class Pipeline:
     def _unchanged(self, spool: Spool, claim: Claim) -> None:
         """Raise FileChanged when a member differs from what was read, or is being written."""
         for role, was in claim.seen.items():
-            info, writers = spool.member_now(claim, role)
-            name = claim.members[role]
-            if info is None:
+            now = spool.member_now(claim, role)
+            if now is None:
                 continue  # a member gone from the work area is the claim's own trouble
+            info, writers = now
+            name = claim.members[role]
             if writers is Writers.OPEN:
                 raise FileChanged(f"{name} is open for writing by another process")
             if content_signature(info) != was:
@@ -362,10 +366,11 @@ class Pipeline:
 
     def _still_changing(self, spool: Spool, claim: Claim) -> str:
         """Why a claim that changed before has not settled again ("" once it has)."""
-        for role, name in claim.present().items():
-            info, writers = spool.member_now(claim, role)
-            if info is None:
+        for role, name in claim.members.items():
+            now = spool.member_now(claim, role)  # None for a member not there
+            if now is None:
                 continue
+            info, writers = now
             if writers is Writers.OPEN:
                 return f"{name} is still open for writing by another process"
             age = time.time() - info.st_ctime
@@ -519,8 +524,8 @@ class Pipeline:
             log.warning("cannot save claim progress", file=claim.name, error=str(err))
 
 
-def _difference(was: os.stat_result | list[int], now: os.stat_result) -> str:
-    before = content_signature(was) if isinstance(was, os.stat_result) else was
+def _difference(before: list[int], now: os.stat_result) -> str:
+    """How ``now`` differs from a stored content_signature, in words."""
     if before[0] != now.st_size:
         return f"{before[0]:,} bytes, now {now.st_size:,}"
     if before[1] != now.st_mtime_ns:

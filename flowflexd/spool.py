@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd import crashpoints
-from flowflexd.completeness import Writers, probe_writers, someone_writes
+from flowflexd.completeness import Writers, someone_writes, writer_state
 from flowflexd.config import WORK_DIR_NAME, Folder
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.rules import is_temporary_name
@@ -540,18 +540,9 @@ class Spool:
         finally:
             os.close(fd)
 
-    def member_now(self, claim: Claim, role: str) -> tuple[os.stat_result | None, Writers]:
-        """A member's state now: its fstat (None when gone) and whether anyone writes it."""
-        try:
-            fd = os.open(claim.path(role), _READ_FLAGS)
-        except FileNotFoundError:
-            return None, Writers.NONE
-        except BlockingIOError:  # it would break another process's write lease
-            return os.lstat(claim.path(role)), Writers.OPEN
-        try:
-            return os.fstat(fd), probe_writers(fd).writers
-        finally:
-            os.close(fd)
+    def member_now(self, claim: Claim, role: str) -> tuple[os.stat_result, Writers] | None:
+        """A member's fstat now and whether anyone writes it; None when it is gone."""
+        return writer_state(claim.path(role))
 
     # ---------------------------------------------------------------- moves
 
@@ -659,8 +650,8 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def content_signature(info: os.stat_result) -> list[int]:
-    """What changes when a writer writes: size, mtime and ctime (as stored in a claim)."""
-    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    """What changes when a writer writes: ``signature`` without the inode, as a claim stores it."""
+    return list(signature(info)[:3])
 
 
 def signature(info: os.stat_result) -> tuple[int, int, int, int]:

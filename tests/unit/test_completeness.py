@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -29,26 +30,31 @@ from flowflexd.completeness import (
 HOLDER = """
 import sys
 with open(sys.argv[1], "ab"):
-    print("open", flush=True)
+    print("ready", flush=True)
     sys.stdin.read()
 """
 
 
 @contextmanager
-def held_open_for_writing(path: Path) -> Iterator[None]:
+def held_by(script: str, path: Path) -> Iterator[None]:
+    """Run ``script`` on ``path`` in another process until the block ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path)],
+        [sys.executable, "-c", script, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:
-        assert proc.stdout.readline() == "open\n"
+        assert proc.stdout.readline() == "ready\n"
         yield
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
+
+
+def held_open_for_writing(path: Path) -> contextlib.AbstractContextManager[None]:
+    return held_by(HOLDER, path)
 
 
 def probe(path: Path) -> Writers:
@@ -270,7 +276,7 @@ import fcntl, os, signal, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-print("leased", flush=True)
+print("ready", flush=True)
 sys.stdin.read()
 """
 
@@ -278,19 +284,8 @@ sys.stdin.read()
 def test_a_file_under_another_processs_write_lease_counts_as_written(tmp_path: Path) -> None:
     path = tmp_path / "oplocked.pdf"
     path.write_bytes(pdf())
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LEASE_HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        assert proc.stdout.readline() == "leased\n"
+    with held_by(LEASE_HOLDER, path):
         found = examine(path, verify_format=True)  # O_NONBLOCK: refused, never waits
         assert someone_writes(path)
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=10)
     assert found is not None
     assert found.writer.writers is Writers.OPEN
