@@ -13,7 +13,11 @@ Throughput, 1,000 files of 20 kB at 0 ms and 50 ms emulated API latency:
 Also: close-to-event latency (p50, p95 over 50 drops), peak RSS uploading
 8 x 25 MB at once, CPU of an idle daemon watching 20 folders for 60 s, and a
 10,000-file backlog present at start (first event, last event, peak RSS,
-RSS while draining). The emulator runs in its own process; so does the daemon.
+RSS while draining, CPU per file in its first and last quarter). The scaling
+checks run on request: ``--only backlog --backlog 100000``, ``--only
+sidecar_backlog`` (20,000 files, each with a sidecar) and ``--only
+ignored_idle`` (an idle inbox holding 20,000 files no rule takes). The emulator
+runs in its own process; so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
 
@@ -112,6 +116,7 @@ class Daemon:
         workers: int,
         settle: float,
         rescan: float = 60.0,
+        rule: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
         config = {
@@ -130,7 +135,7 @@ class Daemon:
                     "path": str(f),
                     "done": str(f.parent / f"{f.name}-done"),
                     "failed": str(f.parent / f"{f.name}-failed"),
-                    "rules": [{"name": "any", "pattern": "*", "event": "bench.file"}],
+                    "rules": [rule or {"name": "any", "pattern": "*", "event": "bench.file"}],
                 }
                 for f in folders
             ],
@@ -409,37 +414,107 @@ def idle_cpu(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
 
 
-def backlog(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+SIDECAR_RULE = {
+    "name": "with-sidecar",
+    "pattern": "*.pdf",
+    "sidecar": "{stem}.json",
+    "event": "bench.file",
+    "payload": {"ref": "{sidecar.ref}"},
+}
+
+
+def backlog(args: argparse.Namespace, root: Path, *, sidecars: int = 0) -> dict[str, Any]:
+    """A backlog present at start; with ``sidecars``, that many files each with a sidecar.
+
+    CPU per file is compared between the first and the last quarter of the
+    drain (by files delivered): bookkeeping that walks every tracked file
+    shows up as a rise.
+    """
     emulator = Emulator(root, 0)
     inbox = root / "k-inbox"
-    write_files(inbox, make_payloads(args.backlog, args.size, seed=3), "k")
-    rss: list[float] = []
+    files = sidecars or args.backlog
+    write_files(inbox, make_payloads(files, args.backlog_size, seed=3), "k")
+    rule = None
+    if sidecars:
+        rule = SIDECAR_RULE
+        for i in range(files):
+            (inbox / f"k-{i:05}.json").write_text(json.dumps({"ref": f"r{i}"}))
+    samples: list[tuple[float, float, int]] = []  # (rss MB, CPU s, files in done)
     started = time.monotonic()
-    daemon = Daemon(root, emulator.url, [inbox], workers=args.workers, settle=args.settle)
+    daemon = Daemon(
+        root, emulator.url, [inbox], workers=args.workers, settle=args.settle, rule=rule
+    )
+    done = root / "k-inbox-done"
     try:
         first = None
         while first is None:
             if emulator.count() > 0:
                 first = time.monotonic() - started
             time.sleep(0.01)
-        done = root / "k-inbox-done"
-        while count_files(done) < args.backlog:
-            rss.append(daemon.rss_mb())
+        delivered = 0
+        while delivered < files:
+            delivered = emulator.count()
+            samples.append((daemon.rss_mb(), daemon.cpu_seconds(), delivered))
             time.sleep(0.25)
         last = time.monotonic() - started
         peak = daemon.peak_rss_mb()
+        wait_count(done, files * (2 if sidecars else 1), 120)
     finally:
         daemon.stop()
         emulator.stop()
-    quarter = max(1, len(rss) // 4)
+
+    def cpu_ms_per_file(low: float, high: float) -> float:
+        """CPU per file while the files delivered went from ``low`` to ``high`` of all."""
+        inside = [s for s in samples if low * files <= s[2] <= high * files]
+        (_, cpu0, n0), (_, cpu1, n1) = inside[0], inside[-1]
+        return round((cpu1 - cpu0) * 1000 / max(n1 - n0, 1), 2)
+
+    quarter = max(1, len(samples) // 4)
+    first_q, last_q = cpu_ms_per_file(0.0, 0.25), cpu_ms_per_file(0.75, 1.0)
     return {
-        "files": args.backlog,
+        "files": files,
+        "sidecars": bool(sidecars),
         "first_event_s": round(first, 2),
         "last_event_s": round(last, 1),
         "ready_s": round(daemon.ready_after, 2),
         "peak_rss_mb": round(peak, 1),
-        "rss_first_quarter_mb": round(statistics.mean(rss[:quarter]), 1),
-        "rss_last_quarter_mb": round(statistics.mean(rss[-quarter:]), 1),
+        "rss_first_quarter_mb": round(statistics.mean(s[0] for s in samples[:quarter]), 1),
+        "rss_last_quarter_mb": round(statistics.mean(s[0] for s in samples[-quarter:]), 1),
+        "cpu_ms_per_file_first_quarter": first_q,
+        "cpu_ms_per_file_last_quarter": last_q,
+        "last_vs_first": round(last_q / first_q, 2) if first_q else None,
+    }
+
+
+def sidecar_backlog(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    return backlog(args, root, sidecars=args.sidecar_backlog)
+
+
+def ignored_idle(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """An idle daemon whose inbox holds many files no rule takes (they stay, as promised)."""
+    emulator = Emulator(root, 0)
+    inbox = root / "ignored"
+    inbox.mkdir()
+    for i in range(args.ignored):
+        (inbox / f"note-{i:05}.txt").write_bytes(b"x")
+    rule = {"name": "pdf", "pattern": "*.pdf", "event": "bench.file"}
+    daemon = Daemon(
+        root, emulator.url, [inbox], workers=args.workers, settle=args.settle, rule=rule
+    )
+    try:
+        time.sleep(args.settle + 5)  # past the first full look at every name
+        before = daemon.cpu_seconds()
+        time.sleep(args.idle_seconds)
+        used = daemon.cpu_seconds() - before
+        rss = daemon.rss_mb()
+    finally:
+        daemon.stop()
+        emulator.stop()
+    return {
+        "ignored_files": args.ignored,
+        "seconds": args.idle_seconds,
+        "cpu_seconds_per_minute": round(used * 60 / args.idle_seconds, 3),
+        "rss_mb": round(rss, 1),
     }
 
 
@@ -496,9 +571,23 @@ def main() -> int:
     parser.add_argument("--drops", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=5, help="runs of each at 0 ms (medians)")
     parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--backlog-size", type=int, default=20_000, help="bytes per backlog file")
+    parser.add_argument(
+        "--sidecar-backlog",
+        type=int,
+        default=20_000,
+        help="files in the backlog where each has a JSON sidecar (part sidecar_backlog)",
+    )
+    parser.add_argument(
+        "--ignored", type=int, default=20_000, help="files no rule takes (part ignored_idle)"
+    )
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument(
-        "--only", nargs="*", default=None, help="throughput latency big_files idle backlog"
+        "--only",
+        nargs="*",
+        default=None,
+        help="throughput latency big_files idle backlog; also sidecar_backlog ignored_idle "
+        "(the scaling checks, not in the default run)",
     )
     parser.add_argument(
         "--sweep",
@@ -512,6 +601,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.files, args.backlog, args.idle_seconds, args.drops = 200, 2000, 10, 20
+        args.sidecar_backlog, args.ignored = 2000, 2000
     if args.sweep:
         args.only = ["throughput"]
     if args.json is None:
@@ -547,6 +637,8 @@ def main() -> int:
                     "big_files": big_files,
                     "idle": idle_cpu,
                     "backlog": backlog,
+                    "sidecar_backlog": sidecar_backlog,
+                    "ignored_idle": ignored_idle,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,9 @@ from flowflexd.emulator import (
     DEFAULT_INTEGRATION_CODE,
     Emulator,
 )
+from flowflexd.engine.outcomes import Verdict, classify
 from flowflexd.errors import ConfigError, FlowFlexConfigError, FlowFlexError, UserError
 from flowflexd.notify import Notifier
-from flowflexd.pipeline import PAUSE_STATUSES
 from flowflexd.replay import replay_one
 
 log = structlog.get_logger("flowflexd")
@@ -231,7 +231,7 @@ def verify_at_start(daemon: Daemon) -> None:
     try:
         daemon.client.verify()
     except FlowFlexError as err:
-        if err.status in PAUSE_STATUSES:
+        if classify(err).verdict is Verdict.PAUSE:
             daemon.refused(f"{err.message} (HTTP {err.status})")
         else:
             log.warning(
@@ -282,7 +282,7 @@ class Progress:
         totals = self._daemon.totals
         elapsed = max(time.monotonic() - totals.started, 1e-6)
         rate = (totals.done + totals.failed) / elapsed
-        waiting = self._daemon.snapshot.get("waiting", 0)
+        waiting = self._daemon.snapshot.waiting
         return f"done {totals.done}  failed {totals.failed}  waiting {waiting}  {rate:.1f} files/s"
 
     def _draw(self) -> None:

@@ -37,6 +37,7 @@ from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 
 from flowflexd import __version__
+from flowflexd.engine.outcomes import RETRYABLE_STATUSES, Code
 from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
 from flowflexd.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_name
 
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FILE_BYTES = MAX_FILE_BYTES
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -585,13 +585,13 @@ class FlowFlex:
             raise FlowFlexUploadError(
                 f'"{name}" has type {mime}, which FlowFlex does not accept; allowed: '
                 "PDF, DOC(X), XLS(X), PPT(X), TXT, JPEG, PNG, MP4, 3GPP, AAC, AMR, MP3, OGG",
-                code="MIME_NOT_ALLOWED",
+                code=Code.MIME_NOT_ALLOWED,
             )
         size = ref.measure()
         if size > self._max_file_bytes:
             raise FlowFlexUploadError(
                 f'"{name}" is {size:,} bytes, over the {self._max_file_bytes:,}-byte limit',
-                code="FILE_TOO_LARGE",
+                code=Code.FILE_TOO_LARGE,
             )
         return size
 
@@ -714,7 +714,7 @@ class FlowFlex:
                 body = json.dumps(payload, allow_nan=False).encode()
             except ValueError as err:  # NaN or Infinity: no JSON for them
                 raise FlowFlexError(
-                    f"{what}: the payload cannot be sent as JSON ({err})", code="INVALID_PAYLOAD"
+                    f"{what}: the payload cannot be sent as JSON ({err})", code=Code.INVALID_PAYLOAD
                 ) from err
             headers["Content-Type"] = "application/json"
 
@@ -771,12 +771,12 @@ class FlowFlex:
         if mime not in ALLOWED_MIMES:
             raise FlowFlexUploadError(
                 f'"{filename}" has type {mime}, which FlowFlex does not accept',
-                code="MIME_NOT_ALLOWED",
+                code=Code.MIME_NOT_ALLOWED,
             )
         if size is not None and size > self._max_file_bytes:
             raise FlowFlexUploadError(
                 f'"{filename}" is {size:,} bytes, over the {self._max_file_bytes:,}-byte limit',
-                code="FILE_TOO_LARGE",
+                code=Code.FILE_TOO_LARGE,
             )
         body: dict[str, Any] = {"filename": filename, "mime": mime}
         if size is not None:
@@ -812,7 +812,7 @@ class FlowFlex:
             raise FlowFlexUploadError(
                 f'Refusing to upload "{ref.filename}" to a non-https URL '
                 f"({redact_url(upload_url)})",
-                code="INSECURE_UPLOAD_URL",
+                code=Code.INSECURE_UPLOAD_URL,
             )
         what = f'upload of "{ref.filename}" to {redact_url(upload_url)}'
         mime = ref.mime
@@ -824,7 +824,7 @@ class FlowFlex:
                     raise FlowFlexUploadError(
                         f'"{ref.filename}" grew to {length:,} bytes, over the '
                         f"{self._max_file_bytes:,}-byte limit",
-                        code="FILE_TOO_LARGE",
+                        code=Code.FILE_TOO_LARGE,
                     )
                 return self._exchange(
                     "PUT",
@@ -929,7 +929,7 @@ class FlowFlex:
         raise FlowFlexError(
             "checking the credentials and integration code: FlowFlex accepted an event without "
             "a name, which it should refuse; is base_url really FlowFlex?",
-            code="UNEXPECTED_ANSWER",
+            code=Code.UNEXPECTED_ANSWER,
         )
 
     def fire_event(self, event: str, payload: Any, idempotency_key: str) -> Any:

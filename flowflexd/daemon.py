@@ -1,10 +1,9 @@
 """Lifecycle: folders, the scheduler loop, the worker pool, pausing, stopping.
 
-One scheduler thread owns every tracker: watchdog threads and workers only
-put messages on its queue. Workers claim and carry files. A circuit breaker
-(``Gate``) stops new sends while FlowFlex is unreachable or refuses our
-configuration; one probe at a time tests whether it is back, and files wait
-where they are meanwhile.
+One scheduler thread owns every tracker and the ledger of where each file
+is in its life: watchdog threads and workers only put typed messages on its
+queue. Workers claim and carry files. The breaker (breaker.py) stops new
+sends while FlowFlex is unreachable or refuses our configuration.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -27,10 +25,14 @@ from flowflexd import journal, preflight
 from flowflexd.client import FlowFlex
 from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.config import STATE_FILE, Config, Folder
+from flowflexd.engine.breaker import Gate
+from flowflexd.engine.lifecycle import HANDED_OVER, WAITING_TO_GO, Ledger, Stage
+from flowflexd.engine.outcomes import Verdict, classify
+from flowflexd.engine.snapshot import Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.journal import Journal
-from flowflexd.notify import Notifier, status_text
-from flowflexd.pipeline import LOCAL_RETRY_CODES, Outcome, Pipeline, Result
+from flowflexd.notify import Notifier
+from flowflexd.pipeline import Outcome, Pipeline
 from flowflexd.rules import match
 from flowflexd.spool import Claim, FolderMisplaced, FolderUnavailable, Spool, write_durable
 from flowflexd.tracker import Ready, Tracker, inbox_identity
@@ -44,70 +46,8 @@ def _iso(wall: float) -> str:
 
 
 OFFLINE_CHECK_SECONDS = 5.0
-OUTAGE_PROBE = (1.0, 60.0)  # first and longest wait between probes while FlowFlex is down
-CONFIG_PROBE = (30.0, 300.0)  # ... while it refuses our credentials or integration
 FILESYSTEM_RETRY = (1.0, 60.0)
 ONCE_OUTAGE_PROBES = 3
-
-
-class Gate:
-    """A circuit breaker in front of FlowFlex: open, or paused until a probe succeeds."""
-
-    def __init__(self) -> None:
-        self.kind: str | None = None  # None (open), "outage" or "config"
-        self.reason = ""
-        self.since: float | None = None  # wall clock: paused since
-        self.on_change: Callable[[], None] = lambda: None
-        self.trips = 0
-        self.probe_at = 0.0
-        self.probing = False
-
-    @property
-    def open(self) -> bool:
-        return self.kind is None
-
-    def trip(self, kind: str, reason: str, now: float, *, probe: bool) -> None:
-        """Pause sending; a failed probe (not a file already in flight) waits longer."""
-        if not probe and self.kind == kind:
-            return
-        first, longest = CONFIG_PROBE if kind == "config" else OUTAGE_PROBE
-        changed = kind != self.kind
-        self.kind, self.reason = kind, reason
-        self.trips += 1
-        delay = min(longest, first * 2 ** (self.trips - 1))
-        self.probe_at = now + delay
-        self.probing = False
-        if changed:
-            self.since = time.time()
-            self.on_change()
-        if changed or self.trips in (2, 5) or self.trips % 20 == 0:
-            if kind == "config":
-                log.error(
-                    "FlowFlex refuses our configuration; sending is paused and files stay "
-                    "where they are",
-                    reason=reason,
-                    fix="check flowflex.base_url, api_key, api_secret and integration_code, "
-                    "then reload (systemctl reload flowflexd)",
-                    next_try_s=round(delay),
-                )
-            else:
-                log.warning(
-                    "FlowFlex is unreachable; sending is paused and files wait",
-                    reason=reason,
-                    next_try_s=round(delay),
-                )
-
-    def reset(self) -> None:
-        was = self.kind
-        if was is not None:
-            log.info("FlowFlex answers again; sending resumes", after_trips=self.trips)
-        self.kind = None
-        self.reason = ""
-        self.since = None
-        self.trips = 0
-        self.probing = False
-        if was is not None:
-            self.on_change()
 
 
 @dataclass
@@ -129,6 +69,38 @@ class Job:
     claim: Claim | None = None  # or a claim to carry on
     prefetch: tuple[str, int] | None = None  # or a settling file's upload URL to ask for
     probe: bool = False
+    ticket: int | None = None  # the file's place in the ledger (None for a prefetch)
+
+
+# What other threads tell the scheduler.
+@dataclass(frozen=True)
+class Hint:
+    runtime: FolderRuntime
+    name: str | None  # None: look at the whole folder
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: Job
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reload:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    force: bool
+
+
+Message = Hint | Finished | Refused | Reload | Stop
 
 
 @dataclass
@@ -160,42 +132,43 @@ class Daemon:
         self._next_heartbeat = 0.0
         self.heartbeats_withheld = 0
         self.journal = Journal(config.state_dir)
+        self.ledger = Ledger()
         self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
         self.gate = Gate()
         self.gate.on_change = self._write_state
         self.totals = Totals()
         self.ready = threading.Event()
-        self._messages: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[FolderRuntime, Ready]] = deque()
         self._retries: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
-        self._inflight = 0
+        self._busy = 0  # jobs handed to workers and not yet finished
         self._stopping = False
         self._stop_deadline: float | None = None
         self._workers: list[threading.Thread] = []
         self.runtimes: list[FolderRuntime] = []
-        #: Live counts, replaced whole by the scheduler; safe to read from any thread.
-        self.snapshot: dict[str, Any] = {}
+        self.snapshot = Snapshot()
         self._published = 0.0
+        self._published_from: tuple[object, ...] = ()
 
     # ------------------------------------------------------------- threading
 
     def request_stop(self, *, force: bool = False) -> None:
         """Stop taking files; let those in flight finish (or not, with ``force``)."""
-        self._messages.put(("stop", force))
+        self._messages.put(Stop(force))
 
     def request_reload(self) -> None:
         """Re-read the configuration (SIGHUP)."""
-        self._messages.put(("reload", None))
+        self._messages.put(Reload())
 
     def refused(self, reason: str) -> None:
         """FlowFlex refused our credentials or integration: pause sending, as a file would."""
-        self._messages.put(("refused", reason))
+        self._messages.put(Refused(reason))
 
     def _hint(self, runtime: FolderRuntime) -> Callable[[str | None], None]:
         def hint(name: str | None) -> None:
-            self._messages.put(("hint", (runtime, name)))
+            self._messages.put(Hint(runtime, name))
 
         return hint
 
@@ -208,14 +181,15 @@ class Daemon:
                 outcome = self._run_job(job)
             except Exception as err:  # a bug must not kill the worker or lose the file
                 log.exception("unexpected error; the file stays where it is", error=str(err))
-                outcome = Outcome(Result.RETRY, job.claim, str(err), "INTERNAL")
-            self._messages.put(("finished", (job, outcome)))
+                decision = classify(err)
+                outcome = Outcome(decision.verdict, job.claim, decision.reason, decision.code)
+            self._messages.put(Finished(job, outcome))
 
     def _run_job(self, job: Job) -> Outcome:
         spool = job.runtime.spool
         if job.prefetch is not None:
             self.pipeline.prefetch(spool, *job.prefetch)
-            return Outcome(Result.GONE)
+            return Outcome(Verdict.GONE)
         if job.claim is not None:
             return self.pipeline.carry(spool, job.claim)
         assert job.ready is not None
@@ -265,6 +239,7 @@ class Daemon:
         pending = list(runtime.spool.pending())
         recorded = journal.outcomes_in_tail(self.journal.dir, {c.id for c in pending})
         for claim in pending:
+            ticket = self.ledger.enter(runtime.tracker.key, Stage.RETRYING, since=time.time())
             entry = recorded.get(claim.id)
             if entry is not None and entry.get("outcome") == "done" and claim.answer is None:
                 # Sent and journalled before the crash: only the move is left.
@@ -276,7 +251,7 @@ class Daemon:
                 file=claim.name,
                 idempotency_key=claim.key,
             )
-            self._retry(Job(runtime, claim=claim), now)
+            self._retry(Job(runtime, claim=claim, ticket=ticket), now)
         if not self.once:
             runtime.watcher.stop()
             mode = runtime.watcher.start(self._hint(runtime))
@@ -342,7 +317,7 @@ class Daemon:
             now = time.monotonic()
             timeout = max(0.0, min(self._next_wakeup(now) - now, 1.0))
             try:
-                message: tuple[str, Any] | None = self._messages.get(timeout=timeout)
+                message: Message | None = self._messages.get(timeout=timeout)
             except queue.Empty:
                 message = None
             while message is not None:
@@ -353,14 +328,14 @@ class Daemon:
                 except queue.Empty:
                     message = None
             if self._stopping:
-                if self._inflight == 0 or (
+                if self._busy == 0 or (
                     self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
                 ):
-                    if self._inflight:
+                    if self._busy:
                         log.warning(
                             "grace period over; files still in flight stay claimed "
                             "and resume at the next start",
-                            in_flight=self._inflight,
+                            in_flight=self._busy,
                         )
                     return
                 continue
@@ -375,7 +350,7 @@ class Daemon:
         state = {
             "pid": os.getpid(),
             "running": running,
-            "paused": self.gate.kind,
+            "paused": self.gate.kind.value if self.gate.kind else None,
             "reason": self.gate.reason or None,
             "paused_since": _iso(self.gate.since) if self.gate.since else None,
             "written": _iso(time.time()),
@@ -416,30 +391,29 @@ class Daemon:
             times.append(self.gate.probe_at)
         return min(times)
 
-    def _handle(self, message: tuple[str, Any]) -> bool:
+    def _handle(self, message: Message) -> bool:
         """Handle one message; True to leave the loop at once."""
-        kind, data = message
-        if kind == "hint":
-            runtime, name = data
-            if name is None:
+        match message:
+            case Hint(runtime, None):
                 runtime.next_rescan = 0.0
-            else:
+            case Hint(runtime, str(name)):
                 runtime.tracker.note(name)
-        elif kind == "finished":
-            self._finished(*data)
-        elif kind == "refused":
-            self.gate.trip("config", data, time.monotonic(), probe=False)
-            self._publish(force=True)
-        elif kind == "reload":
-            if not self._stopping:
-                self._reload()
-        elif kind == "stop":
-            if data or self._stopping:
-                log.warning(
-                    "stopping now; claimed files resume at the next start", in_flight=self._inflight
-                )
-                return True
-            self._begin_stop()
+            case Finished(job, outcome):
+                self._finished(job, outcome)
+            case Refused(reason):
+                self.gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
+                self._publish(force=True)
+            case Reload():
+                if not self._stopping:
+                    self._reload()
+            case Stop(force):
+                if force or self._stopping:
+                    log.warning(
+                        "stopping now; claimed files resume at the next start",
+                        in_flight=self._busy,
+                    )
+                    return True
+                self._begin_stop()
         return False
 
     def _begin_stop(self) -> None:
@@ -455,10 +429,12 @@ class Daemon:
             except queue.Empty:
                 break
             if job is not None:
-                self._inflight -= 1
+                self._busy -= 1
+                if job.ticket is not None:
+                    self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
         log.info(
             "stopping: no new files are taken; waiting for files in flight",
-            in_flight=self._inflight,
+            in_flight=self._busy,
             grace_s=self.config.shutdown_grace_seconds,
         )
 
@@ -513,13 +489,17 @@ class Daemon:
 
     @property
     def _capacity(self) -> int:
-        return 2 * self.config.workers - self._inflight
+        return 2 * self.config.workers - self._busy
 
     def _submit(self, job: Job) -> None:
-        self._inflight += 1
+        self._busy += 1
+        if job.ticket is not None:
+            self.ledger.move(job.ticket, Stage.IN_FLIGHT)
         self._jobs.put(job)
 
     def _retry(self, job: Job, now: float, delay: float = 0.0) -> None:
+        if job.ticket is not None:
+            self.ledger.move(job.ticket, Stage.RETRYING)
         heapq.heappush(self._retries, (now + delay, next(self._seq), job))
 
     def _dispatch(self, now: float) -> None:
@@ -537,9 +517,9 @@ class Daemon:
             self._submit(heapq.heappop(self._retries)[2])
         while self._waiting and self._capacity > 0:
             runtime, ready = self._waiting.popleft()
-            self._submit(Job(runtime, ready=ready))
+            self._submit(Job(runtime, ready=ready, ticket=ready.ticket))
         # Workers with nothing to do ask for the upload URLs of settling files.
-        idle = self.config.workers - self._inflight
+        idle = self.config.workers - self._busy
         for runtime in self.runtimes:
             if idle <= 0 or self._waiting or self._stopping:
                 break
@@ -553,7 +533,7 @@ class Daemon:
             job = heapq.heappop(self._retries)[2]
         elif self._waiting:
             runtime, ready = self._waiting.popleft()
-            job = Job(runtime, ready=ready)
+            job = Job(runtime, ready=ready, ticket=ready.ticket)
         else:
             return None
         job.probe = True
@@ -564,52 +544,55 @@ class Daemon:
         while self._waiting:
             item = self._waiting.popleft()
             if item[1].reject is not None and self._capacity > 0:
-                self._submit(Job(item[0], ready=item[1]))
+                self._submit(Job(item[0], ready=item[1], ticket=item[1].ticket))
             else:
                 keep.append(item)
         self._waiting = keep
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
-        self._inflight -= 1
+        self._busy -= 1
         now = time.monotonic()
-        runtime = job.runtime
         if job.prefetch is not None:
             return
+        verdict = outcome.verdict
         if job.ready is not None:
-            runtime.tracker.release(job.ready, look_again=outcome.result is Result.GONE)
-        result = outcome.result
-        if result is Result.DONE:
+            job.runtime.tracker.release(job.ready, look_again=verdict is Verdict.GONE)
+        ended = verdict in (Verdict.DONE, Verdict.FAILED)
+        if verdict is Verdict.DONE:
             self.totals.done += 1
-        elif result is Result.FAILED:
+        elif verdict is Verdict.FAILED:
             self.totals.failed += 1
-        if job.probe or (result in (Result.DONE, Result.FAILED) and not self.gate.open):
-            if result in (Result.DONE, Result.FAILED):
+        if job.probe or (ended and not self.gate.open):
+            if ended:
                 self.gate.reset()
             else:
                 self.gate.probing = False
-        if result in (Result.RETRY, Result.PAUSE) and outcome.claim is not None:
+        if not ended and outcome.claim is not None:
             self._requeue(job, outcome.claim, outcome, now)
-        elif result is Result.RETRY:
+            return
+        if job.ticket is not None:
+            self.ledger.finish(job.ticket)
+        if verdict is Verdict.RETRY_LOCAL:
             self.totals.deferred += 1
             log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
 
     def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
         """A claim that did not finish: when to carry it again, and whether sending pauses."""
-        retry = Job(job.runtime, claim=claim)
-        if outcome.result is Result.PAUSE:
-            self.gate.trip("config", outcome.reason, now, probe=job.probe)
-            self._retry(retry, now)
-        elif outcome.code == "FILE_CHANGED":
-            # A writer came back: look again once the file may have settled.
-            self._retry(retry, now, max(self.config.settle_seconds, 0.5))
-        elif outcome.code in LOCAL_RETRY_CODES:
-            self.totals.deferred += 1
-            first, longest = FILESYSTEM_RETRY
-            delay = min(longest, first * 2 ** min(claim.attempts, 10))
-            self._retry(retry, now, delay)
-        else:
-            self.gate.trip("outage", outcome.reason, now, probe=job.probe)
-            self._retry(retry, now)
+        retry = Job(job.runtime, claim=claim, ticket=job.ticket)
+        match outcome.verdict:
+            case Verdict.PAUSE:
+                self.gate.trip(Pause.CONFIG, outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)
+            case Verdict.SETTLE_AGAIN:
+                # A writer came back: look again once the file may have settled.
+                self._retry(retry, now, max(self.config.settle_seconds, 0.5))
+            case Verdict.RETRY_LOCAL:
+                self.totals.deferred += 1
+                first, longest = FILESYSTEM_RETRY
+                self._retry(retry, now, min(longest, first * 2 ** min(claim.attempts, 10)))
+            case _:
+                self.gate.trip(Pause.OUTAGE, outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)
 
     # ---------------------------------------------------------------- once
 
@@ -627,10 +610,10 @@ class Daemon:
         )
 
     def _once_finished(self) -> bool:
-        if self._inflight:
+        if self._busy:
             return False
-        if self.gate.kind == "config" or (
-            self.gate.kind == "outage" and self.gate.trips > ONCE_OUTAGE_PROBES
+        if self.gate.kind is Pause.CONFIG or (
+            self.gate.kind is Pause.OUTAGE and self.gate.trips > ONCE_OUTAGE_PROBES
         ):
             self.totals.left = len(self._retries)
             log.error(
@@ -646,36 +629,39 @@ class Daemon:
     # -------------------------------------------------------------- status
 
     def _publish(self, *, force: bool = False) -> None:
+        """Rebuild the snapshot when something it shows changed; counts come from the ledger."""
         now = time.monotonic()
         if now - self._published < 0.25 and not force:
             return
         self._published = now
-        waiting = 0
-        oldest: float | None = None
-        states: dict[str, int] = {}
-        for runtime in self.runtimes:
-            count, first = runtime.tracker.waiting()
-            waiting += count
-            if first is not None:
-                oldest = first if oldest is None else min(oldest, first)
-            for state, n in runtime.tracker.states().items():
-                states[state] = states.get(state, 0) + n
-        snapshot = {
-            "empty": states.get("empty", 0),
-            "ignored": states.get("ignored", 0),
-            "companions": states.get("companion", 0),
-            "incomplete": states.get("incomplete", 0),
-            "waiting": max(0, waiting - self._inflight),
-            "in_flight": self._inflight + len(self._retries),
-            "done": self.totals.done,
-            "failed": self.totals.failed,
-            "deferred": self.totals.deferred,
-            "oldest_waiting_s": round(time.time() - oldest) if oldest is not None else 0,
-            "paused": self.gate.kind,
-            "offline": [str(r.folder.path) for r in self.runtimes if not r.online],
-        }
-        self.snapshot = snapshot
-        self.notifier.status(status_text(snapshot))
+        offline = tuple(str(r.folder.path) for r in self.runtimes if not r.online)
+        totals = self.totals
+        source = (
+            self.ledger.version,
+            totals.done,
+            totals.failed,
+            totals.deferred,
+            self.gate.kind,
+            offline,
+        )
+        if source != self._published_from or force:
+            self._published_from = source
+            count = self.ledger.count
+            self.snapshot = Snapshot(
+                waiting=count(*WAITING_TO_GO),
+                in_flight=count(*HANDED_OVER - {Stage.READY}),
+                empty=count(Stage.EMPTY),
+                ignored=count(Stage.IGNORED),
+                companions=count(Stage.COMPANION),
+                incomplete=count(Stage.INCOMPLETE),
+                done=totals.done,
+                failed=totals.failed,
+                deferred=totals.deferred,
+                oldest_waiting_since=self.ledger.oldest_waiting(),
+                paused=self.gate.kind,
+                offline=offline,
+            )
+        self.notifier.status(self.snapshot.text())
 
     # -------------------------------------------------------------- reload
 
@@ -683,7 +669,7 @@ class Daemon:
         return FolderRuntime(
             folder=folder,
             spool=Spool(folder),
-            tracker=Tracker(folder, settle_seconds=self.config.settle_seconds),
+            tracker=Tracker(folder, settle_seconds=self.config.settle_seconds, ledger=self.ledger),
             watcher=FolderWatcher(folder),
         )
 
@@ -757,6 +743,13 @@ class Daemon:
         for gone in current.values():
             gone.watcher.stop()
             gone.spool.unlock()
+            gone.tracker.close()
+            for runtime, ready in self._waiting:
+                if runtime is gone:
+                    self.ledger.finish(ready.ticket)
+            for _, _, job in self._retries:
+                if job.runtime is gone and job.ticket is not None:
+                    self.ledger.finish(job.ticket)
             self._waiting = deque(item for item in self._waiting if item[0] is not gone)
             kept = [item for item in self._retries if item[2].runtime is not gone]
             left = len(self._retries) - len(kept)

@@ -65,21 +65,3 @@ class Notifier:
         if text != self._last_status:
             self._last_status = text
             self.send(f"STATUS={text}")
-
-
-def status_text(snapshot: Mapping[str, object]) -> str:
-    """``waiting 3, in flight 1, done 10, failed 0, oldest waiting 12s`` (+ pause, offline)."""
-    text = (
-        f"waiting {snapshot.get('waiting', 0)}, in flight {snapshot.get('in_flight', 0)}, "
-        f"done {snapshot.get('done', 0)}, failed {snapshot.get('failed', 0)}, "
-        f"oldest waiting {snapshot.get('oldest_waiting_s', 0)}s"
-    )
-    paused = snapshot.get("paused")
-    if paused == "config":
-        text += "; PAUSED: FlowFlex refuses the configuration"
-    elif paused == "outage":
-        text += "; paused: FlowFlex unreachable"
-    offline = snapshot.get("offline")
-    if isinstance(offline, list) and offline:
-        text += f"; inbox missing: {', '.join(map(str, offline))}"
-    return text

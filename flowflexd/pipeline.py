@@ -20,7 +20,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, BinaryIO, cast
 
 import structlog
@@ -28,6 +27,7 @@ import structlog
 from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.completeness import Writers
+from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.hashing import HashingReader, sha256_of
@@ -48,27 +48,13 @@ log = structlog.get_logger("flowflexd.pipeline")
 
 REUPLOAD_AFTER = 24 * 3600.0
 MAX_SIDECAR_DEPTH = 64
-# Our configuration is wrong (credentials, integration, or a base_url that
-# redirects): every file would fail the same way, so sending pauses instead.
-PAUSE_STATUSES = frozenset({301, 302, 303, 307, 308, 401, 403, 404})
-
-
-# Retry codes for trouble on this machine, not at FlowFlex: retried with
-# backoff, without pausing everything else.
-LOCAL_RETRY_CODES = frozenset({"FILESYSTEM", "INTERNAL", "CLAIM_FAILED", "FILE_CHANGED"})
-
-
-class Result(Enum):
-    DONE = "done"
-    FAILED = "failed"
-    RETRY = "retry"  # transient: the file stays claimed and is tried again later
-    PAUSE = "pause"  # FlowFlex says the configuration is wrong: stop sending until fixed
-    GONE = "gone"  # the file vanished or changed before it could be claimed
 
 
 @dataclass
 class Outcome:
-    result: Result
+    """How one attempt at a file ended, and the claim to carry on with (None: not claimed)."""
+
+    verdict: Verdict
     claim: Claim | None = None
     reason: str = ""
     code: str = ""
@@ -102,24 +88,27 @@ def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
         raise FileRejected(
             f"sidecar {name} is not UTF-8 text (byte 0x{raw[err.start]:02x} at {err.start}); "
             "save it as UTF-8",
-            code="SIDECAR_INVALID",
+            code=Code.SIDECAR_INVALID,
         ) from err
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as err:
-        raise FileRejected(f"sidecar {name} is nested too deeply", code="SIDECAR_INVALID") from err
+        raise FileRejected(
+            f"sidecar {name} is nested too deeply", code=Code.SIDECAR_INVALID
+        ) from err
     except ValueError as err:
         raise FileRejected(
-            f"sidecar {name} is not valid JSON: {err}", code="SIDECAR_INVALID"
+            f"sidecar {name} is not valid JSON: {err}", code=Code.SIDECAR_INVALID
         ) from err
     if not isinstance(value, dict):
         raise FileRejected(
             f"sidecar {name} holds {type(value).__name__}, not a JSON object",
-            code="SIDECAR_INVALID",
+            code=Code.SIDECAR_INVALID,
         )
     if _sidecar_depth(value, MAX_SIDECAR_DEPTH):
         raise FileRejected(
-            f"sidecar {name} nests deeper than {MAX_SIDECAR_DEPTH} levels", code="SIDECAR_INVALID"
+            f"sidecar {name} nests deeper than {MAX_SIDECAR_DEPTH} levels",
+            code=Code.SIDECAR_INVALID,
         )
     return value
 
@@ -164,9 +153,11 @@ class Pipeline:
         try:
             claim = spool.claim(members, rule=rule, expect=expect, reject=reject)
         except (OSError, FolderUnavailable) as err:
-            return Outcome(Result.RETRY, reason=f"cannot claim: {err}", code="CLAIM_FAILED")
+            return Outcome(
+                Verdict.RETRY_LOCAL, reason=f"cannot claim: {err}", code=Code.CLAIM_FAILED
+            )
         if claim is None:
-            return Outcome(Result.GONE)
+            return Outcome(Verdict.GONE)
         log.info(
             "file claimed",
             folder=str(spool.inbox),
@@ -182,40 +173,59 @@ class Pipeline:
         started = time.monotonic()
         claim.attempts += 1
         try:
-            return self._carry(spool, claim, started)
-        except OSError as err:
-            # Full disk, read-only or unreadable folder: nothing is lost by waiting.
-            reason = f"{os.strerror(err.errno) if err.errno else err}"
-            self._log(spool, claim).warning(
-                "cannot finish this file now; it stays claimed and is retried",
-                error=reason,
-                errno=errno.errorcode.get(err.errno or 0),
-            )
-            self._save_quietly(spool, claim)
-            return Outcome(Result.RETRY, claim, reason, "FILESYSTEM")
-        except Exception as err:
-            # A bug must not strand the file: it stays claimed and is retried.
-            self._log(spool, claim).exception(
-                "unexpected error; the file stays claimed and is retried"
-            )
-            return Outcome(Result.RETRY, claim, f"{type(err).__name__}: {err}", "INTERNAL")
+            return self._attempt(spool, claim, started)
+        except Exception as err:  # whatever it is, classify() says what it means
+            decision, error = classify(err), err
+        if decision.verdict is Verdict.FAILED:
+            try:
+                return self._fail(spool, claim, decision)
+            except Exception as err:  # the move to failed itself failed
+                decision, error = classify(err), err
+        return self._not_now(spool, claim, decision, error)
 
-    def _carry(self, spool: Spool, claim: Claim, started: float) -> Outcome:
-        try:
-            if claim.answer is None:
-                if claim.reject:
-                    rejected = FileRejected(
-                        claim.reject["reason"],
-                        code=claim.reject["code"],
-                        status=claim.reject.get("status"),
-                    )
-                    return self._fail(spool, claim, rejected)
-                outcome = self._send(spool, claim)
-                if outcome is not None:
-                    return outcome
-        except FileRejected as err:
-            return self._fail(spool, claim, err)
+    def _attempt(self, spool: Spool, claim: Claim, started: float) -> Outcome:
+        if claim.answer is None:
+            if claim.reject:
+                reject = claim.reject
+                raise FileRejected(
+                    reject["reason"], code=reject["code"], status=reject.get("status")
+                )
+            waiting = self._send(spool, claim)
+            if waiting is not None:
+                return Outcome(waiting.verdict, claim, waiting.reason, waiting.code)
         return self._done(spool, claim, started)
+
+    def _not_now(
+        self, spool: Spool, claim: Claim, decision: Decision, error: BaseException
+    ) -> Outcome:
+        """The claim stays and is carried again later; say why, and keep its progress."""
+        logger = self._log(spool, claim)
+        if decision.verdict is Verdict.SETTLE_AGAIN:
+            claim.changes += 1
+            claim.uploads = {}
+            claim.seen = {}
+            logger.warning(
+                "a file changed before its event was fired; nothing was fired, and it is "
+                "uploaded again under the same idempotency key once it has settled",
+                reason=decision.reason,
+            )
+        elif decision.verdict is Verdict.RETRY_REMOTE:
+            logger.warning(
+                "FlowFlex call failed; the file stays claimed and is retried",
+                error=decision.reason,
+                status=decision.status,
+            )
+        elif decision.code == Code.FILESYSTEM:
+            logger.warning(
+                "cannot finish this file now; it stays claimed and is retried",
+                error=decision.reason,
+                errno=errno.errorcode.get(getattr(error, "errno", 0) or 0),
+            )
+        elif decision.code == Code.INTERNAL:
+            logger.error("unexpected error; the file stays claimed and is retried", exc_info=error)
+            return Outcome(decision.verdict, claim, decision.reason, decision.code)
+        self._save_quietly(spool, claim)
+        return Outcome(decision.verdict, claim, decision.reason, decision.code)
 
     # ------------------------------------------------------------------- stages
 
@@ -244,7 +254,7 @@ class Pipeline:
         found_now = match(spool.folder.rules, claim.name)
         if found_now is None:
             raise FileRejected(
-                "no rule takes this file any more (the configuration changed)", code="UNMATCHED"
+                "no rule takes this file any more (the configuration changed)", code=Code.UNMATCHED
             )
         return found_now
 
@@ -253,32 +263,34 @@ class Pipeline:
             return MISSING
         if "sidecar" not in present:
             if found.rule.sidecar_required:
-                raise FileRejected("the sidecar is gone", code="SIDECAR_MISSING")
+                raise FileRejected("the sidecar is gone", code=Code.SIDECAR_MISSING)
             return MISSING
         name = claim.members["sidecar"]
         try:
             raw, info = spool.read_member(claim, "sidecar", limit=SIDECAR_MAX_BYTES)
             claim.seen["sidecar"] = content_signature(info)
         except FileRejected as err:
-            if err.code in ("FILE_TOO_LARGE", "SIDECAR_TOO_LARGE"):
+            if err.code in (Code.FILE_TOO_LARGE, Code.SIDECAR_TOO_LARGE):
                 raise FileRejected(
-                    f"sidecar {name} is over {SIDECAR_MAX_BYTES:,} bytes", code="SIDECAR_TOO_LARGE"
+                    f"sidecar {name} is over {SIDECAR_MAX_BYTES:,} bytes",
+                    code=Code.SIDECAR_TOO_LARGE,
                 ) from err
             raise FileRejected(f"sidecar {name} {err.message}", code=err.code) from err
         return parse_sidecar(raw, name)
 
-    def _send(self, spool: Spool, claim: Claim) -> Outcome | None:
+    def _send(self, spool: Spool, claim: Claim) -> Decision | None:
+        """Upload and fire; a Decision when the claim must wait (it has not settled again)."""
         if claim.changes:
             unsettled = self._still_changing(spool, claim)
             if unsettled:
-                return Outcome(Result.RETRY, claim, unsettled, "FILE_CHANGED")
+                return Decision(Verdict.SETTLE_AGAIN, Code.FILE_CHANGED, unsettled)
         found = self._rule(spool, claim)
         present = claim.present()
         missing = [
             role for role in claim.members if role.startswith("attach.") and role not in present
         ]
         if missing:
-            raise FileRejected(f"{', '.join(missing)} is gone", code="ATTACHMENT_MISSING")
+            raise FileRejected(f"{', '.join(missing)} is gone", code=Code.ATTACHMENT_MISSING)
         sidecar = self._sidecar(spool, claim, found, present)
         event = claim.event = event_name(found, sidecar=sidecar)
         roles = ["file", *(r for r in claim.members if r.startswith("attach."))]
@@ -290,8 +302,6 @@ class Pipeline:
                 self._unchanged(spool, claim)
                 body = payload(found, sidecar=sidecar, assets=assets)
                 answer = self.client.fire_event(event, body, claim.key)
-            except FileChanged as err:
-                return self._changed(spool, claim, err)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
@@ -299,7 +309,7 @@ class Pipeline:
                     )
                     claim.uploads = {}
                     continue
-                return self._api_error(spool, claim, err)
+                raise
             # The answer is made durable by the journal record that follows; a
             # restart before it resends under the same key, answered as before.
             claim.answer = answer
@@ -378,18 +388,6 @@ class Pipeline:
                 return f"{name} changed {age:.1f} s ago; it settles again first"
         return ""
 
-    def _changed(self, spool: Spool, claim: Claim, err: FileChanged) -> Outcome:
-        claim.changes += 1
-        claim.uploads = {}
-        claim.seen = {}
-        self._log(spool, claim).warning(
-            "a file changed before its event was fired; nothing was fired, and it is uploaded "
-            "again under the same idempotency key once it has settled",
-            reason=err.message,
-        )
-        self._save_quietly(spool, claim)
-        return Outcome(Result.RETRY, claim, err.message, "FILE_CHANGED")
-
     def _changed_since_sent(self, spool: Spool, claim: Claim) -> str:
         """How a member now differs from what FlowFlex received ("" when none does).
 
@@ -418,23 +416,6 @@ class Pipeline:
             return None
         return prefetched.asset_id
 
-    def _api_error(self, spool: Spool, claim: Claim, err: FlowFlexError) -> Outcome:
-        code = err.code or (f"HTTP_{err.status}" if err.status else "NETWORK")
-        if isinstance(err, FlowFlexUploadError) and err.status is None and not err.retryable:
-            raise FileRejected(err.message, code=err.code or "UPLOAD_REFUSED")
-        if err.status in PAUSE_STATUSES and not isinstance(err, FlowFlexUploadError):
-            self._save_quietly(spool, claim)
-            return Outcome(Result.PAUSE, claim, err.message, code)
-        if err.retryable or isinstance(err, FlowFlexUploadError):
-            self._log(spool, claim).warning(
-                "FlowFlex call failed; the file stays claimed and is retried",
-                error=err.message,
-                status=err.status,
-            )
-            self._save_quietly(spool, claim)
-            return Outcome(Result.RETRY, claim, err.message, code)
-        raise FileRejected(f"FlowFlex refused it: {err.message}", code=code, status=err.status)
-
     # ----------------------------------------------------------------- endings
 
     def _done(self, spool: Spool, claim: Claim, started: float) -> Outcome:
@@ -452,20 +433,21 @@ class Pipeline:
                 f"(sha256 {entry['sha256']}); check the file and replay it to send it as "
                 "a new event"
             )
-            moved = spool.finish(claim, report=self._report(claim, "CHANGED_AFTER_EVENT", reason))
+            report = self._report(claim, Code.CHANGED_AFTER_EVENT, reason)
+            moved = spool.finish(claim, report=report)
             self._log(spool, claim).error(
                 "a file changed after its event was fired; set aside in failed with the reason",
                 reason=changed,
                 moved_to=moved["file"],
             )
-            return Outcome(Result.DONE, claim)
+            return Outcome(Verdict.DONE, claim)
         moved = spool.finish(claim)
         self._log(spool, claim).info(
             "file done",
             moved_to=moved["file"],
             duration_ms=round((time.monotonic() - started) * 1000),
         )
-        return Outcome(Result.DONE, claim)
+        return Outcome(Verdict.DONE, claim)
 
     @staticmethod
     def _report(claim: Claim, code: str, reason: str, status: int | None = None) -> dict[str, Any]:
@@ -482,22 +464,21 @@ class Pipeline:
             "members": claim.members,
         }
 
-    def _fail(self, spool: Spool, claim: Claim, err: FileRejected) -> Outcome:
-        report = self._report(claim, err.code, err.message, err.status)
+    def _fail(self, spool: Spool, claim: Claim, failed: Decision) -> Outcome:
+        code, reason, status = str(failed.code), failed.reason, failed.status
+        report = self._report(claim, code, reason, status)
         if claim.reject is None:
             # Decided now, and durable before anything moves: a restart part-way
             # through the move must report this reason, not what it then finds.
-            claim.reject = {"code": err.code, "reason": err.message, "status": err.status}
+            claim.reject = {"code": code, "reason": reason, "status": status}
             spool.save(claim)
         entry = self._entry(spool, claim, "failed")
-        self.journal.record(
-            {**entry, "code": err.code, "reason": err.message, "status": err.status}
-        )
+        self.journal.record({**entry, "code": code, "reason": reason, "status": status})
         moved = spool.finish(claim, report=report)
         self._log(spool, claim).warning(
-            "file failed", code=err.code, reason=err.message, moved_to=moved["file"]
+            "file failed", code=code, reason=reason, moved_to=moved["file"]
         )
-        return Outcome(Result.FAILED, claim, err.message, err.code)
+        return Outcome(Verdict.FAILED, claim, reason, code)
 
     def _entry(self, spool: Spool, claim: Claim, outcome: str) -> dict[str, Any]:
         file_upload = claim.uploads.get("file", {})

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
 from flowflexd.templates import (
     MISSING,
@@ -110,7 +111,7 @@ def check_plain_name(name: str, *, what: str) -> None:
     elif len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
         problem = f"is longer than {NAME_MAX_BYTES} bytes"
     if problem:
-        raise FileRejected(f"{what} {name!r} {problem}", code="BAD_COMPANION_NAME")
+        raise FileRejected(f"{what} {name!r} {problem}", code=Code.BAD_COMPANION_NAME)
 
 
 def companions(found: Match) -> dict[str, str]:
@@ -122,7 +123,7 @@ def companions(found: Match) -> dict[str, str]:
         check_plain_name(name, what=f"the {role} name")
         if name == found.name:
             raise FileRejected(
-                f"the {role} name {name!r} is the file's own name", code="BAD_COMPANION_NAME"
+                f"the {role} name {name!r} is the file's own name", code=Code.BAD_COMPANION_NAME
             )
         names[role] = name
     return names
@@ -147,9 +148,11 @@ def could_be_companion(patterns: Iterable[tuple[Rule, re.Pattern[str]]], name: s
 def event_name(found: Match, *, sidecar: Any = MISSING) -> str:
     name = render_text(found.rule.event, found.context(sidecar=sidecar))
     if not name.strip():
-        raise FileRejected("the event name rendered empty", code="BAD_EVENT_NAME")
+        raise FileRejected("the event name rendered empty", code=Code.BAD_EVENT_NAME)
     if _CONTROL.search(name):
-        raise FileRejected("the event name would contain control characters", code="BAD_EVENT_NAME")
+        raise FileRejected(
+            "the event name would contain control characters", code=Code.BAD_EVENT_NAME
+        )
     return name
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from flowflexd import crashpoints
 from flowflexd.completeness import Writers, someone_writes, writer_state
 from flowflexd.config import WORK_DIR_NAME, Folder
+from flowflexd.engine.outcomes import Code
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.rules import is_temporary_name
 from flowflexd.templates import split_name
@@ -105,31 +106,32 @@ def open_regular(path: Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise FileRejected(
-                "is a symbolic link; links are never followed", code="SYMLINK"
+                "is a symbolic link; links are never followed", code=Code.SYMLINK
             ) from err
         if err.errno == errno.ENXIO:
-            raise FileRejected("is a socket, not a file", code="NOT_A_REGULAR_FILE") from err
+            raise FileRejected("is a socket, not a file", code=Code.NOT_A_REGULAR_FILE) from err
         if err.errno == errno.EACCES:
             raise FileRejected(
-                "cannot be read by flowflexd (permission denied)", code="PERMISSION_DENIED"
+                "cannot be read by flowflexd (permission denied)", code=Code.PERMISSION_DENIED
             ) from err
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileRejected(
-                f"is a {describe_mode(info.st_mode)}, not a regular file", code="NOT_A_REGULAR_FILE"
+                f"is a {describe_mode(info.st_mode)}, not a regular file",
+                code=Code.NOT_A_REGULAR_FILE,
             )
         if info.st_nlink > 1:
             raise FileRejected(
                 f"has {info.st_nlink} hard links: another name points at the same data, "
                 "so it was not put here only for flowflexd",
-                code="HARD_LINKED",
+                code=Code.HARD_LINKED,
             )
         if info.st_size > max_bytes:
             raise FileRejected(
                 f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit",
-                code="FILE_TOO_LARGE",
+                code=Code.FILE_TOO_LARGE,
             )
         # O_NONBLOCK stays: it has no effect on a regular file's reads.
     except BaseException:
@@ -160,7 +162,7 @@ def read_limited(fd: int, limit: int, *, what: str) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:
-            raise FileRejected(f"{what} is over {limit:,} bytes", code="SIDECAR_TOO_LARGE")
+            raise FileRejected(f"{what} is over {limit:,} bytes", code=Code.SIDECAR_TOO_LARGE)
     return b"".join(chunks)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
 
 KNOWN = "{file} {attach.NAME} {name} {stem} {ext} {match.NAME} {sidecar} {sidecar.PATH}"
@@ -175,7 +176,7 @@ def tree_placeholders(tree: Any) -> Iterator[Placeholder]:
 def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
     if sidecar is MISSING:
         raise FileRejected(
-            f"{ph.text} is used but no sidecar arrived for this file", code="SIDECAR_MISSING"
+            f"{ph.text} is used but no sidecar arrived for this file", code=Code.SIDECAR_MISSING
         )
     value = sidecar
     walked = "sidecar"
@@ -185,7 +186,7 @@ def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
                 raise FileRejected(
                     f"the sidecar has no value at {ph.path_text} "
                     f"({walked} is {_kind(value)}{_len_hint(value)})",
-                    code="SIDECAR_PATH_MISSING",
+                    code=Code.SIDECAR_PATH_MISSING,
                 )
             value = value[step]
             walked += f"[{step}]"
@@ -194,7 +195,7 @@ def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
                 raise FileRejected(
                     f"the sidecar has no value at {ph.path_text} "
                     f"({walked} is {_kind(value)}{_keys_hint(value)})",
-                    code="SIDECAR_PATH_MISSING",
+                    code=Code.SIDECAR_PATH_MISSING,
                 )
             value = value[step]
             walked += f".{step}"

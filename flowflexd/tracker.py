@@ -21,13 +21,14 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import structlog
 
 from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
 from flowflexd.config import WORK_DIR_NAME, Folder
+from flowflexd.engine.lifecycle import HANDED_OVER, OBSERVED, WAITING_TO_GO, Ledger, Stage
+from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
 from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.rules import (
@@ -44,30 +45,18 @@ from flowflexd.spool import describe_mode, signature
 log = structlog.get_logger("flowflexd.tracker")
 
 
-class State(Enum):
-    WATCHING = "watching"  # seen, not yet still for settle_seconds
-    WAITING = "waiting"  # complete, waiting for its sidecar or attachments
-    INCOMPLETE = "incomplete"  # settled, but open for writing or cut short
-    EMPTY = "empty"  # 0 bytes: a scanner's placeholder, never taken
-    IGNORED = "ignored"  # no rule takes it (unmatched: ignore), or a subfolder
-    COMPANION = "companion"  # a sidecar or attachment; moves with its file
-    QUEUED = "queued"  # handed over to be claimed
-
-
-WAITING_STATES = frozenset({State.WATCHING, State.WAITING, State.INCOMPLETE, State.QUEUED})
 EMPTY_RECHECK_SECONDS = 5.0
 
 
 @dataclass
 class Entry:
     name: str
+    ticket: int  # the file's place in the ledger, which knows its stage
     sig: tuple[int, int, int, int] | None = None
     still_since: float = 0.0  # monotonic time since when nothing changed
-    state: State = State.WATCHING
     complete_at: float | None = None  # monotonic: when the wait for companions began
     incomplete_since: float | None = None  # monotonic: settled but not whole since
     due: float | None = None
-    first_seen: float = field(default_factory=time.time)  # wall clock, for "oldest waiting"
     said: set[str] = field(default_factory=set)
 
     def say_once(self, key: str) -> bool:
@@ -84,6 +73,7 @@ class Ready:
     members: dict[str, str]  # role -> name
     rule: str
     expect: os.stat_result
+    ticket: int
     reject: dict[str, str] | None = None
 
 
@@ -93,9 +83,12 @@ class Tracker:
         folder: Folder,
         *,
         settle_seconds: float,
+        ledger: Ledger,
     ) -> None:
         self.folder = folder
         self.inbox = folder.path
+        self.ledger = ledger
+        self.key = str(folder.path)  # this inbox's files in the ledger
         self.settle = settle_seconds
         # On a network mount, ctime comes from another machine's clock.
         self.trust_ctime = not folder.poll
@@ -103,6 +96,7 @@ class Tracker:
         self._pending: set[str] = set()
         self._heap: list[tuple[float, str]] = []
         self._wanted_by: dict[str, str] = {}  # companion name -> the file waiting for it
+        self._wants: dict[str, set[str]] = {}  # file -> its companions' names (the reverse)
         self._prefetchable: set[str] = set()  # settling files a rule takes, not yet offered
         self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
@@ -117,9 +111,10 @@ class Tracker:
         self._patterns = companion_patterns(folder.rules)
         self._skip = self._skipped(folder)
         self._wanted_by.clear()
+        self._wants.clear()
         for name, entry in self._entries.items():
-            if entry.state is not State.QUEUED:
-                entry.state = State.WATCHING
+            if self._stage(entry) not in HANDED_OVER:
+                self._set(entry, Stage.SETTLING)
                 entry.complete_at = None
                 entry.said.clear()
                 self._pending.add(name)
@@ -144,10 +139,15 @@ class Tracker:
             names = set(os.listdir(self.inbox))
         except OSError:
             return
-        for name in list(self._entries):
-            if name not in names and self._entries[name].state is not State.QUEUED:
+        for name in [n for n in self._entries if n not in names]:
+            if self._stage(self._entries[name]) not in HANDED_OVER:
                 self._forget(name)
         self._pending.update(names)
+
+    def close(self) -> None:
+        """The folder is no longer watched: its files leave the ledger, but handed-over ones."""
+        for name in list(self._entries):
+            self._drop(name)
 
     def release(self, ready: Ready, *, look_again: bool = False) -> None:
         """A claim finished (or never happened): stop tracking its names."""
@@ -184,22 +184,8 @@ class Tracker:
         return ready
 
     def unfinished(self) -> int:
-        """Files still on their way: watched, waiting for companions, or queued."""
-        return sum(1 for e in self._entries.values() if e.state in WAITING_STATES) + len(
-            self._pending
-        )
-
-    def states(self) -> dict[str, int]:
-        """How many names are in each state (empty, ignored, companion ...)."""
-        counts: dict[str, int] = {}
-        for entry in self._entries.values():
-            counts[entry.state.value] = counts.get(entry.state.value, 0) + 1
-        return counts
-
-    def waiting(self) -> tuple[int, float | None]:
-        """How many files wait, and since when the oldest (wall clock)."""
-        firsts = [e.first_seen for e in self._entries.values() if e.state in WAITING_STATES]
-        return len(firsts), min(firsts) if firsts else None
+        """Files still on their way: names not yet looked at, and files waiting to go."""
+        return self.ledger.count(*WAITING_TO_GO, folder=self.key) + len(self._pending)
 
     # -------------------------------------------------------------- internals
 
@@ -209,7 +195,7 @@ class Tracker:
         while self._prefetchable and len(out) < limit:
             name = self._prefetchable.pop()
             entry = self._entries.get(name)
-            if entry is not None and entry.state is State.WATCHING and entry.sig is not None:
+            if entry is not None and self._stage(entry) is Stage.SETTLING and entry.sig:
                 self._offered.add(name)
                 out.append((name, entry.sig[3]))
         return out
@@ -227,13 +213,28 @@ class Tracker:
             and match(self.folder.rules, name) is not None
         )
 
+    def _stage(self, entry: Entry) -> Stage | None:
+        return self.ledger.stage(entry.ticket)
+
+    def _set(self, entry: Entry, stage: Stage) -> None:
+        self.ledger.move(entry.ticket, stage)
+
+    def _drop(self, name: str) -> None:
+        """Stop tracking a name; a file handed over is the daemon's to finish."""
+        entry = self._entries.pop(name, None)
+        if entry is not None and self._stage(entry) in OBSERVED:
+            self.ledger.finish(entry.ticket)
+
     def _forget(self, name: str) -> None:
-        self._entries.pop(name, None)
+        self._drop(name)
         self._prefetchable.discard(name)
         self._offered.discard(name)
-        for companion, primary in list(self._wanted_by.items()):
-            if name in (primary, companion):
+        for companion in self._wants.pop(name, ()):
+            if self._wanted_by.get(companion) == name:
                 del self._wanted_by[companion]
+        primary = self._wanted_by.pop(name, None)
+        if primary is not None:
+            self._wants.get(primary, set()).discard(name)
 
     def _schedule(self, entry: Entry, at: float) -> None:
         entry.due = at
@@ -244,11 +245,12 @@ class Tracker:
         try:
             info = os.lstat(self.inbox / name)
         except OSError:
-            self._entries.pop(name, None)
+            self._drop(name)
             return None
         entry = self._entries.get(name)
         if entry is None:
-            entry = self._entries[name] = Entry(name)
+            ticket = self.ledger.enter(self.key, Stage.SETTLING, since=time.time())
+            entry = self._entries[name] = Entry(name, ticket)
         sig = signature(info)
         if sig != entry.sig:
             entry.sig = sig
@@ -259,13 +261,13 @@ class Tracker:
                 age = time.time() - info.st_ctime
                 if age > 0:
                     entry.still_since = now - age
-            if entry.state is not State.COMPANION:
-                entry.state = State.WATCHING
+            if self._stage(entry) not in HANDED_OVER | {Stage.COMPANION}:
+                self._set(entry, Stage.SETTLING)
         return entry, info
 
     def _observe(self, name: str, now: float) -> Ready | None:
         existing = self._entries.get(name)
-        if existing is not None and existing.state is State.QUEUED:
+        if existing is not None and self._stage(existing) in HANDED_OVER:
             return None
         if name in self._skip or is_temporary_name(name):
             return None
@@ -273,15 +275,15 @@ class Tracker:
         primary = self._wanted_by.get(name)
         if primary is not None:
             # A companion came, changed or went: its file decides what happens.
-            if looked is not None:
-                looked[0].state = State.COMPANION
+            if looked is not None and self._stage(looked[0]) in OBSERVED:
+                self._set(looked[0], Stage.COMPANION)
             self._pending.add(primary)
             return None
         if looked is None:
             return None
         entry, info = looked
         if stat.S_ISDIR(info.st_mode):
-            entry.state = State.IGNORED
+            self._set(entry, Stage.IGNORED)
             if entry.say_once("dir"):
                 log.info(
                     "subfolders are not watched; move files to the inbox itself",
@@ -292,7 +294,7 @@ class Tracker:
         if stat.S_ISREG(info.st_mode) and info.st_size == 0:
             # A placeholder; look again now and then, as a writer may fill it
             # without closing it (no event says so).
-            entry.state = State.EMPTY
+            self._set(entry, Stage.EMPTY)
             self._schedule(entry, now + max(self.settle, EMPTY_RECHECK_SECONDS))
             return None
         settled_at = entry.still_since + self.settle
@@ -319,18 +321,19 @@ class Tracker:
         reason: str,
         members: dict[str, str] | None = None,
     ) -> Ready:
-        entry.state = State.QUEUED
+        self._set(entry, Stage.READY)
         return Ready(
             members=members or {"file": entry.name},
             rule=rule,
             expect=info,
+            ticket=entry.ticket,
             reject={"code": code, "reason": reason},
         )
 
     def _decide(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
         if not stat.S_ISREG(info.st_mode):
             kind = describe_mode(info.st_mode)
-            code = "SYMLINK" if stat.S_ISLNK(info.st_mode) else "NOT_A_REGULAR_FILE"
+            code = Code.SYMLINK if stat.S_ISLNK(info.st_mode) else Code.NOT_A_REGULAR_FILE
             reason = f"is a {kind}, not a regular file; set aside unread"
             return self._reject(entry, info, rule="", code=code, reason=reason)
         found = match(self.folder.rules, entry.name)
@@ -354,19 +357,21 @@ class Tracker:
         still_until = 0.0
         for role, cname in wanted.items():
             self._wanted_by[cname] = entry.name
+            self._wants.setdefault(entry.name, set()).add(cname)
             looked = self._look(cname, now)
             if looked is None or (stat.S_ISREG(looked[1].st_mode) and looked[1].st_size == 0):
                 missing.append(role)
                 continue
             companion, _ = looked
-            companion.state = State.COMPANION
+            if self._stage(companion) in OBSERVED:
+                self._set(companion, Stage.COMPANION)
             present[role] = cname
             still_until = max(still_until, companion.still_since + self.settle)
         if entry.complete_at is None:
             entry.complete_at = now
         deadline = entry.complete_at + found.rule.sidecar_timeout
         if still_until > now:
-            entry.state = State.WAITING
+            self._set(entry, Stage.WAITING)
             self._schedule(entry, still_until if not missing else min(still_until, deadline))
             return None
         members = {"file": entry.name, **present}
@@ -376,7 +381,7 @@ class Tracker:
         if now >= deadline:
             if required:
                 names = ", ".join(wanted[r] for r in required)
-                code = "SIDECAR_MISSING" if "sidecar" in required else "ATTACHMENT_MISSING"
+                code = Code.SIDECAR_MISSING if "sidecar" in required else Code.ATTACHMENT_MISSING
                 return self._reject(
                     entry,
                     info,
@@ -386,7 +391,7 @@ class Tracker:
                     members=members,
                 )
             return self._take(entry, info, found, members, now)
-        entry.state = State.WAITING
+        self._set(entry, Stage.WAITING)
         if entry.say_once("waiting"):
             log.info(
                 "waiting for companion files",
@@ -436,11 +441,11 @@ class Tracker:
             if problem is not None:
                 break
         if problem is None:
-            entry.state = State.QUEUED
+            self._set(entry, Stage.READY)
             entry.incomplete_since = None
-            return Ready(members, rule.name, info)
+            return Ready(members, rule.name, info, entry.ticket)
         check, reason = problem
-        entry.state = State.INCOMPLETE
+        self._set(entry, Stage.INCOMPLETE)
         if entry.incomplete_since is None:
             entry.incomplete_since = now
             log.info(
@@ -458,7 +463,7 @@ class Tracker:
                     entry,
                     info,
                     rule=rule.name,
-                    code="INCOMPLETE_FILE",
+                    code=Code.INCOMPLETE_FILE,
                     reason=f"{reason}; still so after {waited:.0f} s (incomplete_timeout), "
                     "so it was never sent",
                     members=members,
@@ -480,7 +485,7 @@ class Tracker:
     def _unmatched(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
         rule = could_be_companion(self._patterns, entry.name)
         if rule is not None:
-            entry.state = State.COMPANION
+            self._set(entry, Stage.COMPANION)
             if entry.complete_at is None:
                 entry.complete_at = now
             if self.folder.unmatched != "fail":
@@ -493,15 +498,15 @@ class Tracker:
                 entry,
                 info,
                 rule=rule.name,
-                code="NO_FILE_FOR_COMPANION",
+                code=Code.NO_FILE_FOR_COMPANION,
                 reason=f"looks like a sidecar or attachment of rule {rule.name!r}, but no file "
                 f"for it arrived within {rule.sidecar_timeout:g} s",
             )
         if self.folder.unmatched == "fail":
             tried = ", ".join(r.pattern or r.regex or r.name for r in self.folder.rules)
             reason = f"no rule takes this name (tried: {tried})"
-            return self._reject(entry, info, rule="", code="UNMATCHED", reason=reason)
-        entry.state = State.IGNORED
+            return self._reject(entry, info, rule="", code=Code.UNMATCHED, reason=reason)
+        self._set(entry, Stage.IGNORED)
         if entry.say_once("unmatched"):
             log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)
         return None

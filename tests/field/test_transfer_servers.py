@@ -98,7 +98,7 @@ def test_a_writer_paused_mid_file(site: Site, emulator: Emulator, writer: Writer
             # Under its final name the paused file settles; the daemon must see
             # that it is not whole (it is still open for writing) and wait.
             wait_until(
-                lambda: running.daemon.snapshot.get("incomplete") == 1,
+                lambda: running.daemon.snapshot.incomplete == 1,
                 timeout=30,
                 what="the paused file judged not whole",
             )

@@ -88,7 +88,7 @@ def layout(tmp_path: Path) -> Folders:
 
 
 def incomplete(running: RunningDaemon) -> bool:
-    return bool(running.daemon.snapshot.get("incomplete"))
+    return bool(running.daemon.snapshot.incomplete)
 
 
 def event_sha(emulator: Emulator) -> str:

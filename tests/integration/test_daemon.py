@@ -29,6 +29,8 @@ from support import (
 from flowflexd import journal
 from flowflexd.config import load
 from flowflexd.emulator import Emulator
+from flowflexd.engine.lifecycle import Stage
+from flowflexd.engine.snapshot import Pause
 from flowflexd.replay import replay_one
 
 Layout = Folders
@@ -131,7 +133,7 @@ def test_a_sidecar_that_arrives_first_waits_for_its_file(
     with RunningDaemon(layout.config(emulator, rules)) as running:
         drop(layout.inbox, "early.json", b'{"n": 1}')
         # Once settled, the daemon knows it as a companion and never sends it alone.
-        wait_until(lambda: running.daemon.snapshot.get("companions") == 1)
+        wait_until(lambda: running.daemon.snapshot.companions == 1)
         assert emulator.events() == []
         drop(layout.inbox, "early.pdf", b"%PDF early\n%%EOF")
         wait_until(lambda: files_in(layout.done) == {"early.pdf", "early.json"})
@@ -144,7 +146,7 @@ def test_a_sidecar_that_arrives_after_its_file(layout: Layout, emulator: Emulato
     rules = [{**PDF, "sidecar": "{stem}.json", "sidecar_timeout": 30}]
     with RunningDaemon(layout.config(emulator, rules)) as running:
         drop(layout.inbox, "late.pdf", b"%PDF late\n%%EOF")
-        wait_until(lambda: running.daemon.runtimes[0].tracker.states().get("waiting") == 1)
+        wait_until(lambda: running.daemon.ledger.count(Stage.WAITING) == 1)
         drop(layout.inbox, "late.json", b'{"n": 2}')
         wait_until(lambda: files_in(layout.done) == {"late.pdf", "late.json"})
 
@@ -179,7 +181,7 @@ def test_a_sidecar_later_than_its_timeout_stays_behind_unsent(
         drop(layout.inbox, "slow.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "slow.pdf" in files_in(layout.failed))
         drop(layout.inbox, "slow.json", b"{}")
-        wait_until(lambda: running.daemon.snapshot.get("companions") == 1)
+        wait_until(lambda: running.daemon.snapshot.companions == 1)
 
     assert files_in(layout.inbox) == {"slow.json"}
     assert emulator.events() == []
@@ -291,7 +293,7 @@ def test_a_preallocated_file_is_taken_only_once_filled(layout: Layout, emulator:
 def test_a_zero_byte_placeholder_is_taken_once_filled(layout: Layout, emulator: Emulator) -> None:
     with RunningDaemon(layout.config(emulator, [PDF])) as running:
         drop(layout.inbox, "scan.pdf", b"")
-        wait_until(lambda: running.daemon.snapshot.get("empty") == 1)
+        wait_until(lambda: running.daemon.snapshot.empty == 1)
         assert emulator.events() == []
         drop(layout.inbox, "scan.pdf", b"%PDF filled later\n%%EOF")
         wait_until(lambda: "scan.pdf" in files_in(layout.done))
@@ -470,7 +472,7 @@ def test_unmatched_files_stay_by_default(layout: Layout, emulator: Emulator) -> 
         drop(layout.inbox, "notes.txt", b"hello")
         drop(layout.inbox, "a.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "a.pdf" in files_in(layout.done))
-        wait_until(lambda: running.daemon.snapshot.get("ignored") == 1)
+        wait_until(lambda: running.daemon.snapshot.ignored == 1)
 
     assert files_in(layout.inbox) == {"notes.txt"}
     assert files_in(layout.failed) == set()
@@ -517,7 +519,7 @@ def test_an_api_outage_makes_files_wait_then_go_through(layout: Layout, tmp_path
         emulator.stop()
         for i in range(5):
             drop(layout.inbox, f"outage-{i}.pdf", f"%PDF {i}\n%%EOF".encode())
-        wait_until(lambda: running.daemon.gate.kind == "outage", timeout=15)
+        wait_until(lambda: running.daemon.gate.kind is Pause.OUTAGE, timeout=15)
         assert files_in(layout.failed) == set()
         assert files_in(layout.done) == set()
         emulator = Emulator(data_dir=data_dir, port=port).start()
@@ -537,7 +539,7 @@ def test_bad_credentials_pause_without_failing_files(layout: Layout, emulator: E
     with RunningDaemon(bad) as running:
         for i in range(3):
             drop(layout.inbox, f"cred-{i}.pdf", b"%PDF\n%%EOF")
-        wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
+        wait_until(lambda: running.daemon.gate.kind is Pause.CONFIG, timeout=15)
         claimed = claims_in(layout.inbox)
 
     assert files_in(layout.failed) == set()
@@ -562,7 +564,7 @@ def test_unknown_integration_pauses_without_failing_files(
     config.write_text(text)
     with RunningDaemon(config) as running:
         drop(layout.inbox, "u.pdf", b"%PDF\n%%EOF")
-        wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
+        wait_until(lambda: running.daemon.gate.kind is Pause.CONFIG, timeout=15)
         assert (
             "INTEGRATION" in running.daemon.gate.reason or "ic_nobody" in running.daemon.gate.reason
         )
@@ -579,7 +581,7 @@ def test_an_api_that_redirects_pauses_without_failing_files(
         config.write_text(config.read_text().replace(emulator.url, url))
         with RunningDaemon(config) as running:
             drop(layout.inbox, "r.pdf", b"%PDF\n%%EOF")
-            wait_until(lambda: running.daemon.gate.kind == "config", timeout=15)
+            wait_until(lambda: running.daemon.gate.kind is Pause.CONFIG, timeout=15)
             reason = running.daemon.gate.reason
 
     assert "redirect (307) to /elsewhere" in reason

@@ -30,8 +30,9 @@ from support import (
 
 from flowflexd.config import load
 from flowflexd.emulator import Emulator
+from flowflexd.engine.outcomes import Verdict
 from flowflexd.journal import Journal
-from flowflexd.pipeline import Pipeline, Result
+from flowflexd.pipeline import Pipeline
 from flowflexd.spool import Spool
 
 SECRET_BYTES = b"root:x:0:0:the secret the daemon must never read\n"
@@ -113,7 +114,7 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_never_read(
 
     outcome = Pipeline(client_for(emulator), Journal(box.root / "state")).carry(spool, claim)
 
-    assert outcome.result is Result.FAILED
+    assert outcome.verdict is Verdict.FAILED
     assert outcome.code == "SYMLINK"
     assert os.path.islink(box.failed / "swap.pdf")
     no_secret_uploaded(emulator)
@@ -130,7 +131,7 @@ def test_a_sidecar_swapped_for_a_symlink_is_never_read(box: Box, emulator: Emula
 
     outcome = Pipeline(client_for(emulator), Journal(box.root / "state")).carry(spool, claim)
 
-    assert outcome.result is Result.FAILED
+    assert outcome.verdict is Verdict.FAILED
     assert outcome.code == "SYMLINK"
     assert emulator.stats()["requests_by_path"] == {}
 
@@ -191,7 +192,7 @@ def test_a_fifo_sidecar_does_not_hang_a_worker(box: Box, emulator: Emulator) -> 
 
     outcome = Pipeline(client_for(emulator), Journal(box.root / "state")).carry(spool, claim)
 
-    assert outcome.result is Result.FAILED
+    assert outcome.verdict is Verdict.FAILED
     assert outcome.code == "NOT_A_REGULAR_FILE"
     assert stat.S_ISFIFO(os.lstat(box.failed / "f.json").st_mode)
 

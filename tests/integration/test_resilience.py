@@ -94,7 +94,7 @@ def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
             drop(fs / "inbox", "a.pdf", b"%PDF a\n%%EOF")
             drop(fs / "inbox", "b.pdf", b"%PDF b\n%%EOF")
             fillers = fill_inodes(fs / "inbox")
-            wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 1)
+            wait_until(lambda: running.daemon.snapshot.deferred >= 1)
             assert files_in(fs / "inbox") >= {"a.pdf", "b.pdf"}
             assert files_in(fs / "done") == set()
             for filler in fillers:
@@ -113,7 +113,7 @@ def test_a_read_only_done_folder_keeps_files_claimed_until_it_is_writable(
     with RunningDaemon(config) as running:
         with unwritable(tmp_path / "done"):
             drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro\n%%EOF")
-            wait_until(lambda: running.daemon.snapshot.get("deferred", 0) >= 2, timeout=30)
+            wait_until(lambda: running.daemon.snapshot.deferred >= 2, timeout=30)
             work = tmp_path / "inbox" / ".flowflexd" / "work"
             [claim_dir] = work.iterdir()
             assert (claim_dir / "ro.pdf").read_bytes() == b"%PDF ro\n%%EOF"
@@ -137,13 +137,13 @@ def test_an_inbox_that_vanishes_comes_back_by_itself(tmp_path: Path, emulator: E
     )
     with RunningDaemon(config) as running:
         os.rename(one / "inbox", tmp_path / "unmounted")
-        wait_until(lambda: running.daemon.snapshot.get("offline") == [str(one / "inbox")])
+        wait_until(lambda: running.daemon.snapshot.offline == (str(one / "inbox"),))
         # The other folder keeps running meanwhile.
         drop(two / "inbox", "still.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "still.pdf" in files_in(two / "done"))
         drop(tmp_path / "unmounted", "while-away.pdf", b"%PDF away\n%%EOF")
         os.rename(tmp_path / "unmounted", one / "inbox")
-        wait_until(lambda: running.daemon.snapshot.get("offline") == [], timeout=20)
+        wait_until(lambda: running.daemon.snapshot.offline == (), timeout=20)
         drop(one / "inbox", "after.pdf", b"%PDF after\n%%EOF")
         wait_until(lambda: files_in(one / "done") == {"while-away.pdf", "after.pdf"}, timeout=20)
 
