@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from flowflexd.emulator import Emulator
-from flowflexd.log import configure as configure_logging
+from flowflexd.support.log import configure as configure_logging
 
 FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
 

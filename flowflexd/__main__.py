@@ -1,3 +1,3 @@
-from flowflexd.cli import main
+from flowflexd.commands.cli import main
 
 raise SystemExit(main())

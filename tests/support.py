@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-from flowflexd.cli import make_client
 from flowflexd.client import FlowFlex
-from flowflexd.config import load
-from flowflexd.daemon import Daemon
+from flowflexd.commands.cli import make_client
+from flowflexd.config.model import load
+from flowflexd.engine.daemon import Daemon
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowflexd.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES
+from flowflexd.client.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES
 
 UPLOAD_URL_LIFETIME = 2 * 3600.0
 ASSET_LIFETIME = 48 * 3600.0

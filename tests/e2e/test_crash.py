@@ -20,8 +20,8 @@ from support import (
     write_config,
 )
 
-from flowflexd.crashpoints import POINTS
 from flowflexd.emulator import Emulator
+from flowflexd.support.crashpoints import POINTS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,7 +32,7 @@ from support import (
 )
 
 from flowflexd.emulator import Emulator
-from flowflexd.notify import Notifier
+from flowflexd.engine.notify import Notifier
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "flowflexd.service"
@@ -229,7 +229,9 @@ def test_the_heartbeat_stops_when_a_worker_is_gone(
     config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
     with RunningDaemon(config, notifier=Notifier()) as running:
         notify_socket.wait_for("WATCHDOG=1")
-        running.daemon._jobs.put(None)  # one worker leaves: the pool is no longer whole
+        running.daemon.scheduler.pool._jobs.put(
+            None
+        )  # one worker leaves: the pool is no longer whole
         wait_until(lambda: running.daemon.heartbeats_withheld >= 1)
         beats = notify_socket.fields().count("WATCHDOG=1")
         wait_until(lambda: running.daemon.heartbeats_withheld >= 4)

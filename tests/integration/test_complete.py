@@ -26,8 +26,8 @@ from support import (
     wait_until,
 )
 
-from flowflexd import journal
 from flowflexd.emulator import Emulator
+from flowflexd.engine import journal
 
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
 

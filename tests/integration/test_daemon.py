@@ -26,12 +26,12 @@ from support import (
     wait_until,
 )
 
-from flowflexd import journal
-from flowflexd.config import load
+from flowflexd.commands.replay import replay_one
+from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
+from flowflexd.engine import journal
 from flowflexd.engine.lifecycle import Stage
 from flowflexd.engine.snapshot import Pause
-from flowflexd.replay import replay_one
 
 Layout = Folders
 

@@ -28,12 +28,12 @@ from support import (
     wait_until,
 )
 
-from flowflexd.config import load
+from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
+from flowflexd.engine.journal import Journal
 from flowflexd.engine.outcomes import Verdict
-from flowflexd.journal import Journal
-from flowflexd.pipeline import Pipeline
-from flowflexd.spool import Spool
+from flowflexd.engine.pipeline import Pipeline
+from flowflexd.inbox.spool import Spool
 
 SECRET_BYTES = b"root:x:0:0:the secret the daemon must never read\n"
 

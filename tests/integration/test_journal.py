@@ -8,9 +8,9 @@ from pathlib import Path
 
 from support import child_env, flowflexd_argv, folder_spec, write_config
 
-from flowflexd import journal
 from flowflexd.emulator import Emulator
-from flowflexd.journal import Journal
+from flowflexd.engine import journal
+from flowflexd.engine.journal import Journal
 
 
 def entry(i: int) -> dict[str, object]:

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from flowflexd.client import (
+from flowflexd.client.sdk import (
     FlowFlex,
     FlowFlexUploadError,
     _Body,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,27 @@ def test_tool_is_clean(argv: list[str]) -> None:
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def module_table() -> str:
+    """Each module of the package with the first line of its docstring: its one job."""
+    package = ROOT / "flowflexd"
+    rows = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert doc, f"{path.relative_to(ROOT)} has no docstring saying what it is for"
+        where = path.parent if path.name == "__init__.py" else path.with_suffix("")
+        name = ".".join(where.relative_to(ROOT).parts)
+        rows.append(f"| `{name}` | {doc.splitlines()[0]} |")
+    return "\n".join(["| module | its one job |", "| --- | --- |", *rows])
+
+
+def test_the_readme_names_every_module_with_its_one_job() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("-->\n", readme.index("<!-- modules:")) + len("-->\n")
+    end = readme.index("\n<!-- /modules -->")
+    assert readme[start:end] == module_table(), (
+        "README's module table is out of date; replace it with:\n" + module_table()
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import PDF_END, PNG_END, pdf
 
-from flowflexd.completeness import (
+from flowflexd.inbox.completeness import (
     Writers,
     examine,
     format_problem,
@@ -105,7 +105,7 @@ def test_without_cap_lease_on_another_users_file_it_cannot_tell(tmp_path: Path) 
     # Opened here, probed by a process running as nobody: the lease is judged
     # by who asks for it, whoever opened the file.
     code = (
-        "import sys; from flowflexd.completeness import probe_writers; "
+        "import sys; from flowflexd.inbox.completeness import probe_writers; "
         "r = probe_writers(int(sys.argv[1])); print(r.writers.value, r.why)"
     )
     fd = os.open(path, os.O_RDONLY)

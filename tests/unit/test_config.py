@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from flowflexd.config import default_state_dir, load
+from flowflexd.config.model import default_state_dir, load
 from flowflexd.errors import ConfigError
-from flowflexd.rules import match, payload
-from flowflexd.templates import MISSING
+from flowflexd.inbox import layout
+from flowflexd.rules.matching import match, payload
+from flowflexd.rules.templates import MISSING
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -120,7 +121,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert folder.path == tmp_path / "inbox"  # relative to the config file
     assert folder.done == tmp_path / "inbox" / "done"
     assert folder.failed == tmp_path / "inbox" / "failed"
-    assert folder.work == tmp_path / "inbox" / ".flowflexd"
+    assert layout.home(folder.path) == tmp_path / "inbox" / ".flowflexd"
     assert folder.poll is False
     assert folder.unmatched == "ignore"
     assert config.workers == 4

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from flowflexd.hashing import HashingReader, sha256_of
+from flowflexd.support.hashing import HashingReader, sha256_of
 
 DATA = os.urandom(300_000)
 EXPECTED = hashlib.sha256(DATA).hexdigest()

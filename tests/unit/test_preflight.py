@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowflexd.config import Folder
-from flowflexd.preflight import Findings, check_folder, has_cap_lease, lease_problem, mount_of
+from flowflexd.commands.preflight import Findings, check_folder
+from flowflexd.config.model import Folder
+from flowflexd.inbox.mounts import has_cap_lease, lease_problem, mount_of
 
 
 def mounts(tmp_path: Path, fstype: str) -> str:

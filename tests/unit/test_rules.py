@@ -5,7 +5,7 @@ import re
 import pytest
 
 from flowflexd.errors import FileRejected
-from flowflexd.rules import (
+from flowflexd.rules.matching import (
     Rule,
     companion_patterns,
     companions,
@@ -16,7 +16,7 @@ from flowflexd.rules import (
     match,
     payload,
 )
-from flowflexd.templates import MISSING, compile_tree, parse
+from flowflexd.rules.templates import MISSING, compile_tree, parse
 
 
 def rule(

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from flowflexd.sanitize import asset_name, printable
+from flowflexd.rules.sanitize import asset_name, printable
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from flowflexd.errors import FileRejected
-from flowflexd.templates import (
+from flowflexd.rules.templates import (
     MISSING,
     Context,
     Placeholder,

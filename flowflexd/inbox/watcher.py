@@ -32,9 +32,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from flowflexd.config import Folder
+from flowflexd.config.model import Folder
 
-log = structlog.get_logger("flowflexd.watcher")
+log = structlog.get_logger("flowflexd.inbox.watcher")
 
 Hint = Callable[[str | None], None]  # a name to look at again; None: rescan the folder
 

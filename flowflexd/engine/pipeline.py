@@ -24,27 +24,22 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
-from flowflexd import crashpoints
 from flowflexd.client import FileRef, FlowFlex
-from flowflexd.completeness import Writers
+from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
+from flowflexd.engine.journal import Journal
 from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
+from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
-from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
-from flowflexd.hashing import HashingReader, sha256_of
-from flowflexd.journal import Journal
-from flowflexd.prefetch import Prefetched, UrlCache
-from flowflexd.rules import Match, Rule, event_name, match, payload
-from flowflexd.sanitize import asset_name
-from flowflexd.spool import (
-    SIDECAR_MAX_BYTES,
-    Claim,
-    FolderUnavailable,
-    Spool,
-    content_signature,
-)
-from flowflexd.templates import MISSING
+from flowflexd.inbox.completeness import Writers
+from flowflexd.inbox.reading import content_signature
+from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
+from flowflexd.rules.matching import Match, Rule, event_name, match, payload
+from flowflexd.rules.sanitize import asset_name
+from flowflexd.rules.templates import MISSING
+from flowflexd.support import crashpoints
+from flowflexd.support.hashing import HashingReader, sha256_of
 
-log = structlog.get_logger("flowflexd.pipeline")
+log = structlog.get_logger("flowflexd.engine.pipeline")
 
 REUPLOAD_AFTER = 24 * 3600.0
 MAX_SIDECAR_DEPTH = 64

@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from flowflexd.spool import fsync_dir, write_all
+from flowflexd.support.durable import fsync_dir, write_all
 
 JOURNAL_NAME = "journal.jsonl"
 ROTATE_BYTES = 16 << 20
 KEEP = 8
 
-log = structlog.get_logger("flowflexd.journal")
+log = structlog.get_logger("flowflexd.engine.journal")
 
 
 def _open_append(path: Path) -> int:

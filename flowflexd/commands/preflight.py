@@ -11,13 +11,10 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX
-from flowflexd.config import SERVICE_STATE_DIR, Config, Folder
+from flowflexd.config.model import SERVICE_STATE_DIR, Config, Folder
 from flowflexd.errors import UserError
-
-NETWORK_FILESYSTEMS = frozenset(
-    {"cifs", "smb3", "smbfs", "nfs", "nfs4", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs"}
-)
+from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
+from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
 
 
 @dataclass
@@ -27,36 +24,9 @@ class Findings:
     notes: list[str] = field(default_factory=list)
 
 
-def _existing_ancestor(path: Path) -> Path:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
-def mount_of(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
-    """(mount point, filesystem type) holding ``path``, from the mount table."""
-    try:
-        with open(mounts_file, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    target = os.path.realpath(_existing_ancestor(path))
-    best: tuple[str, str] | None = None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > len(best[0])):
-            best = (point, fields[2])
-    return best
-
-
 def _check_dir(label: str, path: Path, findings: Findings) -> int | None:
     """Exists or can be created, and is writable; returns its device."""
-    base = _existing_ancestor(path)
+    base = existing_ancestor(path)
     if not base.is_dir():
         findings.errors.append(f"{label} {path}: {base} is not a folder")
         return None
@@ -110,48 +80,6 @@ def check_folder(
         )
 
 
-CAP_LEASE = 28  # linux/capability.h
-
-
-def has_cap_lease(status_file: str = "/proc/self/status") -> bool:
-    """Whether this process may take leases on files other users own."""
-    try:
-        with open(status_file, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_LEASE & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
-def lease_problem(
-    folder: Folder,
-    mounts_file: str = "/proc/self/mounts",
-    status_file: str = "/proc/self/status",
-    leases_file: str = "/proc/sys/fs/leases-enable",
-) -> str | None:
-    """Why the writer probe cannot work for this inbox's files, or None when it can."""
-    mount = mount_of(folder.path, mounts_file)
-    if mount and mount[1] in NETWORK_FILESYSTEMS:
-        return (
-            f"the inbox is on a network file system ({mount[1]}), where the kernel does not "
-            "see writers on other machines"
-        )
-    try:
-        with open(leases_file, encoding="ascii") as handle:
-            if handle.read().strip() == "0":
-                return "leases are switched off on this machine (sysctl fs.leases-enable = 0)"
-    except OSError:
-        pass
-    if not has_cap_lease(status_file):
-        return (
-            "flowflexd's user lacks CAP_LEASE, so files that other users own "
-            "(the scanner or share users) cannot be probed"
-        )
-    return None
-
-
 def lease_warning(folder: Folder, why: str) -> str:
     settled = "such files are taken once settled alone"
     return f"inbox {folder.path}: {NO_LEASE} ({why}); {settled}: {NO_LEASE_FIX}"
@@ -164,7 +92,7 @@ def check(config: Config, mounts_file: str = "/proc/self/mounts") -> Findings:
     if config.state_dir == SERVICE_STATE_DIR and not config.state_dir.exists():
         findings.notes.append(f"state_dir {config.state_dir}: the unit's StateDirectory creates it")
         return findings
-    state = _existing_ancestor(config.state_dir)
+    state = existing_ancestor(config.state_dir)
     if not os.access(state, os.W_OK | os.X_OK):
         findings.errors.append(f"state_dir {config.state_dir} is not writable by this user")
     return findings

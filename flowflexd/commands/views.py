@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowflexd import journal
-from flowflexd.completeness import Writers, examine, has_format_check
-from flowflexd.config import STATE_FILE, Config, Folder
+from flowflexd.config.model import STATE_FILE, Config, Folder
+from flowflexd.engine import journal
+from flowflexd.engine.pipeline import parse_sidecar
 from flowflexd.errors import FileRejected
-from flowflexd.pipeline import parse_sidecar
-from flowflexd.rules import (
+from flowflexd.inbox import layout
+from flowflexd.inbox.completeness import Writers, examine, has_format_check
+from flowflexd.inbox.layout import REPORT_SUFFIX
+from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
+from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
+from flowflexd.rules.matching import (
     Rule,
     companion_patterns,
     companions,
@@ -27,16 +31,8 @@ from flowflexd.rules import (
     match,
     payload,
 )
-from flowflexd.sanitize import printable
-from flowflexd.spool import (
-    REPORT_SUFFIX,
-    SIDECAR_MAX_BYTES,
-    Spool,
-    describe_mode,
-    open_regular,
-    read_limited,
-)
-from flowflexd.templates import MISSING
+from flowflexd.rules.sanitize import printable
+from flowflexd.rules.templates import MISSING
 
 # ------------------------------------------------------------------- explain
 
@@ -268,7 +264,7 @@ def folder_status(
     status.done = sum(1 for o in outcomes.values() if o == "done")
     status.failed = sum(1 for o in outcomes.values() if o == "failed")
     status.failed_now = _count_reports(folder.failed)
-    status.daemon_pid = lock_holder(folder.work / "lock", locks_file)
+    status.daemon_pid = lock_holder(layout.lock_file(folder.path), locks_file)
     status.latest_failures = _latest_reports(folder.failed, 5)
     return status
 

@@ -37,9 +37,9 @@ from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 
 from flowflexd import __version__
+from flowflexd.client.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_name
 from flowflexd.engine.outcomes import RETRYABLE_STATUSES, Code
 from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
-from flowflexd.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_name
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",

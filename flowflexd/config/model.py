@@ -22,9 +22,11 @@ from typing import Any
 
 import yaml
 
+from flowflexd.config import keys
+from flowflexd.config.keys import Setting, default
 from flowflexd.errors import ConfigError
-from flowflexd.rules import Rule, glob_matcher
-from flowflexd.templates import (
+from flowflexd.rules.matching import Rule, glob_matcher
+from flowflexd.rules.templates import (
     NAME_KINDS,
     Placeholder,
     Template,
@@ -38,42 +40,11 @@ Key = tuple[str | int, ...]
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ATTACH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
-TOP_KEYS = (
-    "flowflex",
-    "workers",
-    "settle_seconds",
-    "rescan_seconds",
-    "shutdown_grace_seconds",
-    "state_dir",
-    "folders",
-)
-API_KEYS = (
-    "base_url",
-    "api_key",
-    "api_secret",
-    "api_secret_file",
-    "integration_code",
-    "timeout_seconds",
-)
-FOLDER_KEYS = ("path", "done", "failed", "poll", "poll_interval", "unmatched", "rules")
-RULE_KEYS = (
-    "name",
-    "pattern",
-    "regex",
-    "event",
-    "sidecar",
-    "sidecar_required",
-    "sidecar_timeout",
-    "attach",
-    "payload",
-    "verify_format",
-    "incomplete_timeout",
-)
-WORK_DIR_NAME = ".flowflexd"
+TOP_KEYS = keys.names("")
+API_KEYS = keys.names("flowflex")
+FOLDER_KEYS = keys.names("folders[]")
+RULE_KEYS = keys.names("rules[]")
 STATE_FILE = "daemon.json"  # in state_dir: the running daemon's pid and pause, for status
-# How long a settled file may stay cut short (by its format, or an unwritten
-# end) before it fails as INCOMPLETE_FILE: a dead client's prefix never goes.
-DEFAULT_INCOMPLETE_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +53,7 @@ class ApiSettings:
     api_key: str
     integration_code: str
     api_secret: str = field(repr=False)
-    timeout_seconds: float = 30.0
+    timeout_seconds: float = default("flowflex.timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -91,14 +62,9 @@ class Folder:
     done: Path
     failed: Path
     rules: tuple[Rule, ...]
-    poll: bool = False
-    poll_interval: float = 2.0
-    unmatched: str = "ignore"
-
-    @property
-    def work(self) -> Path:
-        """Claimed files wait here, on the inbox's own filesystem."""
-        return self.path / WORK_DIR_NAME
+    poll: bool = default("folders[].poll")
+    poll_interval: float = default("folders[].poll_interval")
+    unmatched: str = default("folders[].unmatched")
 
 
 @dataclass(frozen=True)
@@ -107,10 +73,10 @@ class Config:
     api: ApiSettings
     folders: tuple[Folder, ...]
     state_dir: Path
-    workers: int = 4
-    settle_seconds: float = 2.0
-    rescan_seconds: float = 60.0
-    shutdown_grace_seconds: float = 20.0
+    workers: int = default("workers")
+    settle_seconds: float = default("settle_seconds")
+    rescan_seconds: float = default("rescan_seconds")
+    shutdown_grace_seconds: float = default("shutdown_grace_seconds")
     warnings: tuple[str, ...] = ()
 
 
@@ -321,6 +287,25 @@ class _Checker:
             return default
         return str(value)
 
+    def setting(self, section: dict[str, Any], setting: Setting, key: Key) -> Any:
+        """A scalar key read as its table row says: type, default, bounds, choices."""
+        if setting.options:
+            return self.choice(
+                section, setting.name, key, options=setting.options, default=setting.default
+            )
+        if isinstance(setting.default, bool):
+            return self.boolean(section, setting.name, key, default=setting.default)
+        assert setting.minimum is not None, setting.key
+        return self.number(
+            section,
+            setting.name,
+            key,
+            default=setting.default,
+            minimum=setting.minimum,
+            integer=setting.integer,
+            above=setting.above,
+        )
+
     def path(self, value: str, base: Path) -> Path:
         return Path(os.path.normpath(base / os.path.expanduser(value)))
 
@@ -409,6 +394,9 @@ def _secret(
         return ""
 
 
+TIMEOUT = keys.BY_KEY["flowflex.timeout_seconds"]
+
+
 def _api_settings(
     check: _Checker, raw: Any, base: Path, source_mode: int, *, emulator: bool
 ) -> ApiSettings:
@@ -417,9 +405,7 @@ def _api_settings(
         # The emulator supplies its own address and credentials; only the
         # timeout of this section is used, so unset ${VAR}s are no error.
         section = check.mapping(raw, key, API_KEYS) if raw is not None else {}
-        timeout = check.number(
-            section or {}, "timeout_seconds", key, default=30.0, minimum=0, above=True
-        )
+        timeout = check.setting(section or {}, TIMEOUT, key)
         return ApiSettings("", "", "", "", timeout)
     section = check.mapping(raw, key, API_KEYS) if raw is not None else None
     if section is None:
@@ -431,7 +417,7 @@ def _api_settings(
     base_url = check.text(section, "base_url", key, required=True) or ""
     api_key = check.text(section, "api_key", key, required=True) or ""
     code = check.text(section, "integration_code", key, required=True) or ""
-    timeout = check.number(section, "timeout_seconds", key, default=30.0, minimum=0, above=True)
+    timeout = check.setting(section, TIMEOUT, key)
     if base_url and not re.match(r"https?://", base_url):
         check.fail((*key, "base_url"), f"expected an https:// URL, got {base_url!r}")
     secret = _secret(check, section, key, base, source_mode)
@@ -556,11 +542,9 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     required = check.boolean(section, "sidecar_required", key, default=sidecar is not None)
     if "sidecar_required" in section and sidecar is None:
         check.warn((*key, "sidecar_required"), "has no effect without sidecar")
-    timeout = check.number(section, "sidecar_timeout", key, default=60.0, minimum=0)
-    verify_format = check.boolean(section, "verify_format", key, default=True)
-    incomplete_timeout = check.number(
-        section, "incomplete_timeout", key, default=DEFAULT_INCOMPLETE_TIMEOUT, minimum=0
-    )
+    timeout = check.setting(section, keys.BY_KEY["rules[].sidecar_timeout"], key)
+    verify_format = check.setting(section, keys.BY_KEY["rules[].verify_format"], key)
+    incomplete_timeout = check.setting(section, keys.BY_KEY["rules[].incomplete_timeout"], key)
     attach = _attachments(check, section, key)
     payload = _payload(check, section, key)
     scope = _Scope(groups, set(attach), sidecar is not None)
@@ -607,11 +591,9 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     path_text = check.text(section, "path", key, required=True)
     done_text = check.text(section, "done", key)
     failed_text = check.text(section, "failed", key)
-    poll = check.boolean(section, "poll", key, default=False)
-    interval = check.number(section, "poll_interval", key, default=2.0, minimum=0, above=True)
-    unmatched = check.choice(
-        section, "unmatched", key, options=("ignore", "fail"), default="ignore"
-    )
+    poll = check.setting(section, keys.BY_KEY["folders[].poll"], key)
+    interval = check.setting(section, keys.BY_KEY["folders[].poll_interval"], key)
+    unmatched = check.setting(section, keys.BY_KEY["folders[].unmatched"], key)
     rules: list[Rule] = []
     raw_rules = section.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -719,10 +701,10 @@ def load(
             check.problems.append(f"{source}: the file is empty; start from config.example.yaml")
         raise ConfigError(check.problems)
     api = _api_settings(check, top.get("flowflex"), base, mode, emulator=emulator or offline)
-    workers = int(check.number(top, "workers", (), default=4, minimum=1, integer=True))
-    settle = check.number(top, "settle_seconds", (), default=2.0, minimum=0)
-    rescan = check.number(top, "rescan_seconds", (), default=60.0, minimum=0, above=True)
-    grace = check.number(top, "shutdown_grace_seconds", (), default=20.0, minimum=0)
+    workers = int(check.setting(top, keys.BY_KEY["workers"], ()))
+    settle = check.setting(top, keys.BY_KEY["settle_seconds"], ())
+    rescan = check.setting(top, keys.BY_KEY["rescan_seconds"], ())
+    grace = check.setting(top, keys.BY_KEY["shutdown_grace_seconds"], ())
     state_text = check.text(top, "state_dir", ())
     state_dir = check.path(state_text, base) if state_text else default_state_dir(environ)
     folders: list[Folder] = []

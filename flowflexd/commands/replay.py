@@ -8,17 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flowflexd.config import Config, Folder
+from flowflexd.config.model import Config, Folder
 from flowflexd.errors import UserError
-from flowflexd.sanitize import printable
-from flowflexd.spool import (
-    REPORT_SUFFIX,
-    fsync_dir,
-    move_no_replace,
-    name_tags,
-    report_name,
-    suffixed,
-)
+from flowflexd.inbox.layout import REPORT_SUFFIX, name_tags, report_name, suffixed
+from flowflexd.rules.sanitize import printable
+from flowflexd.support.durable import fsync_dir, move_no_replace
 
 REPLAYED_DIR = "replayed"
 

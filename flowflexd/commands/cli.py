@@ -17,21 +17,22 @@ from typing import TextIO
 
 import structlog
 
-from flowflexd import __version__, preflight, views
-from flowflexd import config as configuration
-from flowflexd import log as logsetup
+from flowflexd import __version__
 from flowflexd.client import FlowFlex
-from flowflexd.daemon import Daemon
+from flowflexd.commands import preflight, views
+from flowflexd.commands.replay import replay_one
+from flowflexd.config import model as configuration
 from flowflexd.emulator import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
     DEFAULT_INTEGRATION_CODE,
     Emulator,
 )
+from flowflexd.engine.daemon import Daemon
+from flowflexd.engine.notify import Notifier
 from flowflexd.engine.outcomes import Verdict, classify
 from flowflexd.errors import ConfigError, FlowFlexConfigError, FlowFlexError, UserError
-from flowflexd.notify import Notifier
-from flowflexd.replay import replay_one
+from flowflexd.support import log as logsetup
 
 log = structlog.get_logger("flowflexd")
 

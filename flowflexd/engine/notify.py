@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("flowflexd.notify")
+log = structlog.get_logger("flowflexd.engine.notify")
 
 
 class Notifier:

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowflexd.config.keys import default
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
-from flowflexd.templates import (
+from flowflexd.rules.templates import (
     MISSING,
     Context,
     Template,
@@ -41,11 +42,11 @@ class Rule:
     regex: str | None = None
     sidecar: Template | None = None
     sidecar_required: bool = True
-    sidecar_timeout: float = 60.0
+    sidecar_timeout: float = default("rules[].sidecar_timeout")
     attach: Mapping[str, Template] = field(default_factory=dict)
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
-    verify_format: bool = True  # check the format's trailer before taking the file
-    incomplete_timeout: float = 600.0  # then a cut-short file fails as INCOMPLETE_FILE
+    verify_format: bool = default("rules[].verify_format")  # the format's trailer is checked
+    incomplete_timeout: float = default("rules[].incomplete_timeout")  # then INCOMPLETE_FILE
 
     def companion_templates(self) -> dict[str, Template]:
         roles: dict[str, Template] = {}

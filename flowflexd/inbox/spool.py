@@ -1,13 +1,11 @@
-"""The file system, safely: claims by rename, moves that never replace, durable steps.
+"""Claims: taking a file and its companions out of an inbox, and moving them on.
 
-A claimed file lives in ``<inbox>/.flowflexd/work/<id>/`` beside its
+A claimed file lives in its claim folder (layout.py) beside its
 ``claim.jsonl``: one JSON line per step (idempotency key and rule, then the
 uploads, then a failure's reason), each appended and fsynced, the last whole
-line being the claim's state. Every move
-is a rename or a hard link within the inbox's filesystem, never a copy; a
-move never replaces a name; what the next step needs is fsynced, file and
-directory, before that step runs. Files are opened without following links,
-checked with fstat on the open descriptor, and read from that descriptor.
+line being the claim's state. Every move is a rename or a hard link within
+the inbox's filesystem, never a copy, and never replaces a name; what the
+next step needs is fsynced, file and directory, before that step runs.
 """
 
 from __future__ import annotations
@@ -25,21 +23,24 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from flowflexd import crashpoints
-from flowflexd.completeness import Writers, someone_writes, writer_state
-from flowflexd.config import WORK_DIR_NAME, Folder
-from flowflexd.engine.outcomes import Code
+from flowflexd.config.model import Folder
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
-from flowflexd.rules import is_temporary_name
-from flowflexd.templates import split_name
+from flowflexd.inbox import layout
+from flowflexd.inbox.completeness import Writers, someone_writes, writer_state
+from flowflexd.inbox.layout import CLAIM_FILE, name_tags, report_name, suffixed
+from flowflexd.inbox.reading import open_regular, read_limited, signature
+from flowflexd.rules.matching import is_temporary_name
+from flowflexd.support import crashpoints
+from flowflexd.support.durable import (
+    fsync_dir,
+    link_no_replace,
+    move_no_replace,
+    same_file,
+    write_all,
+    write_durable,
+)
 
-CLAIM_FILE = "claim.jsonl"
-TMP_PREFIX = ".flowflexd-tmp-"
-REPORT_SUFFIX = ".error.json"
 SIDECAR_MAX_BYTES = 1024 * 1024
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
 
 class FolderUnavailable(UserError):
@@ -50,185 +51,6 @@ class FolderUnavailable(UserError):
 
 class FolderMisplaced(FolderUnavailable):
     """done or failed is on another filesystem than its inbox: a configuration error."""
-
-
-# ------------------------------------------------------------ low-level helpers
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``: a write may take only part of it (a full disk, a signal)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_durable(path: Path, data: bytes, *, readable_as: os.stat_result | None = None) -> None:
-    """Replace ``path`` with ``data`` atomically; file and directory fsynced.
-
-    With ``readable_as``, whoever may read that file may read this one too:
-    its read bits and its group (where our user may give it), never more.
-    """
-    # Not derived from the name: a 255-byte name leaves no room for a suffix.
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        if readable_as is not None:
-            # Explicit: the service's UMask=0077 would mask the mode given to open.
-            os.fchmod(fd, 0o600 | (stat.S_IMODE(readable_as.st_mode) & 0o444))
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, -1, readable_as.st_gid)  # only to a group we are in
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def open_regular(path: Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
-    """Open a file for reading only if it is what it claims to be.
-
-    ``O_NOFOLLOW`` refuses a symbolic link, even one swapped in after any
-    earlier check; ``O_NONBLOCK`` keeps a FIFO from hanging the open; fstat
-    on the descriptor then requires a regular file with no other hard link
-    and a size within the cap. The caller reads from the returned descriptor.
-    """
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise FileRejected(
-                "is a symbolic link; links are never followed", code=Code.SYMLINK
-            ) from err
-        if err.errno == errno.ENXIO:
-            raise FileRejected("is a socket, not a file", code=Code.NOT_A_REGULAR_FILE) from err
-        if err.errno == errno.EACCES:
-            raise FileRejected(
-                "cannot be read by flowflexd (permission denied)", code=Code.PERMISSION_DENIED
-            ) from err
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileRejected(
-                f"is a {describe_mode(info.st_mode)}, not a regular file",
-                code=Code.NOT_A_REGULAR_FILE,
-            )
-        if info.st_nlink > 1:
-            raise FileRejected(
-                f"has {info.st_nlink} hard links: another name points at the same data, "
-                "so it was not put here only for flowflexd",
-                code=Code.HARD_LINKED,
-            )
-        if info.st_size > max_bytes:
-            raise FileRejected(
-                f"is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit",
-                code=Code.FILE_TOO_LARGE,
-            )
-        # O_NONBLOCK stays: it has no effect on a regular file's reads.
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info
-
-
-def describe_mode(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "folder"),
-        (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISFIFO, "FIFO (named pipe)"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return name
-    return "special file"
-
-
-def read_limited(fd: int, limit: int, *, what: str) -> bytes:
-    """Read a whole small file from a descriptor, refusing one over ``limit`` bytes."""
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := os.read(fd, min(65536, limit + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise FileRejected(f"{what} is over {limit:,} bytes", code=Code.SIDECAR_TOO_LARGE)
-    return b"".join(chunks)
-
-
-def suffixed(name: str, tag: str) -> str:
-    """``INV-1.pdf`` -> ``INV-1 (3f2a9c1b).pdf``, trimmed to fit the 255-byte name limit."""
-    if not tag:
-        return name
-    stem, ext = split_name(name)
-    tail = f" ({tag})" + (f".{ext}" if ext else "")
-    room = 255 - len(tail.encode("utf-8", "surrogateescape"))
-    raw = stem.encode("utf-8", "surrogateescape")[:room]
-    return raw.decode("utf-8", "surrogateescape") + tail
-
-
-def name_tags(unique: str) -> tuple[str, ...]:
-    """The suffixes to try for a name, in order: none, then ones unique by construction.
-
-    ``unique`` is a claim's id (or another random hex string), so a taken name
-    costs one more try, never a search through what a folder has kept for years;
-    the same claim gets the same suffix again after a crash.
-    """
-    return ("", unique[:8], unique)
-
-
-def report_name(name: str) -> str:
-    """``<name>.error.json`` beside a failed file, trimmed to fit 255 bytes."""
-    room = 255 - len(REPORT_SUFFIX)
-    raw = name.encode("utf-8", "surrogateescape")[:room]
-    return raw.decode("utf-8", "surrogateescape") + REPORT_SUFFIX
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except FileNotFoundError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def link_no_replace(src: Path, dst: Path) -> bool:
-    """Give ``src`` the further name ``dst``, never replacing an existing ``dst``.
-
-    A hard link fails when the name is taken; a ``dst`` already naming the
-    same file (a crash interrupted an earlier attempt) counts as done. On a
-    filesystem without hard links, falls back to a rename guarded by a check.
-    Returns True when ``src`` still exists and must be unlinked.
-    """
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except FileExistsError:
-        if not _same_file(src, dst):
-            raise
-    except OSError as err:
-        if err.errno not in _NO_HARD_LINKS:
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "name taken", str(dst)) from err
-        os.rename(src, dst)
-        return False
-    return True
-
-
-def move_no_replace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst`` without ever replacing an existing ``dst``."""
-    if link_no_replace(src, dst):
-        os.unlink(src)
 
 
 # --------------------------------------------------------------------- claims
@@ -257,7 +79,7 @@ class Claim:
     dir: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.dir = Path(self.inbox, WORK_DIR_NAME, "work", self.id)
+        self.dir = layout.claim_dir(self.inbox, self.id)
 
     @property
     def name(self) -> str:
@@ -303,8 +125,8 @@ class Spool:
     def __init__(self, folder: Folder) -> None:
         self.folder = folder
         self.inbox = folder.path
-        self.home = folder.work  # <inbox>/.flowflexd
-        self.work = self.home / "work"
+        self.home = layout.home(folder.path)
+        self.work = layout.work(folder.path)
         self._lock_fd: int | None = None
         self._home_checked = 0.0
 
@@ -368,7 +190,7 @@ class Spool:
 
     def _lock(self) -> None:
         self.unlock()  # a folder that came back: drop the lock taken on its old self
-        path = self.home / "lock"
+        path = layout.lock_file(self.inbox)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -594,7 +416,7 @@ class Spool:
     ) -> bool:
         for role, name in names.items():
             dst = target / name
-            if os.path.lexists(dst) and not _same_file(claim.dir / claim.members[role], dst):
+            if os.path.lexists(dst) and not same_file(claim.dir / claim.members[role], dst):
                 return False
         if report_file and os.path.lexists(target / report_file):
             return _report_claim(target / report_file) == claim.id
@@ -649,13 +471,3 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode(
         "utf-8", "surrogateescape"
     )
-
-
-def content_signature(info: os.stat_result) -> list[int]:
-    """What changes when a writer writes: ``signature`` without the inode, as a claim stores it."""
-    return list(signature(info)[:3])
-
-
-def signature(info: os.stat_result) -> tuple[int, int, int, int]:
-    """What must not change for a file to count as still (size, mtime, ctime, inode)."""
-    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)

@@ -21,17 +21,18 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 
-from flowflexd.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
-from flowflexd.config import WORK_DIR_NAME, Folder
+from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
+from flowflexd.config.model import Folder
 from flowflexd.engine.lifecycle import HANDED_OVER, OBSERVED, WAITING_TO_GO, Ledger, Stage
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
-from flowflexd.filetypes import MAX_FILE_BYTES, mime_for_name
-from flowflexd.rules import (
+from flowflexd.inbox import layout
+from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
+from flowflexd.inbox.reading import describe_mode, signature
+from flowflexd.rules.matching import (
     Match,
     companion_patterns,
     companions,
@@ -39,10 +40,9 @@ from flowflexd.rules import (
     is_temporary_name,
     match,
 )
-from flowflexd.sanitize import asset_name
-from flowflexd.spool import describe_mode, signature
+from flowflexd.rules.sanitize import asset_name
 
-log = structlog.get_logger("flowflexd.tracker")
+log = structlog.get_logger("flowflexd.inbox.tracker")
 
 
 EMPTY_RECHECK_SECONDS = 5.0
@@ -100,7 +100,7 @@ class Tracker:
         self._prefetchable: set[str] = set()  # settling files a rule takes, not yet offered
         self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
-        self._skip = self._skipped(folder)
+        self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
         self.said_no_lease = False
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
@@ -109,7 +109,7 @@ class Tracker:
         self.settle = settle_seconds
         self.trust_ctime = not folder.poll
         self._patterns = companion_patterns(folder.rules)
-        self._skip = self._skipped(folder)
+        self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
         self._wanted_by.clear()
         self._wants.clear()
         for name, entry in self._entries.items():
@@ -118,14 +118,6 @@ class Tracker:
                 entry.complete_at = None
                 entry.said.clear()
                 self._pending.add(name)
-
-    @staticmethod
-    def _skipped(folder: Folder) -> set[str]:
-        skip = {WORK_DIR_NAME}
-        for path in (folder.done, folder.failed):
-            if path.parent == folder.path:
-                skip.add(path.name)
-        return skip
 
     # ------------------------------------------------------------------ input
 
@@ -515,12 +507,3 @@ class Tracker:
 def _refused_anyway(info: os.stat_result) -> bool:
     """Over FlowFlex's cap, or hard-linked: the claim refuses it whatever its content."""
     return info.st_size > MAX_FILE_BYTES or info.st_nlink > 1
-
-
-def inbox_identity(path: Path) -> tuple[int, int] | None:
-    """The inbox's (device, inode): a change means it was replaced or remounted."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)

@@ -1,0 +1,1 @@
+"""The command line: run, once, check, status, explain, replay, example, emulator."""

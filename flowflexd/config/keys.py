@@ -1,0 +1,265 @@
+"""Every configuration key, written once: its name, type, default and meaning.
+
+The loader reads these (which keys a section knows, defaults, bounds), the
+dataclasses take their defaults from here, and the README's configuration
+table is this table (``python -m flowflexd.config.keys`` prints it; a test
+keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # as the README writes it: workers, flowflex.base_url, folders[].poll, rules[].event
+    shown: str  # the default as the README states it ("required", a value, or how it is derived)
+    meaning: str
+    default: Any = None  # used when the key is absent; None where required or derived
+    required: bool = False
+    minimum: float | None = None
+    above: bool = False  # must be above ``minimum``, not at least it
+    integer: bool = False
+    options: tuple[str, ...] = ()
+
+    @property
+    def section(self) -> str:
+        """ "" (top level), "flowflex", "folders[]" or "rules[]"."""
+        head, dot, _ = self.key.rpartition(".")
+        return head if dot else ""
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition(".")[2].removesuffix("[]")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "flowflex.base_url",
+        shown="required",
+        required=True,
+        meaning=(
+            "FlowFlex API address; must be `https://` (plain http only on loopback); a trailing "
+            "`/api` is stripped"
+        ),
+    ),
+    Setting(
+        "flowflex.api_key",
+        shown="required",
+        required=True,
+        meaning="the integration's key (`cik_…`)",
+    ),
+    Setting(
+        "flowflex.api_secret",
+        shown="see below",
+        meaning="the integration's secret, usually `${FLOWFLEX_API_SECRET}`",
+    ),
+    Setting(
+        "flowflex.api_secret_file",
+        shown="",
+        meaning=(
+            "a file holding the secret on one line; refused if every user can read it (`chmod 600`)"
+        ),
+    ),
+    Setting(
+        "flowflex.integration_code",
+        shown="required",
+        required=True,
+        meaning="the `<code>` in `/v1/events/<code>`",
+    ),
+    Setting(
+        "flowflex.timeout_seconds",
+        shown="30",
+        default=30.0,
+        minimum=0,
+        above=True,
+        meaning="per-request timeout",
+    ),
+    Setting(
+        "workers",
+        shown="4",
+        default=4,
+        minimum=1,
+        integer=True,
+        meaning=(
+            "files in flight at once, over all folders; more pay off only with network latency (8"
+            " fill a 50 ms link; with the API on the same network 2 to 4 do best, as more contend"
+            " for one interpreter, see Performance)"
+        ),
+    ),
+    Setting(
+        "settle_seconds",
+        shown="2",
+        default=2.0,
+        minimum=0,
+        meaning=(
+            "a file may be taken once its size, mtime and ctime held still this long, and it is "
+            "whole (see Scanners and transfer servers)"
+        ),
+    ),
+    Setting(
+        "rescan_seconds",
+        shown="60",
+        default=60.0,
+        minimum=0,
+        above=True,
+        meaning="full rescan of every inbox, for what events missed",
+    ),
+    Setting(
+        "shutdown_grace_seconds",
+        shown="20",
+        default=20.0,
+        minimum=0,
+        meaning="on SIGTERM, how long files in flight may take to finish",
+    ),
+    Setting(
+        "state_dir",
+        shown=(
+            "`$STATE_DIRECTORY` (the unit's `/var/lib/flowflexd`), else for root "
+            "`/var/lib/flowflexd` (so root's `status` reads the service's), else "
+            "`~/.local/state/flowflexd`"
+        ),
+        meaning=(
+            "the journal (`journal.jsonl`; at 16 MiB it becomes `journal.jsonl.1` and older ones "
+            "shift up to `.8`, so it never takes more than 144 MiB, about the last 200,000 "
+            "files), and the emulator's data with `--emulator`"
+        ),
+    ),
+    Setting(
+        "folders[].path",
+        shown="required",
+        required=True,
+        meaning="an inbox; created at start if missing",
+    ),
+    Setting(
+        "folders[].done",
+        shown="`<path>/done`",
+        meaning="where sent files go; must be on the inbox's filesystem",
+    ),
+    Setting(
+        "folders[].failed",
+        shown="`<path>/failed`",
+        meaning=(
+            "where refused files go, each with `<name>.error.json` (readable by whoever may read "
+            "the file, with its group); same filesystem"
+        ),
+    ),
+    Setting(
+        "folders[].poll",
+        shown="false",
+        default=False,
+        meaning=(
+            "poll instead of inotify (network mounts: inotify misses writes made by other machines)"
+        ),
+    ),
+    Setting(
+        "folders[].poll_interval",
+        shown="2",
+        default=2.0,
+        minimum=0,
+        above=True,
+        meaning="seconds between polls when polling",
+    ),
+    Setting(
+        "folders[].unmatched",
+        shown="ignore",
+        default="ignore",
+        options=("ignore", "fail"),
+        meaning="files no rule takes: `ignore` (they stay, logged once) or `fail`",
+    ),
+    Setting(
+        "folders[].rules[]",
+        shown="required",
+        required=True,
+        meaning="the first rule that matches a file's name takes it",
+    ),
+    Setting("rules[].name", shown="the pattern", meaning="shown in logs, reports and the journal"),
+    Setting(
+        "rules[].pattern",
+        shown="",
+        meaning="a glob on the file name, case-insensitive (`INV-*.pdf`)",
+    ),
+    Setting(
+        "rules[].regex",
+        shown="",
+        meaning="or a regular expression searched in the name; named groups feed `{match.NAME}`",
+    ),
+    Setting(
+        "rules[].event",
+        shown="required",
+        required=True,
+        meaning="the event name; placeholders allowed (not `{file}`)",
+    ),
+    Setting(
+        "rules[].sidecar",
+        shown="",
+        meaning='the name of a JSON metadata file that travels with the file, e.g. `"{stem}.json"`',
+    ),
+    Setting(
+        "rules[].sidecar_required",
+        shown="true when `sidecar` is set",
+        meaning="without it the file fails; with `false` it is sent without",
+    ),
+    Setting(
+        "rules[].sidecar_timeout",
+        shown="60",
+        default=60.0,
+        minimum=0,
+        meaning="seconds a complete file waits for its sidecar and attachments",
+    ),
+    Setting(
+        "rules[].attach",
+        shown="",
+        meaning='further files sent with it, `name: "{stem}.png"`; each is required',
+    ),
+    Setting(
+        "rules[].verify_format",
+        shown="true",
+        default=True,
+        meaning=(
+            "check that a PDF, JPEG, PNG, DOCX, XLSX or PPTX (the file and its attachments) ends "
+            "as its format says before taking it; `false` takes it on the other checks alone"
+        ),
+    ),
+    Setting(
+        "rules[].incomplete_timeout",
+        shown="600",
+        default=600.0,
+        minimum=0,
+        meaning=(
+            "seconds a settled file may stay cut short (no trailer, or an end never written) "
+            "before it fails as `INCOMPLETE_FILE`, unsent; a file still open for writing waits "
+            "without limit"
+        ),
+    ),
+    Setting(
+        "rules[].payload",
+        shown="sidecar + `assetId`",
+        meaning="the event's JSON body, with placeholders",
+    ),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
+# Sections nested in the top level: keys there, but no row of their own.
+_CONTAINERS = {"": ("flowflex", "folders")}
+
+
+def names(section: str) -> tuple[str, ...]:
+    """The keys a section accepts (unknown ones are reported with a suggestion)."""
+    return tuple(s.name for s in SETTINGS if s.section == section) + _CONTAINERS.get(section, ())
+
+
+def default(key: str) -> Any:
+    return BY_KEY[key].default
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{s.key}` |{f' {s.shown}' if s.shown else ''} | {s.meaning} |" for s in SETTINGS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

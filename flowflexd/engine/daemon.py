@@ -1,0 +1,475 @@
+"""Lifecycle and signals: start, the scheduler loop, stop, reload, heartbeat, status.
+
+One scheduler thread owns every inbox, the ledger of where each file is in
+its life and the scheduler: watchdog threads, workers and signal handlers
+only put typed messages on its queue. What runs next is the scheduler's
+business (scheduler.py), an inbox's online and offline life the inbox's
+(inbox/runtime.py), pausing the breaker's (breaker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from flowflexd.client import FlowFlex
+from flowflexd.config.model import STATE_FILE, Config, Folder
+from flowflexd.engine import journal
+from flowflexd.engine.breaker import Gate
+from flowflexd.engine.journal import Journal
+from flowflexd.engine.lifecycle import HANDED_OVER, WAITING_TO_GO, Ledger, Stage
+from flowflexd.engine.notify import Notifier
+from flowflexd.engine.pipeline import Outcome, Pipeline
+from flowflexd.engine.scheduler import Job, Scheduler, Totals
+from flowflexd.engine.snapshot import Pause, Snapshot
+from flowflexd.errors import UserError
+from flowflexd.inbox.runtime import Inbox, NameHint
+from flowflexd.inbox.spool import Claim, Spool
+from flowflexd.rules.matching import match
+from flowflexd.support.durable import write_durable
+
+log = structlog.get_logger("flowflexd")
+
+ONCE_OUTAGE_PROBES = 3
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
+# What other threads tell the scheduler thread.
+@dataclass(frozen=True)
+class Hint:
+    inbox: Inbox
+    name: str | None  # None: look at the whole folder
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: Job
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reload:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    force: bool
+
+
+Message = Hint | Finished | Refused | Reload | Stop
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        client: FlowFlex,
+        *,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        make_client: Callable[[Config], FlowFlex] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.once = once
+        self.notifier = notifier or Notifier({})
+        self._reload_config = reload_config
+        self._make_client = make_client
+        self._next_heartbeat = 0.0
+        self.heartbeats_withheld = 0
+        self.journal = Journal(config.state_dir)
+        self.ledger = Ledger()
+        self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
+        self.scheduler = Scheduler(
+            self.pipeline,
+            self.ledger,
+            workers=config.workers,
+            settle_seconds=config.settle_seconds,
+            report=lambda job, outcome: self._messages.put(Finished(job, outcome)),
+        )
+        self.gate: Gate = self.scheduler.gate
+        self.gate.on_change = self._write_state
+        self.totals: Totals = self.scheduler.totals
+        self.ready = threading.Event()
+        self._messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self.inboxes: list[Inbox] = []
+        self.snapshot = Snapshot()
+        self._published = 0.0
+        self._published_from: tuple[object, ...] = ()
+
+    # ------------------------------------------------------- other threads
+
+    def request_stop(self, *, force: bool = False) -> None:
+        """Stop taking files; let those in flight finish (or not, with ``force``)."""
+        self._messages.put(Stop(force))
+
+    def request_reload(self) -> None:
+        """Re-read the configuration (SIGHUP)."""
+        self._messages.put(Reload())
+
+    def refused(self, reason: str) -> None:
+        """FlowFlex refused our credentials or integration: pause sending, as a file would."""
+        self._messages.put(Refused(reason))
+
+    def _hint(self, inbox: Inbox) -> NameHint:
+        def hint(name: str | None) -> None:
+            self._messages.put(Hint(inbox, name))
+
+        return hint
+
+    # --------------------------------------------------------------- start
+
+    def _new_inbox(self, folder: Folder) -> Inbox:
+        return Inbox(
+            folder,
+            ledger=self.ledger,
+            settle_seconds=self.config.settle_seconds,
+            rescan_seconds=self.config.rescan_seconds,
+            watch=not self.once,
+            hint=self._hint,
+        )
+
+    def _start_inbox(self, folder: Folder, now: float) -> Inbox:
+        inbox = self._new_inbox(folder)
+        self.inboxes.append(inbox)  # closed with the others should a later one refuse
+        self._resume(inbox, inbox.start(now), now)
+        return inbox
+
+    def _resume(self, inbox: Inbox, claims: list[Claim], now: float) -> None:
+        """Claims left by an earlier run; those sent and journalled need only their move."""
+        recorded = journal.outcomes_in_tail(self.journal.dir, {c.id for c in claims})
+        for claim in claims:
+            entry = recorded.get(claim.id)
+            if entry is not None and entry.get("outcome") == "done" and claim.answer is None:
+                claim.answer = entry.get("answer")
+                claim.event = entry.get("event")
+        self.scheduler.resume(inbox, claims, now)
+
+    def run(self) -> int:
+        now = time.monotonic()
+        try:
+            for folder in self.config.folders:
+                self._start_inbox(folder, now)
+        except UserError:
+            self._close_inboxes()
+            raise
+        self.scheduler.resize(self.config.workers)
+        log.info(
+            "flowflexd ready",
+            folders=[str(i.path) for i in self.inboxes],
+            workers=self.config.workers,
+            settle_seconds=self.config.settle_seconds,
+            mode="once" if self.once else "run",
+        )
+        self.ready.set()
+        self._write_state()
+        self._publish(force=True)
+        self.notifier.ready()
+        try:
+            self._loop()
+        finally:
+            self.notifier.stopping()
+            self._publish(force=True)
+            self.scheduler.pool.stop()
+            self._close_inboxes()
+            self.journal.close()
+            self._write_state(running=False)
+        log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
+        return 0
+
+    def healthy(self) -> bool:
+        """Workers and observers are all running (the heartbeat's condition)."""
+        watching = self.once or all(i.watcher.alive() for i in self.inboxes if i.online)
+        return self.scheduler.pool.alive() >= self.config.workers and watching
+
+    def _close_inboxes(self) -> None:
+        for inbox in self.inboxes:
+            inbox.watcher.stop()
+            inbox.spool.unlock()
+
+    # ---------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, min(self._next_wakeup(now) - now, 1.0))
+            try:
+                message: Message | None = self._messages.get(timeout=timeout)
+            except queue.Empty:
+                message = None
+            while message is not None:
+                if self._handle(message):
+                    return
+                try:
+                    message = self._messages.get_nowait()
+                except queue.Empty:
+                    message = None
+            if self._stopping:
+                if self._stopped():
+                    return
+                continue
+            self._tick(time.monotonic())
+            self._publish()
+            self._heartbeat(time.monotonic())
+            if self.once and self._once_finished():
+                return
+
+    def _next_wakeup(self, now: float) -> float:
+        times = [now + 1.0]
+        if self.notifier.watchdog_interval is not None:
+            times.append(self._next_heartbeat)
+        for inbox in self.inboxes:
+            due = inbox.tracker.next_due()
+            if due is not None:
+                times.append(due)
+            times.append(inbox.next_rescan)
+        due = self.scheduler.next_due()
+        if due is not None:
+            times.append(due)
+        return min(times)
+
+    def _handle(self, message: Message) -> bool:
+        """Handle one message; True to leave the loop at once."""
+        match message:
+            case Hint(inbox, None):
+                inbox.next_rescan = 0.0
+            case Hint(inbox, str(name)):
+                inbox.tracker.note(name)
+            case Finished(job, outcome):
+                self.scheduler.finished(job, outcome)
+            case Refused(reason):
+                self.gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
+                self._publish(force=True)
+            case Reload():
+                if not self._stopping:
+                    self._reload()
+            case Stop(force):
+                if force or self._stopping:
+                    log.warning(
+                        "stopping now; claimed files resume at the next start",
+                        in_flight=self.scheduler.pool.busy,
+                    )
+                    return True
+                self._begin_stop()
+        return False
+
+    def _tick(self, now: float) -> None:
+        for inbox in self.inboxes:
+            if now >= inbox.next_rescan:
+                self._resume(inbox, inbox.check(now), now)
+                if inbox.online:
+                    self.pipeline.urls.purge()
+            if inbox.online:
+                self.scheduler.queue(inbox, inbox.tracker.step(now))
+        self.scheduler.dispatch(now, self.inboxes)
+
+    # ---------------------------------------------------------------- stop
+
+    def _begin_stop(self) -> None:
+        self.notifier.stopping()
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.config.shutdown_grace_seconds
+        for inbox in self.inboxes:
+            inbox.watcher.stop()
+        self.scheduler.take_back_unstarted()
+        log.info(
+            "stopping: no new files are taken; waiting for files in flight",
+            in_flight=self.scheduler.pool.busy,
+            grace_s=self.config.shutdown_grace_seconds,
+        )
+
+    def _stopped(self) -> bool:
+        """Every file in flight finished, or the grace period is over."""
+        busy = self.scheduler.pool.busy
+        if busy and (self._stop_deadline is None or time.monotonic() < self._stop_deadline):
+            return False
+        if busy:
+            log.warning(
+                "grace period over; files still in flight stay claimed "
+                "and resume at the next start",
+                in_flight=busy,
+            )
+        return True
+
+    # ---------------------------------------------------------------- once
+
+    def left_claimed(self) -> int:
+        """Claims still in the work areas: files taken but not finished."""
+        return sum(i.spool.claimed_count() for i in self.inboxes)
+
+    def left_in_inboxes(self) -> int:
+        """Files a rule takes that are still in their inbox (not claimed, not sent)."""
+        return sum(
+            1
+            for i in self.inboxes
+            for name, _ in i.spool.waiting()
+            if match(i.folder.rules, name) is not None
+        )
+
+    def _once_finished(self) -> bool:
+        if self.scheduler.pool.busy:
+            return False
+        if self.gate.kind is Pause.CONFIG or (
+            self.gate.kind is Pause.OUTAGE and self.gate.trips > ONCE_OUTAGE_PROBES
+        ):
+            log.error(
+                "giving up for now: FlowFlex is not accepting files",
+                reason=self.gate.reason,
+                left_claimed=self.scheduler.retrying(),
+            )
+            return True
+        if not self.scheduler.idle():
+            return False
+        return all(not i.online or i.tracker.unfinished() == 0 for i in self.inboxes)
+
+    # -------------------------------------------------------------- status
+
+    def _write_state(self, *, running: bool = True) -> None:
+        """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
+        state = {
+            "pid": os.getpid(),
+            "running": running,
+            "paused": self.gate.kind.value if self.gate.kind else None,
+            "reason": self.gate.reason or None,
+            "paused_since": _iso(self.gate.since) if self.gate.since else None,
+            "written": _iso(time.time()),
+        }
+        try:
+            write_durable(self.config.state_dir / STATE_FILE, json.dumps(state).encode())
+        except OSError as err:
+            log.warning("cannot record the daemon's state for status", error=str(err))
+
+    def _heartbeat(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None or now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + interval
+        if self.healthy():
+            self.notifier.watchdog()
+            return
+        self.heartbeats_withheld += 1
+        log.error(
+            "unhealthy: a worker or an observer stopped; withholding the watchdog "
+            "heartbeat so systemd restarts flowflexd"
+        )
+
+    def _publish(self, *, force: bool = False) -> None:
+        """Rebuild the snapshot when something it shows changed; counts come from the ledger."""
+        now = time.monotonic()
+        if now - self._published < 0.25 and not force:
+            return
+        self._published = now
+        offline = tuple(str(i.path) for i in self.inboxes if not i.online)
+        totals = self.totals
+        source = (
+            self.ledger.version,
+            totals.done,
+            totals.failed,
+            totals.deferred,
+            self.gate.kind,
+            offline,
+        )
+        if source != self._published_from or force:
+            self._published_from = source
+            count = self.ledger.count
+            self.snapshot = Snapshot(
+                waiting=count(*WAITING_TO_GO),
+                in_flight=count(*HANDED_OVER - {Stage.READY}),
+                empty=count(Stage.EMPTY),
+                ignored=count(Stage.IGNORED),
+                companions=count(Stage.COMPANION),
+                incomplete=count(Stage.INCOMPLETE),
+                done=totals.done,
+                failed=totals.failed,
+                deferred=totals.deferred,
+                oldest_waiting_since=self.ledger.oldest_waiting(),
+                paused=self.gate.kind,
+                offline=offline,
+            )
+        self.notifier.status(self.snapshot.text())
+
+    # -------------------------------------------------------------- reload
+
+    def _reload(self) -> None:
+        """Swap to a re-read configuration without dropping files in flight."""
+        if self._reload_config is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = self._reload_config()
+            for folder in new.folders:
+                Spool(folder).check_placement()
+            client = (
+                self._make_client(new) if self._make_client and new.api != self.config.api else None
+            )
+        except UserError as err:
+            log.error("reload failed; the running configuration stays", error=str(err))
+            self.notifier.ready()
+            return
+        old = self.config
+        self.config = new
+        self.pipeline.settle_seconds = self.scheduler.settle_seconds = new.settle_seconds
+        if client is not None:
+            self.client = self.pipeline.client = client
+            self.gate.reset()
+        if new.state_dir != old.state_dir:
+            previous, self.journal = self.journal, Journal(new.state_dir)
+            self.pipeline.journal = self.journal
+            previous.close()
+        self._reconcile_inboxes(new, old)
+        self.scheduler.resize(new.workers)
+        log.info(
+            "configuration reloaded",
+            folders=[str(f.path) for f in new.folders],
+            workers=new.workers,
+            api_changed=client is not None,
+        )
+        self._publish(force=True)
+        self.notifier.ready()
+
+    def _reconcile_inboxes(self, new: Config, old: Config) -> None:
+        """Keep, change, add and remove inboxes; queued and claimed files are untouched."""
+        current = {i.path: i for i in self.inboxes}
+        self.inboxes = []
+        now = time.monotonic()
+        for folder in new.folders:
+            inbox = current.pop(folder.path, None)
+            if inbox is None:
+                log.info("folder added", folder=str(folder.path))
+                self._start_inbox(folder, now)
+                continue
+            timing = (new.settle_seconds, new.rescan_seconds)
+            if inbox.folder != folder or timing != (old.settle_seconds, old.rescan_seconds):
+                inbox.reconfigure(
+                    folder,
+                    settle_seconds=new.settle_seconds,
+                    rescan_seconds=new.rescan_seconds,
+                )
+            self.inboxes.append(inbox)
+        for gone in current.values():
+            gone.close()
+            left = self.scheduler.drop(gone)
+            log.info(
+                "folder removed; its files stay where they are",
+                folder=str(gone.path),
+                claimed_left=left,
+            )

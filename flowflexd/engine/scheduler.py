@@ -1,0 +1,260 @@
+"""Which file goes next, and to which worker: the queue, retries, the breaker's probe.
+
+Files ready to claim wait in arrival order; claims that did not finish wait
+for their retry time (backoff for trouble on this machine, at once for an
+outage, where the breaker decides). While the breaker is open for sending,
+up to two jobs per worker are queued, and idle workers ask for the upload
+URLs of settling files; while it is paused only one probe at a time goes
+out, and files that need no API call (set aside as failed) still move.
+Driven by the scheduler thread alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from flowflexd.engine.breaker import Gate
+from flowflexd.engine.lifecycle import Ledger, Stage
+from flowflexd.engine.outcomes import Verdict, classify
+from flowflexd.engine.pipeline import Outcome, Pipeline
+from flowflexd.engine.snapshot import Pause
+from flowflexd.engine.workers import WorkerPool
+from flowflexd.inbox.runtime import Inbox
+from flowflexd.inbox.spool import Claim
+from flowflexd.inbox.tracker import Ready
+
+log = structlog.get_logger("flowflexd")
+
+FILESYSTEM_RETRY = (1.0, 60.0)  # first and longest wait for trouble on this machine
+
+
+@dataclass
+class Job:
+    inbox: Inbox
+    ready: Ready | None = None  # a file to claim
+    claim: Claim | None = None  # or a claim to carry on
+    prefetch: tuple[str, int] | None = None  # or a settling file's upload URL to ask for
+    probe: bool = False
+    ticket: int | None = None  # the file's place in the ledger (None for a prefetch)
+
+
+@dataclass
+class Totals:
+    done: int = 0
+    failed: int = 0
+    deferred: int = 0  # times a file could not be claimed or finished (disk full ...)
+    started: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        ledger: Ledger,
+        *,
+        workers: int,
+        settle_seconds: float,
+        report: Callable[[Job, Outcome], None],
+    ) -> None:
+        self.pipeline = pipeline
+        self.ledger = ledger
+        self.workers = workers
+        self.settle_seconds = settle_seconds
+        self.gate = Gate()
+        self.totals = Totals()
+        self.pool: WorkerPool[Job, Outcome] = WorkerPool(self._run, report, self._crashed)
+        self._waiting: deque[tuple[Inbox, Ready]] = deque()
+        self._retries: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+
+    # ----------------------------------------------------------------- input
+
+    def queue(self, inbox: Inbox, ready: Iterable[Ready]) -> None:
+        self._waiting.extend((inbox, r) for r in ready)
+
+    def resume(self, inbox: Inbox, claims: Iterable[Claim], now: float) -> None:
+        """Claims an earlier run left: carried again, with their keys."""
+        for claim in claims:
+            ticket = self.ledger.enter(inbox.tracker.key, Stage.RETRYING, since=time.time())
+            log.info(
+                "resuming a claimed file",
+                folder=str(inbox.path),
+                file=claim.name,
+                idempotency_key=claim.key,
+            )
+            self._retry(Job(inbox, claim=claim, ticket=ticket), now)
+
+    def resize(self, workers: int) -> None:
+        self.workers = workers
+        self.pool.resize(workers)
+
+    def drop(self, inbox: Inbox) -> int:
+        """A folder removed: forget its queued files and claims (they stay on disk)."""
+        for queued, ready in self._waiting:
+            if queued is inbox:
+                self.ledger.finish(ready.ticket)
+        for _, _, job in self._retries:
+            if job.inbox is inbox and job.ticket is not None:
+                self.ledger.finish(job.ticket)
+        self._waiting = deque(item for item in self._waiting if item[0] is not inbox)
+        kept = [item for item in self._retries if item[2].inbox is not inbox]
+        left = len(self._retries) - len(kept)
+        self._retries = kept
+        heapq.heapify(self._retries)
+        return left
+
+    def take_back_unstarted(self) -> None:
+        """At a stop: jobs not yet started go back; their files were never touched."""
+        for job in self.pool.take_unstarted():
+            if job.ticket is not None:
+                self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
+
+    # -------------------------------------------------------------- dispatch
+
+    def dispatch(self, now: float, inboxes: Iterable[Inbox]) -> None:
+        gate = self.gate
+        if not gate.open:
+            if not gate.probing and now >= gate.probe_at and self._capacity > 0:
+                probe = self._take_probe()
+                if probe is not None:
+                    gate.probing = True
+                    self._submit(probe)
+            self._submit_rejects()
+            return
+        while self._retries and self._retries[0][0] <= now and self._capacity > 0:
+            self._submit(heapq.heappop(self._retries)[2])
+        while self._waiting and self._capacity > 0:
+            inbox, ready = self._waiting.popleft()
+            self._submit(Job(inbox, ready=ready, ticket=ready.ticket))
+        # Workers with nothing to do ask for the upload URLs of settling files.
+        idle = self.workers - self.pool.busy
+        for inbox in inboxes:
+            if idle <= 0 or self._waiting:
+                break
+            if inbox.online:
+                for name, inode in inbox.tracker.take_prefetch(idle):
+                    self._submit(Job(inbox, prefetch=(name, inode)))
+                    idle -= 1
+
+    def next_due(self) -> float | None:
+        """When dispatch has something to do next without any new input."""
+        if self.gate.open:
+            return self._retries[0][0] if self._retries else None
+        return None if self.gate.probing else self.gate.probe_at
+
+    def idle(self) -> bool:
+        """Nothing queued, nothing to retry, nothing with a worker."""
+        return not (self._waiting or self._retries or self.pool.busy)
+
+    def retrying(self) -> int:
+        return len(self._retries)
+
+    @property
+    def _capacity(self) -> int:
+        return 2 * self.workers - self.pool.busy
+
+    def _submit(self, job: Job) -> None:
+        if job.ticket is not None:
+            self.ledger.move(job.ticket, Stage.IN_FLIGHT)
+        self.pool.submit(job)
+
+    def _retry(self, job: Job, now: float, delay: float = 0.0) -> None:
+        if job.ticket is not None:
+            self.ledger.move(job.ticket, Stage.RETRYING)
+        heapq.heappush(self._retries, (now + delay, next(self._seq), job))
+
+    def _take_probe(self) -> Job | None:
+        if self._retries:
+            job = heapq.heappop(self._retries)[2]
+        elif self._waiting:
+            inbox, ready = self._waiting.popleft()
+            job = Job(inbox, ready=ready, ticket=ready.ticket)
+        else:
+            return None
+        job.probe = True
+        return job
+
+    def _submit_rejects(self) -> None:
+        keep: deque[tuple[Inbox, Ready]] = deque()
+        while self._waiting:
+            inbox, ready = self._waiting.popleft()
+            if ready.reject is not None and self._capacity > 0:
+                self._submit(Job(inbox, ready=ready, ticket=ready.ticket))
+            else:
+                keep.append((inbox, ready))
+        self._waiting = keep
+
+    # --------------------------------------------------------------- workers
+
+    def _run(self, job: Job) -> Outcome:
+        spool = job.inbox.spool
+        if job.prefetch is not None:
+            self.pipeline.prefetch(spool, *job.prefetch)
+            return Outcome(Verdict.GONE)
+        if job.claim is not None:
+            return self.pipeline.carry(spool, job.claim)
+        assert job.ready is not None
+        ready = job.ready
+        return self.pipeline.take(
+            spool, ready.members, rule=ready.rule, expect=ready.expect, reject=ready.reject
+        )
+
+    @staticmethod
+    def _crashed(job: Job, err: Exception) -> Outcome:
+        decision = classify(err)
+        return Outcome(decision.verdict, job.claim, decision.reason, decision.code)
+
+    # ------------------------------------------------------------- outcomes
+
+    def finished(self, job: Job, outcome: Outcome) -> None:
+        """A worker's report: count it, close or requeue the file, open or trip the breaker."""
+        self.pool.finished()
+        if job.prefetch is not None:
+            return
+        now = time.monotonic()
+        verdict = outcome.verdict
+        if job.ready is not None:
+            job.inbox.tracker.release(job.ready, look_again=verdict is Verdict.GONE)
+        ended = verdict in (Verdict.DONE, Verdict.FAILED)
+        if verdict is Verdict.DONE:
+            self.totals.done += 1
+        elif verdict is Verdict.FAILED:
+            self.totals.failed += 1
+        if job.probe or (ended and not self.gate.open):
+            if ended:
+                self.gate.reset()
+            else:
+                self.gate.probing = False
+        if not ended and outcome.claim is not None:
+            self._requeue(job, outcome.claim, outcome, now)
+            return
+        if job.ticket is not None:
+            self.ledger.finish(job.ticket)
+        if verdict is Verdict.RETRY_LOCAL:
+            self.totals.deferred += 1
+            log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
+
+    def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
+        """A claim that did not finish: when to carry it again, and whether sending pauses."""
+        retry = Job(job.inbox, claim=claim, ticket=job.ticket)
+        match outcome.verdict:
+            case Verdict.PAUSE:
+                self.gate.trip(Pause.CONFIG, outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)
+            case Verdict.SETTLE_AGAIN:
+                # A writer came back: look again once the file may have settled.
+                self._retry(retry, now, max(self.settle_seconds, 0.5))
+            case Verdict.RETRY_LOCAL:
+                self.totals.deferred += 1
+                first, longest = FILESYSTEM_RETRY
+                self._retry(retry, now, min(longest, first * 2 ** min(claim.attempts, 10)))
+            case _:
+                self.gate.trip(Pause.OUTAGE, outcome.reason, now, probe=job.probe)
+                self._retry(retry, now)

@@ -1,0 +1,70 @@
+"""Where flowflexd keeps things in and beside an inbox: the one module that knows.
+
+    <inbox>/.flowflexd/               home, owned by flowflexd's user, mode 0700
+    <inbox>/.flowflexd/lock           flock of the daemon watching the inbox, and its pid
+    <inbox>/.flowflexd/work/<id>/     one claim: its files and claim.jsonl
+    <failed>/<name>.error.json        why a file failed, beside it
+
+A name taken in done or failed gets the claim's short id as a suffix
+(``INV-1 (3f2a9c1b).pdf``), the same for the file and its companions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowflexd.rules.templates import split_name
+
+HOME_NAME = ".flowflexd"
+CLAIM_FILE = "claim.jsonl"
+REPORT_SUFFIX = ".error.json"
+
+
+def home(inbox: Path) -> Path:
+    return inbox / HOME_NAME
+
+
+def work(inbox: Path) -> Path:
+    """Claimed files wait here, on the inbox's own filesystem."""
+    return inbox / HOME_NAME / "work"
+
+
+def claim_dir(inbox: Path | str, claim_id: str) -> Path:
+    return Path(inbox, HOME_NAME, "work", claim_id)
+
+
+def lock_file(inbox: Path) -> Path:
+    return inbox / HOME_NAME / "lock"
+
+
+def owned_names(inbox: Path, done: Path, failed: Path) -> set[str]:
+    """Names in the inbox itself that are flowflexd's: never taken as files."""
+    return {HOME_NAME} | {path.name for path in (done, failed) if path.parent == inbox}
+
+
+def suffixed(name: str, tag: str) -> str:
+    """``INV-1.pdf`` -> ``INV-1 (3f2a9c1b).pdf``, trimmed to fit the 255-byte name limit."""
+    if not tag:
+        return name
+    stem, ext = split_name(name)
+    tail = f" ({tag})" + (f".{ext}" if ext else "")
+    room = 255 - len(tail.encode("utf-8", "surrogateescape"))
+    raw = stem.encode("utf-8", "surrogateescape")[:room]
+    return raw.decode("utf-8", "surrogateescape") + tail
+
+
+def name_tags(unique: str) -> tuple[str, ...]:
+    """The suffixes to try for a name, in order: none, then ones unique by construction.
+
+    ``unique`` is a claim's id (or another random hex string), so a taken name
+    costs one more try, never a search through what a folder has kept for years;
+    the same claim gets the same suffix again after a crash.
+    """
+    return ("", unique[:8], unique)
+
+
+def report_name(name: str) -> str:
+    """``<name>.error.json`` beside a failed file, trimmed to fit 255 bytes."""
+    room = 255 - len(REPORT_SUFFIX)
+    raw = name.encode("utf-8", "surrogateescape")[:room]
+    return raw.decode("utf-8", "surrogateescape") + REPORT_SUFFIX

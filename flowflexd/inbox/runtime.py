@@ -1,0 +1,179 @@
+"""One inbox's online and offline life: prepared, watched, gone, back, reconfigured.
+
+An inbox can vanish (an unmounted share, a removed folder) or be replaced
+(remounted: a new inode) while the daemon runs. Each check notices, stops
+watching while it is gone, and when it is back prepares it again, watches
+it, and hands over the claims an earlier run left in its work area. Other
+inboxes keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from flowflexd.config.model import Folder
+from flowflexd.engine.lifecycle import Ledger
+from flowflexd.errors import UserError
+from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
+from flowflexd.inbox.mounts import lease_problem
+from flowflexd.inbox.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
+from flowflexd.inbox.tracker import Tracker
+from flowflexd.inbox.watcher import FolderWatcher
+
+log = structlog.get_logger("flowflexd")
+
+OFFLINE_CHECK_SECONDS = 5.0
+NameHint = Callable[[str | None], None]  # a name changed (None: look at all)
+
+
+def inbox_identity(path: Path) -> tuple[int, int] | None:
+    """The inbox's (device, inode): a change means it was replaced or remounted."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+class Inbox:
+    def __init__(
+        self,
+        folder: Folder,
+        *,
+        ledger: Ledger,
+        settle_seconds: float,
+        rescan_seconds: float,
+        watch: bool,
+        hint: Callable[[Inbox], NameHint],
+    ) -> None:
+        self.folder = folder
+        self.spool = Spool(folder)
+        self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
+        self.watcher = FolderWatcher(folder)
+        self.rescan_seconds = rescan_seconds
+        self.watch = watch  # False for ``once``: one look, no observer
+        self._hint = hint(self)
+        self.online = False
+        self.identity: tuple[int, int] | None = None
+        self.next_rescan = 0.0
+        self.said_offline = False
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    def start(self, now: float) -> list[Claim]:
+        """Prepare and watch the inbox; the claims left by an earlier run.
+
+        An inbox that cannot be used now is logged and looked at again every
+        few seconds; a done or failed folder on another filesystem is a
+        configuration error and raises.
+        """
+        try:
+            self.spool.prepare()
+        except FolderMisplaced:
+            raise
+        except FolderUnavailable as err:
+            log.error(
+                "inbox unavailable; other folders keep running",
+                folder=str(self.path),
+                error=err.message,
+                hint=err.hint,
+            )
+            self.said_offline = True
+            self.next_rescan = now + OFFLINE_CHECK_SECONDS
+            return []
+        why = lease_problem(self.folder)
+        if why is not None:
+            log.warning(
+                f"{NO_LEASE}; files are taken once settled alone",
+                folder=str(self.path),
+                reason=why,
+                fix=NO_LEASE_FIX,
+            )
+            self.tracker.said_no_lease = True
+        return self._go_online(now)
+
+    def check(self, now: float) -> list[Claim]:
+        """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
+        identity = inbox_identity(self.path)
+        if identity is None:
+            self.next_rescan = now + OFFLINE_CHECK_SECONDS
+            if self.online or not self.said_offline:
+                log.error(
+                    "inbox is gone (unmounted or removed); other folders keep running, "
+                    "this one resumes when it is back",
+                    folder=str(self.path),
+                )
+                self.watcher.stop()
+                self.online = False
+                self.said_offline = True
+            return []
+        if (
+            not self.online
+            or identity != self.identity
+            or (self.watch and not self.watcher.alive())
+        ):
+            try:
+                self.spool.prepare()
+            except UserError as err:
+                self.next_rescan = now + OFFLINE_CHECK_SECONDS
+                if not self.said_offline:
+                    log.error("inbox unavailable", folder=str(self.path), error=str(err))
+                    self.said_offline = True
+                self.online = False
+                return []
+            if self.said_offline or self.identity is not None:
+                log.info("inbox is back", folder=str(self.path))
+            self.said_offline = False
+            return self._go_online(now)
+        self.tracker.rescan()
+        self.next_rescan = now + self.rescan_seconds
+        log.debug("rescanned", folder=str(self.path))
+        return []
+
+    def reconfigure(self, folder: Folder, *, settle_seconds: float, rescan_seconds: float) -> None:
+        """New settings for the same inbox: what is queued or claimed stays as it is."""
+        restart = (folder.poll, folder.poll_interval) != (
+            self.folder.poll,
+            self.folder.poll_interval,
+        )
+        self.folder = folder
+        self.spool.folder = folder
+        self.rescan_seconds = rescan_seconds
+        try:
+            self.spool.prepare()  # a new done or failed folder must exist
+        except UserError as err:
+            log.error("inbox unavailable", folder=str(folder.path), error=str(err))
+            self.online = False
+        self.tracker.reconfigure(folder, settle_seconds=settle_seconds)
+        self.watcher.folder = folder
+        if restart and self.online and self.watch:
+            self._watch()
+        self.next_rescan = min(self.next_rescan, time.monotonic())
+
+    def close(self) -> None:
+        """No longer this daemon's: stop watching, give up the lock, leave the ledger."""
+        self.watcher.stop()
+        self.spool.unlock()
+        self.tracker.close()
+
+    def _go_online(self, now: float) -> list[Claim]:
+        self.identity = inbox_identity(self.path)
+        self.online = True
+        pending = list(self.spool.pending())
+        if self.watch:
+            self._watch()
+        self.tracker.rescan()
+        self.next_rescan = now + self.rescan_seconds
+        return pending
+
+    def _watch(self) -> None:
+        self.watcher.stop()
+        mode = self.watcher.start(self._hint)
+        log.info("watching", folder=str(self.path), mode=mode)

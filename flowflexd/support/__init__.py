@@ -1,0 +1,1 @@
+"""Small primitives with no knowledge of inboxes: durable writes, hashing, logging."""
