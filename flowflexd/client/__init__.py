@@ -5,16 +5,8 @@ import ...``; the implementation lives in sdk.py, the protocol's file rules
 in filetypes.py.
 """
 
-from flowflexd.client.sdk import (
-    DEFAULT_MAX_FILE_BYTES,
-    FileRef,
-    FlowFlex,
-    FlowFlexConfigError,
-    FlowFlexError,
-    FlowFlexUploadError,
-    SendEventResult,
-    file,
-)
+from flowflexd.client.sdk import DEFAULT_MAX_FILE_BYTES, FileRef, FlowFlex, SendEventResult, file
+from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",

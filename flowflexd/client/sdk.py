@@ -41,17 +41,6 @@ from flowflexd.client.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_n
 from flowflexd.engine.outcomes import RETRYABLE_STATUSES, Code
 from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
 
-__all__ = [
-    "DEFAULT_MAX_FILE_BYTES",
-    "FileRef",
-    "FlowFlex",
-    "FlowFlexConfigError",
-    "FlowFlexError",
-    "FlowFlexUploadError",
-    "SendEventResult",
-    "file",
-]
-
 DEFAULT_MAX_FILE_BYTES = MAX_FILE_BYTES
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SPOOL_IN_MEMORY_BYTES = 1024 * 1024

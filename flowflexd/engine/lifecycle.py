@@ -12,9 +12,9 @@ Only the scheduler thread touches a ledger.
 from __future__ import annotations
 
 import heapq
-import itertools
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 
 class Stage(Enum):
@@ -64,59 +64,75 @@ class IllegalMove(Exception):
     """A bug: a file was moved between stages its life does not connect."""
 
 
-@dataclass
-class _Ticket:
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One file's place in the ledger. The tracker's entries are tickets themselves.
+
+    No table maps files to tickets: each holder keeps its ticket, which keeps
+    a backlog of 100,000 files to one small object each.
+    """
+
     folder: str
-    stage: Stage
+    stage: Stage | None  # None once finished
     since: float  # wall clock: when the file was first seen (or its claim found)
+
+    def __lt__(self, other: Ticket) -> bool:
+        # Only to break ties between files first seen at the same instant.
+        return id(self) < id(other)
+
+
+T = TypeVar("T", bound=Ticket)
 
 
 class Ledger:
     def __init__(self) -> None:
-        self._tickets: dict[int, _Ticket] = {}
-        self._ids = itertools.count(1)
         self._counts = dict.fromkeys(Stage, 0)
         self._by_folder: dict[str, dict[Stage, int]] = {}
         # (since, ticket) of files waiting to go; stale items are dropped when
-        # they reach the top, so finding the oldest never walks every file.
-        self._oldest: list[tuple[float, int]] = []
+        # they reach the top, so the oldest is found without a walk.
+        self._oldest: list[tuple[float, Ticket]] = []
         #: Bumped by every change: a snapshot is rebuilt only when it moved.
         self.version = 0
 
-    def enter(self, folder: str, stage: Stage, *, since: float) -> int:
+    def enter(self, folder: str, stage: Stage, *, since: float) -> Ticket:
+        return self.admit(Ticket(folder, stage, since))
+
+    def admit(self, ticket: T) -> T:
+        """Start the life of a ticket made by its holder (the tracker's entries)."""
+        stage = ticket.stage
         if stage not in ENTRY_STAGES:
-            raise IllegalMove(f"a file cannot start its life {stage.value}")
-        ticket = next(self._ids)
-        self._tickets[ticket] = _Ticket(folder, stage, since)
-        self._count(folder, stage, +1)
-        self._note_waiting(ticket, stage, since)
+            raise IllegalMove(f"a file cannot start its life {stage and stage.value}")
+        self._count(ticket.folder, stage, +1)
+        self._note_waiting(ticket, stage)
         self.version += 1
         return ticket
 
-    def move(self, ticket: int, stage: Stage) -> None:
-        held = self._tickets[ticket]
-        if held.stage is stage:
+    def move(self, ticket: Ticket, stage: Stage) -> None:
+        was = ticket.stage
+        if was is stage:
             return
-        if stage not in TRANSITIONS[held.stage]:
-            raise IllegalMove(f"a file cannot go from {held.stage.value} to {stage.value}")
-        was, held.stage = held.stage, stage
-        self._count(held.folder, was, -1)
-        self._count(held.folder, stage, +1)
+        if was is None:
+            raise IllegalMove(f"a finished file cannot become {stage.value}")
+        if stage not in TRANSITIONS[was]:
+            raise IllegalMove(f"a file cannot go from {was.value} to {stage.value}")
+        ticket.stage = stage
+        self._count(ticket.folder, was, -1)
+        self._count(ticket.folder, stage, +1)
         if was not in WAITING_TO_GO:
-            self._note_waiting(ticket, stage, held.since)
+            self._note_waiting(ticket, stage)
         self.version += 1
 
-    def finish(self, ticket: int) -> None:
+    def finish(self, ticket: Ticket) -> None:
         """The file's life here is over (done, failed, gone, or its folder removed)."""
-        held = self._tickets.pop(ticket, None)
-        if held is None:
+        if ticket.stage is None:
             return
-        self._count(held.folder, held.stage, -1)
+        self._count(ticket.folder, ticket.stage, -1)
+        ticket.stage = None
         self.version += 1
 
-    def stage(self, ticket: int) -> Stage | None:
-        held = self._tickets.get(ticket)
-        return held.stage if held is not None else None
+    @staticmethod
+    def stage(ticket: Ticket) -> Stage | None:
+        return ticket.stage
 
     def count(self, *stages: Stage, folder: str | None = None) -> int:
         counts = self._counts if folder is None else self._by_folder.get(folder, {})
@@ -127,27 +143,24 @@ class Ledger:
         heap = self._oldest
         while heap:
             since, ticket = heap[0]
-            held = self._tickets.get(ticket)
-            if held is not None and held.stage in WAITING_TO_GO and held.since == since:
+            if ticket.stage in WAITING_TO_GO:
                 return since
             heapq.heappop(heap)
         return None
 
     def __len__(self) -> int:
-        return len(self._tickets)
+        return sum(self._counts.values())
 
     def _count(self, folder: str, stage: Stage, delta: int) -> None:
         self._counts[stage] += delta
         per = self._by_folder.setdefault(folder, dict.fromkeys(Stage, 0))
         per[stage] += delta
 
-    def _note_waiting(self, ticket: int, stage: Stage, since: float) -> None:
+    def _note_waiting(self, ticket: Ticket, stage: Stage) -> None:
         if stage not in WAITING_TO_GO:
             return
-        heapq.heappush(self._oldest, (since, ticket))
-        # Stale items below a long-waiting file would pile up; rebuild now and then.
+        heapq.heappush(self._oldest, (ticket.since, ticket))
+        # Stale items below a long-waiting file would pile up; drop them now and then.
         if len(self._oldest) > 2 * self.count(*WAITING_TO_GO) + 1024:
-            self._oldest = [
-                (held.since, t) for t, held in self._tickets.items() if held.stage in WAITING_TO_GO
-            ]
+            self._oldest = [item for item in self._oldest if item[1].stage in WAITING_TO_GO]
             heapq.heapify(self._oldest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Any
 
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 
@@ -73,6 +74,14 @@ class Decision:
 
     def rejection(self) -> FileRejected:
         return FileRejected(self.reason, code=self.code, status=self.status)
+
+    def as_record(self) -> dict[str, Any]:
+        """A failure as a claim stores it, so a restart reports the reason decided."""
+        return {"code": str(self.code), "reason": self.reason, "status": self.status}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Decision:
+        return cls(Verdict.FAILED, record["code"], record["reason"], record.get("status"))
 
 
 def classify(err: BaseException) -> Decision:

@@ -142,8 +142,8 @@ class Pipeline:
         members: dict[str, str],
         *,
         rule: str,
-        expect: os.stat_result | None,
-        reject: dict[str, str] | None = None,
+        expect: tuple[int, int, int, int] | None,
+        reject: Decision | None = None,
     ) -> Outcome:
         try:
             claim = spool.claim(members, rule=rule, expect=expect, reject=reject)
@@ -465,7 +465,7 @@ class Pipeline:
         if claim.reject is None:
             # Decided now, and durable before anything moves: a restart part-way
             # through the move must report this reason, not what it then finds.
-            claim.reject = {"code": code, "reason": reason, "status": status}
+            claim.reject = failed.as_record()
             spool.save(claim)
         entry = self._entry(spool, claim, "failed")
         self.journal.record({**entry, "code": code, "reason": reason, "status": status})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from flowflexd.engine.breaker import Gate
-from flowflexd.engine.lifecycle import Ledger, Stage
+from flowflexd.engine.lifecycle import Ledger, Stage, Ticket
 from flowflexd.engine.outcomes import Verdict, classify
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.snapshot import Pause
@@ -42,7 +42,7 @@ class Job:
     claim: Claim | None = None  # or a claim to carry on
     prefetch: tuple[str, int] | None = None  # or a settling file's upload URL to ask for
     probe: bool = False
-    ticket: int | None = None  # the file's place in the ledger (None for a prefetch)
+    ticket: Ticket | None = None  # the file's place in the ledger (None for a prefetch)
 
 
 @dataclass

@@ -82,7 +82,7 @@ def probe_writers(fd: int) -> WriterProbe:
     return WriterProbe(Writers.NONE)
 
 
-def _open(path: Path) -> int | os.stat_result:
+def _open(path: str | Path) -> int | os.stat_result:
     """A read-only descriptor on ``path``, or its lstat when another process holds a write lease.
 
     Opening would break that lease (Samba with kernel oplocks holds one for a
@@ -95,7 +95,7 @@ def _open(path: Path) -> int | os.stat_result:
         return os.lstat(path)
 
 
-def writer_state(path: Path) -> tuple[os.stat_result, Writers] | None:
+def writer_state(path: str | Path) -> tuple[os.stat_result, Writers] | None:
     """``path``'s fstat and whether another process writes it; None when it is gone."""
     try:
         opened = _open(path)
@@ -109,7 +109,7 @@ def writer_state(path: Path) -> tuple[os.stat_result, Writers] | None:
         os.close(opened)
 
 
-def someone_writes(path: Path) -> bool:
+def someone_writes(path: str | Path) -> bool:
     """True when another process has ``path`` open for writing (False when it cannot tell)."""
     try:
         state = writer_state(path)
@@ -233,23 +233,25 @@ class Examined:
         return None
 
 
-def examine(path: Path, *, verify_format: bool) -> Examined | None:
+def examine(path: str | Path, *, verify_format: bool) -> Examined | None:
     """Run every check on ``path``; None when it cannot be opened (gone, unreadable, a link)."""
     try:
         fd = _open(path)
     except OSError:
         return None
     if isinstance(fd, os.stat_result):
-        return Examined(path.name, fd, WriterProbe(Writers.OPEN), 0, None)
+        return Examined(os.path.basename(path), fd, WriterProbe(Writers.OPEN), 0, None)
     try:
         info = os.fstat(fd)
         writer = probe_writers(fd)
         unwritten = unwritten_tail(fd, info.st_size)
         problem = (
-            format_problem(fd, info.st_size, path.name) if verify_format and not unwritten else None
+            format_problem(fd, info.st_size, os.path.basename(path))
+            if verify_format and not unwritten
+            else None
         )
     except OSError:
         return None
     finally:
         os.close(fd)
-    return Examined(path.name, info, writer, unwritten, problem)
+    return Examined(os.path.basename(path), info, writer, unwritten, problem)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd.config.model import Folder
+from flowflexd.engine.outcomes import Decision
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, someone_writes, writer_state
@@ -217,8 +218,8 @@ class Spool:
         members: dict[str, str],
         *,
         rule: str,
-        expect: os.stat_result | None = None,
-        reject: dict[str, Any] | None = None,
+        expect: tuple[int, int, int, int] | None = None,
+        reject: Decision | None = None,
     ) -> Claim | None:
         """Take a file and its companions out of the inbox, by rename.
 
@@ -235,7 +236,7 @@ class Spool:
                 now = os.lstat(source)
             except FileNotFoundError:
                 return None
-            if signature(now) != signature(expect):
+            if signature(now) != expect:
                 return None
             if reject is None and someone_writes(source):
                 return None
@@ -246,7 +247,7 @@ class Spool:
             key=str(uuid.uuid4()),
             rule=rule,
             claimed_at=time.time(),
-            reject=reject,
+            reject=None if reject is None else reject.as_record(),
         )
         os.mkdir(claim.dir, 0o700)
         fd = os.open(

@@ -20,14 +20,21 @@ import heapq
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.config.model import Folder
-from flowflexd.engine.lifecycle import HANDED_OVER, OBSERVED, WAITING_TO_GO, Ledger, Stage
-from flowflexd.engine.outcomes import Code
+from flowflexd.engine.lifecycle import (
+    HANDED_OVER,
+    OBSERVED,
+    WAITING_TO_GO,
+    Ledger,
+    Stage,
+    Ticket,
+)
+from flowflexd.engine.outcomes import Code, Decision, Verdict
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
@@ -48,33 +55,45 @@ log = structlog.get_logger("flowflexd.inbox.tracker")
 EMPTY_RECHECK_SECONDS = 5.0
 
 
-@dataclass
-class Entry:
+@dataclass(slots=True, eq=False)
+class Entry(Ticket):
+    """A name in the inbox, and (as a Ticket) the file's place in the ledger."""
+
     name: str
-    ticket: int  # the file's place in the ledger, which knows its stage
     sig: tuple[int, int, int, int] | None = None
     still_since: float = 0.0  # monotonic time since when nothing changed
     complete_at: float | None = None  # monotonic: when the wait for companions began
     incomplete_since: float | None = None  # monotonic: settled but not whole since
     due: float | None = None
-    said: set[str] = field(default_factory=set)
+    said: set[str] | None = None  # what was logged about it once; most files never need it
 
     def say_once(self, key: str) -> bool:
-        if key in self.said:
+        if self.said is None:
+            self.said = set()
+        elif key in self.said:
             return False
         self.said.add(key)
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ready:
-    """A file to claim with its companions, or to set aside with ``reject``."""
+    """A file to claim with its companions, or to set aside with ``reject``.
 
-    members: dict[str, str]  # role -> name
+    Kept small: a backlog of 100,000 files means as many of these at once.
+    """
+
+    name: str
     rule: str
-    expect: os.stat_result
-    ticket: int
-    reject: dict[str, str] | None = None
+    expect: tuple[int, int, int, int]  # its signature when judged whole; claimed only if so still
+    ticket: Ticket
+    companions: tuple[tuple[str, str], ...] = ()  # (role, name) of its sidecar and attachments
+    reject: Decision | None = None
+
+    @property
+    def members(self) -> dict[str, str]:
+        """role -> name: ``file`` and its companions."""
+        return {"file": self.name, **dict(self.companions)}
 
 
 class Tracker:
@@ -116,7 +135,7 @@ class Tracker:
             if self._stage(entry) not in HANDED_OVER:
                 self._set(entry, Stage.SETTLING)
                 entry.complete_at = None
-                entry.said.clear()
+                entry.said = None
                 self._pending.add(name)
 
     # ------------------------------------------------------------------ input
@@ -205,17 +224,18 @@ class Tracker:
             and match(self.folder.rules, name) is not None
         )
 
-    def _stage(self, entry: Entry) -> Stage | None:
-        return self.ledger.stage(entry.ticket)
+    @staticmethod
+    def _stage(entry: Entry) -> Stage | None:
+        return entry.stage
 
     def _set(self, entry: Entry, stage: Stage) -> None:
-        self.ledger.move(entry.ticket, stage)
+        self.ledger.move(entry, stage)
 
     def _drop(self, name: str) -> None:
         """Stop tracking a name; a file handed over is the daemon's to finish."""
         entry = self._entries.pop(name, None)
         if entry is not None and self._stage(entry) in OBSERVED:
-            self.ledger.finish(entry.ticket)
+            self.ledger.finish(entry)
 
     def _forget(self, name: str) -> None:
         self._drop(name)
@@ -235,14 +255,16 @@ class Tracker:
     def _look(self, name: str, now: float) -> tuple[Entry, os.stat_result] | None:
         """lstat a name and update its stillness; None when it is gone."""
         try:
-            info = os.lstat(self.inbox / name)
+            # A str path, not a Path: pathlib interns every part, a table
+            # that grows with every name a busy inbox has ever held.
+            info = os.lstat(os.path.join(self.key, name))
         except OSError:
             self._drop(name)
             return None
         entry = self._entries.get(name)
         if entry is None:
-            ticket = self.ledger.enter(self.key, Stage.SETTLING, since=time.time())
-            entry = self._entries[name] = Entry(name, ticket)
+            entry = Entry(self.key, Stage.SETTLING, time.time(), name)
+            self._entries[name] = self.ledger.admit(entry)
         sig = signature(info)
         if sig != entry.sig:
             entry.sig = sig
@@ -303,40 +325,43 @@ class Tracker:
         self._prefetchable.discard(name)
         return self._decide(entry, info, now)
 
+    def _ready(
+        self,
+        entry: Entry,
+        rule: str,
+        members: dict[str, str] | None = None,
+        reject: Decision | None = None,
+    ) -> Ready:
+        """Queue a file (set aside unread with ``reject``); it is the daemon's from now on."""
+        assert entry.sig is not None
+        self._set(entry, Stage.READY)
+        companions = tuple((r, n) for r, n in (members or {}).items() if r != "file")
+        return Ready(entry.name, rule, entry.sig, entry, companions, reject)
+
     def _reject(
         self,
         entry: Entry,
-        info: os.stat_result,
         *,
         rule: str,
         code: str,
         reason: str,
         members: dict[str, str] | None = None,
     ) -> Ready:
-        self._set(entry, Stage.READY)
-        return Ready(
-            members=members or {"file": entry.name},
-            rule=rule,
-            expect=info,
-            ticket=entry.ticket,
-            reject={"code": code, "reason": reason},
-        )
+        return self._ready(entry, rule, members, Decision(Verdict.FAILED, code, reason))
 
     def _decide(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
         if not stat.S_ISREG(info.st_mode):
             kind = describe_mode(info.st_mode)
             code = Code.SYMLINK if stat.S_ISLNK(info.st_mode) else Code.NOT_A_REGULAR_FILE
             reason = f"is a {kind}, not a regular file; set aside unread"
-            return self._reject(entry, info, rule="", code=code, reason=reason)
+            return self._reject(entry, rule="", code=code, reason=reason)
         found = match(self.folder.rules, entry.name)
         if found is None:
             return self._unmatched(entry, info, now)
         try:
             wanted = companions(found)
         except FileRejected as err:
-            return self._reject(
-                entry, info, rule=found.rule.name, code=err.code, reason=err.message
-            )
+            return self._reject(entry, rule=found.rule.name, code=err.code, reason=err.message)
         if not wanted:
             return self._take(entry, info, found, {"file": entry.name}, now)
         return self._with_companions(entry, info, found, wanted, now)
@@ -376,7 +401,6 @@ class Tracker:
                 code = Code.SIDECAR_MISSING if "sidecar" in required else Code.ATTACHMENT_MISSING
                 return self._reject(
                     entry,
-                    info,
                     rule=found.rule.name,
                     code=code,
                     reason=f"{names} did not arrive within {found.rule.sidecar_timeout:g} s",
@@ -415,7 +439,7 @@ class Tracker:
         rule = found.rule
         problem: tuple[str, str] | None = None
         for name in members.values():
-            seen = examine(self.inbox / name, verify_format=rule.verify_format)
+            seen = examine(os.path.join(self.key, name), verify_format=rule.verify_format)
             if seen is None:
                 continue  # gone or unreadable: the claim says what happened
             if seen.writer.writers is Writers.UNKNOWN and not self.said_no_lease:
@@ -433,9 +457,8 @@ class Tracker:
             if problem is not None:
                 break
         if problem is None:
-            self._set(entry, Stage.READY)
             entry.incomplete_since = None
-            return Ready(members, rule.name, info, entry.ticket)
+            return self._ready(entry, rule.name, members)
         check, reason = problem
         self._set(entry, Stage.INCOMPLETE)
         if entry.incomplete_since is None:
@@ -453,7 +476,6 @@ class Tracker:
             if check != "writer":
                 return self._reject(
                     entry,
-                    info,
                     rule=rule.name,
                     code=Code.INCOMPLETE_FILE,
                     reason=f"{reason}; still so after {waited:.0f} s (incomplete_timeout), "
@@ -488,7 +510,6 @@ class Tracker:
                 return None
             return self._reject(
                 entry,
-                info,
                 rule=rule.name,
                 code=Code.NO_FILE_FOR_COMPANION,
                 reason=f"looks like a sidecar or attachment of rule {rule.name!r}, but no file "
@@ -497,7 +518,7 @@ class Tracker:
         if self.folder.unmatched == "fail":
             tried = ", ".join(r.pattern or r.regex or r.name for r in self.folder.rules)
             reason = f"no rule takes this name (tried: {tried})"
-            return self._reject(entry, info, rule="", code=Code.UNMATCHED, reason=reason)
+            return self._reject(entry, rule="", code=Code.UNMATCHED, reason=reason)
         self._set(entry, Stage.IGNORED)
         if entry.say_once("unmatched"):
             log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)

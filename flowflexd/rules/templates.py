@@ -183,20 +183,12 @@ def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
     for step in ph.path:
         if isinstance(step, int):
             if not isinstance(value, list) or step >= len(value):
-                raise FileRejected(
-                    f"the sidecar has no value at {ph.path_text} "
-                    f"({walked} is {_kind(value)}{_len_hint(value)})",
-                    code=Code.SIDECAR_PATH_MISSING,
-                )
+                raise _no_value(ph, walked, value, _len_hint(value))
             value = value[step]
             walked += f"[{step}]"
         else:
             if not isinstance(value, dict) or step not in value:
-                raise FileRejected(
-                    f"the sidecar has no value at {ph.path_text} "
-                    f"({walked} is {_kind(value)}{_keys_hint(value)})",
-                    code=Code.SIDECAR_PATH_MISSING,
-                )
+                raise _no_value(ph, walked, value, _keys_hint(value))
             value = value[step]
             walked += f".{step}"
     return value
@@ -219,6 +211,13 @@ def _keys_hint(value: Any) -> str:
         keys = ", ".join(sorted(map(str, value))[:8]) or "none"
         return f" with keys: {keys}"
     return ""
+
+
+def _no_value(ph: Placeholder, walked: str, value: Any, hint: str) -> FileRejected:
+    return FileRejected(
+        f"the sidecar has no value at {ph.path_text} ({walked} is {_kind(value)}{hint})",
+        code=Code.SIDECAR_PATH_MISSING,
+    )
 
 
 def _len_hint(value: Any) -> str:

@@ -138,3 +138,13 @@ def test_finding_the_oldest_stays_small_while_an_old_file_waits_and_many_pass() 
     assert len(ledger._oldest) < 2_000  # stale entries are dropped, not kept forever
     ledger.finish(stuck)
     assert ledger.oldest_waiting() is None
+
+
+def test_a_finished_file_cannot_come_back_to_life() -> None:
+    ledger = Ledger()
+    ticket = at(ledger, S.IN_FLIGHT)
+    ledger.finish(ticket)
+    for stage in Stage:
+        with pytest.raises(IllegalMove, match="finished"):
+            ledger.move(ticket, stage)
+    assert len(ledger) == 0
