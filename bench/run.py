@@ -463,11 +463,16 @@ def backlog(args: argparse.Namespace, root: Path, *, sidecars: int = 0) -> dict[
         daemon.stop()
         emulator.stop()
 
-    def cpu_ms_per_file(low: float, high: float) -> float:
-        """CPU per file while the files delivered went from ``low`` to ``high`` of all."""
+    def cpu_ms_per_file(low: float, high: float) -> float | None:
+        """CPU per file while the files delivered went from ``low`` to ``high`` of all.
+
+        None when the drain was too quick to sample that stretch twice.
+        """
         inside = [s for s in samples if low * files <= s[2] <= high * files]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
         (_, cpu0, n0), (_, cpu1, n1) = inside[0], inside[-1]
-        return round((cpu1 - cpu0) * 1000 / max(n1 - n0, 1), 2)
+        return round((cpu1 - cpu0) * 1000 / (n1 - n0), 2)
 
     quarter = max(1, len(samples) // 4)
     first_q, last_q = cpu_ms_per_file(0.0, 0.25), cpu_ms_per_file(0.75, 1.0)
@@ -482,7 +487,7 @@ def backlog(args: argparse.Namespace, root: Path, *, sidecars: int = 0) -> dict[
         "rss_last_quarter_mb": round(statistics.mean(s[0] for s in samples[-quarter:]), 1),
         "cpu_ms_per_file_first_quarter": first_q,
         "cpu_ms_per_file_last_quarter": last_q,
-        "last_vs_first": round(last_q / first_q, 2) if first_q else None,
+        "last_vs_first": round(last_q / first_q, 2) if first_q and last_q else None,
     }
 
 

@@ -56,3 +56,21 @@ def test_the_worker_sweep_measures_0_ms_only_at_each_count(tmp_path: Path) -> No
     rows = result["throughput"]
     assert [(r["latency_ms"], r["workers"]) for r in rows] == [(0, 1), (0, 2)]
     assert all(r["files"] == 20 and r["flowflexd_files_per_s"] > 0 for r in rows)
+
+
+def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    done = bench(
+        *("--only", "sidecar_backlog", "ignored_idle", "--sidecar-backlog", "300"),
+        *("--ignored", "200", "--idle-seconds", "1", "--settle", "0.5", "--json", str(out)),
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    drained = result["sidecar_backlog"]
+    assert (drained["files"], drained["sidecars"]) == (300, True)
+    assert drained["peak_rss_mb"] > 0
+    assert set(drained) >= {"cpu_ms_per_file_first_quarter", "cpu_ms_per_file_last_quarter"}
+    idle = result["ignored_idle"]
+    assert idle["ignored_files"] == 200
+    assert idle["cpu_seconds_per_minute"] >= 0
