@@ -2,8 +2,10 @@
 
 Each line: time, outcome (done or failed), folder, file, sha256, rule, event,
 idempotency key, assetIds, and the API's answer or the error. A line that a
-crash cut short is skipped by readers; a claim finished again after a crash
-may appear twice, with the same claim id.
+crash or a full disk cut short is cut off at the next start (and after any
+failed write), so the next record starts on a line of its own; readers skip
+such a line, and any record whose fields have the wrong types. A claim
+finished again after a crash may appear twice, with the same claim id.
 
 A daemon that runs for years must not fill its disk: past ``ROTATE_BYTES``
 the journal is renamed ``journal.jsonl.1`` (older ones shift to ``.2`` and
@@ -14,6 +16,7 @@ records being about 600 bytes. ``status`` counts over what is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -23,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from flowflexd.errors import UserError
 from flowflexd.support.durable import fsync_dir, write_all
 
 JOURNAL_NAME = "journal.jsonl"
@@ -33,22 +37,29 @@ log = structlog.get_logger("flowflexd.engine.journal")
 
 
 def _open_append(path: Path) -> int:
-    return os.open(
-        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-    )
+    return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
 
 class Journal:
     def __init__(
         self, state_dir: Path, *, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP
     ) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir = state_dir
         self.path = state_dir / JOURNAL_NAME
         self._rotate_bytes = rotate_bytes
         self._keep = keep
-        self._fd = _open_append(self.path)
-        self._size = os.fstat(self._fd).st_size
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = _open_append(self.path)
+        except OSError as err:
+            raise UserError(
+                f"cannot keep the journal in state_dir {state_dir}: "
+                f"{err.strerror or err} ({err.filename or self.path})",
+                hint="give flowflexd's user a writable state_dir (the unit's StateDirectory= "
+                "makes /var/lib/flowflexd), or set state_dir in the configuration",
+            ) from err
+        self._end = _cut_torn_tail(self._fd)  # the size of the whole records
+        self._size = self._end  # bytes since the last rotation (or rotation attempt)
         # A journal created just now must survive a power cut with its name.
         fsync_dir(state_dir)
         self._lock = threading.Lock()
@@ -57,8 +68,16 @@ class Journal:
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         data = line.encode("utf-8", "surrogateescape")
         with self._lock:
-            write_all(self._fd, data)
-            os.fsync(self._fd)
+            try:
+                write_all(self._fd, data)
+                os.fsync(self._fd)
+            except OSError:
+                # A part of the line may be on disk (a full disk takes what
+                # fits): cut it off, or the next record would be glued to it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._end)
+                raise
+            self._end += len(data)
             self._size += len(data)
             if self._size >= self._rotate_bytes:
                 self._rotate()
@@ -83,13 +102,35 @@ class Journal:
             self._size = 0  # try again after another ROTATE_BYTES, not on every record
             return
         os.close(self._fd)
-        self._fd, self._size = fd, 0
+        self._fd, self._size, self._end = fd, 0, 0
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _cut_torn_tail(fd: int) -> int:
+    """Cut a last line that a crash left without its newline; the size that remains."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep = size
+    while keep > 0:
+        chunk = os.pread(fd, min(65536, keep), max(0, keep - 65536))
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            keep = keep - len(chunk) + newline + 1
+            break
+        keep -= len(chunk)
+    log.warning(
+        "the journal's last line was cut short (a crash or a full disk); it is cut off",
+        bytes_cut=size - keep,
+    )
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
+    return keep
 
 
 def rotated(path: Path, n: int) -> Path:
@@ -148,8 +189,9 @@ def outcomes_in_tail(
     for data in reversed(chunks):
         # The first line of a tail may be cut: _entries skips it like a torn one.
         for entry in _entries(data.splitlines()):
-            if entry.get("claim") in claims:
-                found[entry["claim"]] = entry
+            claim = entry.get("claim")
+            if isinstance(claim, str) and claim in claims:
+                found[claim] = entry
     return found
 
 
@@ -164,12 +206,28 @@ def read(state_dir: Path) -> Iterator[dict[str, Any]]:
             yield from _entries(handle)
 
 
+# What a record's fields must be for a reader to use it.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "outcome": str,
+    "folder": str,
+    "file": str,
+    "claim": str,
+    "time": str,
+    "event": (str, type(None)),
+    "code": (str, type(None)),
+    "reason": (str, type(None)),
+    "sha256": (str, type(None)),
+}
+
+
 def _entries(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """The whole records among ``lines``; one a crash cut short is skipped."""
+    """The whole, well-formed records among ``lines``; a torn or mistyped one is skipped."""
     for raw in lines:
         try:
             entry = json.loads(raw.decode("utf-8", "surrogateescape"))
         except ValueError:
             continue
-        if isinstance(entry, dict):
+        if isinstance(entry, dict) and all(
+            isinstance(entry[key], kind) for key, kind in _FIELD_TYPES.items() if key in entry
+        ):
             yield entry

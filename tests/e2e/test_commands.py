@@ -212,6 +212,30 @@ def test_once_exits_1_when_a_file_failed(tmp_path: Path, emulator: Emulator) -> 
     assert files_in(tmp_path / "failed") == {"bad.exe", "bad.exe.error.json"}
 
 
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_a_state_dir_that_cannot_be_used_is_a_message_not_a_traceback(
+    tmp_path: Path, emulator: Emulator, command: str
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    drop(tmp_path / "inbox", "kept.pdf", b"%PDF\n%%EOF")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state folder's parent should be")
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        folders=[folder(tmp_path)],
+        state_dir=str(blocker / "state"),
+    )
+
+    done = run(command, "-c", str(config))
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot keep the journal in state_dir {blocker / 'state'}" in done.stderr
+    assert "hint: give flowflexd's user a writable state_dir" in done.stderr
+    assert files_in(tmp_path / "inbox") == {"kept.pdf"}  # nothing taken without a journal
+
+
 def test_once_exits_2_on_bad_configuration(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("workers: many\n")

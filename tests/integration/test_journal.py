@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from support import child_env, flowflexd_argv, folder_spec, write_config
@@ -130,3 +131,80 @@ def test_a_gap_left_by_a_rotation_cut_short_hides_nothing(tmp_path: Path) -> Non
     (tmp_path / "journal.jsonl.1").rename(tmp_path / "journal.jsonl.2")
 
     assert [e["claim"] for e in journal.read(tmp_path)] == [f"c{i:04}" for i in range(6)]
+
+
+def test_a_torn_last_line_is_cut_at_start_so_the_next_record_stands_on_its_own(
+    tmp_path: Path,
+) -> None:
+    book = Journal(tmp_path)
+    book.record(entry(1))
+    book.close()
+    with (tmp_path / "journal.jsonl").open("ab") as fh:
+        fh.write(b'{"claim": "c9999", "fi')  # what a power cut can leave
+
+    book = Journal(tmp_path)  # the next start
+    book.record(entry(2))
+    book.close()
+
+    assert [e["claim"] for e in journal.read(tmp_path)] == ["c0001", "c0002"]
+    assert (tmp_path / "journal.jsonl").read_bytes().endswith(b"}\n")
+
+
+def test_a_journal_that_is_one_torn_line_starts_empty(tmp_path: Path) -> None:
+    (tmp_path / "journal.jsonl").write_bytes(b"\0" * 300)  # zero-filled by a power cut
+    book = Journal(tmp_path)
+    book.record(entry(3))
+    book.close()
+
+    assert [e["claim"] for e in journal.read(tmp_path)] == ["c0003"]
+
+
+FULL_DISK = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from flowflexd.engine.journal import Journal
+
+state = Path(sys.argv[1])
+book = Journal(state)
+book.record({"claim": "c0001", "outcome": "done", "file": "a.pdf", "folder": "/in"})
+# A file-size limit makes the kernel take only part of the next write, as a
+# full disk does; the write after that one fails.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+size = (state / "journal.jsonl").stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
+try:
+    book.record({"claim": "c0002", "outcome": "done", "file": "b" * 200, "folder": "/in"})
+except OSError as err:
+    print("refused:", err.strerror)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+book.record({"claim": "c0003", "outcome": "done", "file": "c.pdf", "folder": "/in"})
+book.close()
+"""
+
+
+def test_a_write_the_disk_took_only_part_of_leaves_no_glued_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "refused: File too large" in done.stdout
+
+    lines = (tmp_path / "journal.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["claim"] for line in lines] == ["c0001", "c0003"]
+
+
+def test_records_with_fields_of_the_wrong_type_are_passed_over(tmp_path: Path) -> None:
+    book = Journal(tmp_path)
+    book.record(entry(1))
+    book.record({"claim": ["x"], "outcome": "done", "folder": "/in", "file": "x.pdf"})
+    book.record({"claim": "c0002", "outcome": 7, "folder": "/in", "file": "y.pdf"})
+    book.record({"claim": "c0003", "outcome": "done", "folder": {"a": 1}, "file": "z.pdf"})
+    book.record(entry(4))
+    book.close()
+
+    assert [e["claim"] for e in journal.read(tmp_path)] == ["c0001", "c0004"]
+    found = journal.outcomes_in_tail(tmp_path, {"c0001", "c0002", "c0003", "c0004"})
+    assert found.keys() == {"c0001", "c0004"}
