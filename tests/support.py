@@ -339,11 +339,20 @@ def write_config(
 class RunningDaemon:
     """The real daemon (scheduler, workers, watchdog observers) on a thread."""
 
-    def __init__(self, config_path: Path, *, once: bool = False, notifier: Any = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        once: bool = False,
+        notifier: Any = None,
+        reload_config: Any = None,
+    ) -> None:
         self.config = load(config_path)
         self.cancel = threading.Event()
         self.client = make_client(self.config, self.cancel)
-        self.daemon = Daemon(self.config, self.client, once=once, notifier=notifier)
+        self.daemon = Daemon(
+            self.config, self.client, once=once, notifier=notifier, reload_config=reload_config
+        )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

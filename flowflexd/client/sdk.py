@@ -32,16 +32,23 @@ from typing import IO, Any, BinaryIO, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 
 from flowflexd import __version__
+from flowflexd.client.deadline import WATCHER, DeadlineAdapter, DeadlinePassed
 from flowflexd.client.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_name
 from flowflexd.engine.outcomes import RETRYABLE_STATUSES, Code
 from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
 
 DEFAULT_MAX_FILE_BYTES = MAX_FILE_BYTES
+#: An answer is read up to this size; the rest is never read into memory.
+MAX_ANSWER_BYTES = 1 << 20
+#: Each exchange must end within this many read timeouts, plus the time its
+#: body takes at this slowest rate a link may have (bytes per second).
+DEADLINE_TIMEOUTS = 4
+SLOWEST_UPLOAD = 64 * 1024
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -144,6 +151,49 @@ class _StripAuthorization(AuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         r.headers.pop("Authorization", None)
         return r
+
+
+class AnswerExcerpt(str):
+    """The start of an answer that was over MAX_ANSWER_BYTES, as text; the rest was not read."""
+
+
+def _read_capped(response: requests.Response) -> None:
+    """Read an answer up to MAX_ANSWER_BYTES; past that, drop the connection unread.
+
+    A whole answer frees its connection for the next request; a cut one
+    marks the response (``cut_at``) and closes the connection instead.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    cut = False
+    while chunk := _read_some(response):
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            chunks.append(chunk[: len(chunk) - (total - MAX_ANSWER_BYTES)])
+            cut = True
+            break
+        chunks.append(chunk)
+    response._content = b"".join(chunks)
+    response._content_consumed = True  # type: ignore[attr-defined]
+    if cut:
+        response.cut_at = MAX_ANSWER_BYTES  # type: ignore[attr-defined]
+        response.close()
+    else:
+        response.raw.release_conn()
+
+
+def _read_some(response: requests.Response) -> bytes:
+    """The next bytes of an answer, with urllib3's errors as requests' (as requests gives them)."""
+    try:
+        return bytes(response.raw.read1(65536, decode_content=True))
+    except urllib3.exceptions.ReadTimeoutError as err:
+        raise requests.Timeout(err) from err
+    except urllib3.exceptions.DecodeError as err:
+        raise requests.exceptions.ContentDecodingError(err) from err
+    except urllib3.exceptions.ProtocolError as err:
+        raise requests.exceptions.ChunkedEncodingError(err) from err
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        raise requests.ConnectionError(err) from err
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
@@ -499,7 +549,7 @@ class FlowFlex:
         self._own_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize)
+            adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=pool_maxsize)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             # requests re-reads proxy and CA settings from the environment on
@@ -612,6 +662,8 @@ class FlowFlex:
 
     @staticmethod
     def _parse_body(res: requests.Response) -> Any:
+        if getattr(res, "cut_at", None) is not None:
+            return AnswerExcerpt(res.content.decode("utf-8", "replace"))
         body: Any = res.text
         if body and "application/json" in (res.headers.get("content-type") or ""):
             with contextlib.suppress(ValueError):  # not JSON after all: keep the text
@@ -638,7 +690,12 @@ class FlowFlex:
             except requests.exceptions.SSLError as err:
                 raise error_class(self._redactor.text(f"{what}: TLS failure: {err}")) from err
             except requests.Timeout as err:
-                error = error_class(f"{what} timed out after {self._timeout:g}s", retryable=True)
+                message = (
+                    f"{what}: no whole answer {err}"
+                    if isinstance(err, DeadlinePassed)
+                    else f"{what} timed out after {self._timeout:g}s"
+                )
+                error = error_class(message, retryable=True)
                 cause = err
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
                 error = error_class(
@@ -749,8 +806,19 @@ class FlowFlex:
             request.headers["Content-Length"] = str(len(body))  # a streamed _Body has one too
         request.body = body
         request.hooks = {"response": []}
-        response = self._session.get_adapter(url).send(request, timeout=self._timeout, **settings)
-        response.content  # noqa: B018 -- reads the answer, which frees the connection
+        seconds = DEADLINE_TIMEOUTS * self._timeout + (len(body or b"") / SLOWEST_UPLOAD)
+        armed = WATCHER.arm(seconds)
+        try:
+            response = self._session.get_adapter(url).send(
+                request, timeout=self._timeout, stream=True, **settings
+            )
+            _read_capped(response)
+        except Exception as err:
+            if armed.fired:
+                raise DeadlinePassed(f"within {seconds:.0f} s; the connection was cut") from err
+            raise
+        finally:
+            WATCHER.disarm(armed)
         return response
 
     # ----------------------------------------------------------------- assets
@@ -781,9 +849,12 @@ class FlowFlex:
             and isinstance(info.get("assetId"), str)
             and isinstance(info.get("uploadUrl"), str)
         ):
+            # A 2xx without them is no refusal of the file: asked again, it may come right.
             raise FlowFlexUploadError(
                 f'The upload-url answer for "{ref.filename}" has no assetId and uploadUrl',
                 details=self._redactor.value(info),
+                code=Code.UNEXPECTED_ANSWER,
+                retryable=True,
             )
         asset_id: str = info["assetId"]
         self.put_file(ref, info["uploadUrl"])

@@ -249,7 +249,8 @@ def folder_status(
         if found is None:
             continue
         status.waiting += 1
-        oldest = info.st_mtime if oldest is None else min(oldest, info.st_mtime)
+        # ctime: when it arrived here; a copy keeps its source's mtime, decades old maybe.
+        oldest = info.st_ctime if oldest is None else min(oldest, info.st_ctime)
         with contextlib.suppress(FileRejected):
             taken_along.update(companions(found).values())
     status.unmatched = sum(

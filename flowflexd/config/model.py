@@ -712,14 +712,16 @@ def load(
     if not isinstance(raw_folders, list) or not raw_folders:
         check.fail(("folders",), "required: a list of inbox folders, each with path and rules")
     else:
-        seen: dict[Path, int] = {}
+        seen: dict[str, int] = {}
         for i, raw_folder in enumerate(raw_folders):
             folder = _folder(check, raw_folder, ("folders", i), base)
             if folder is None:
                 continue
-            if folder.path in seen:
-                check.fail(("folders", i, "path"), f"same inbox as folders[{seen[folder.path]}]")
-            seen[folder.path] = i
+            # By where it leads: a link or another spelling is the same inbox.
+            real = os.path.realpath(folder.path)
+            if real in seen:
+                check.fail(("folders", i, "path"), f"same inbox as folders[{seen[real]}]")
+            seen[real] = i
             folders.append(folder)
     if check.problems:
         raise ConfigError(check.problems)

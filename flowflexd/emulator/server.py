@@ -110,9 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
         latency = self.state.faults.latency_ms
         if latency > 0:
             time.sleep(latency / 1000.0)
-        payload = json.dumps(answer.body).encode()
+        payload = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
+        if answer.drip > 0:
+            self._drip(answer, payload)
+            return
         self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in answer.headers:
             self.send_header(name, value)
@@ -121,6 +124,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(payload)
+
+    def _drip(self, answer: Answer, payload: bytes) -> None:
+        """The whole answer one byte at a time; the connection closes after it."""
+        head = (
+            f"HTTP/1.1 {answer.status} Slow\r\nContent-Type: {answer.content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        data = head + payload
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(answer.drip)
+        except OSError:
+            pass  # the client gave up, as it should
 
     def _read_json(self) -> tuple[Any, Answer | None]:
         length = self._content_length()
@@ -162,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(error(404, "NOT_FOUND", f"No route for POST {path}"))
 
     def _upload_url(self, body: Any) -> None:
-        injected = self.state.injected_failure()
+        injected = self.state.injected_failure(call="upload-url")
         if injected is not None and not injected.after_processing:
             self._send(injected.answer)
             return
@@ -170,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(injected.answer if injected is not None else answer)
 
     def _event(self, code: str, body: Any) -> None:
-        injected = self.state.injected_failure()
+        injected = self.state.injected_failure(call="event")
         if injected is not None and not injected.after_processing:
             self._send(injected.answer)
             return
@@ -363,6 +382,17 @@ class Emulator:
     def fail_next(self, count: int, *, status: int = 503, after_processing: bool = False) -> None:
         """Answer the next ``count`` API calls with ``status``; see ``EmulatorState``."""
         self.state.fail_next(count, status=status, after_processing=after_processing)
+
+    def answer_next(
+        self,
+        count: int,
+        answer: Answer,
+        *,
+        after_processing: bool = False,
+        only: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` API calls with ``answer``; see ``EmulatorState``."""
+        self.state.answer_next(count, answer, after_processing=after_processing, only=only)
 
     def set_faults(
         self, *, latency_ms: float | None = None, fail_rate: float | None = None

@@ -47,11 +47,18 @@ class Clock:
 
 @dataclass(frozen=True)
 class Answer:
-    """An HTTP answer: status, JSON body, extra headers, and whether to close."""
+    """An HTTP answer: status, JSON body (or ``raw`` bytes), extra headers.
+
+    ``drip``: seconds between bytes, the whole answer (status line included)
+    sent one byte at a time, as a server on its last legs does.
+    """
 
     status: int
     body: Any
     headers: tuple[tuple[str, str], ...] = ()
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    drip: float = 0.0
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Answer:
@@ -78,6 +85,7 @@ class Injected:
 
     answer: Answer
     after_processing: bool = False
+    only: str | None = None  # "event" or "upload-url": the kind of call it strikes
 
 
 @dataclass
@@ -194,7 +202,7 @@ class EmulatorState:
     def unavailable() -> Answer:
         return error(503, "UNAVAILABLE", "Service unavailable (injected by the emulator)")
 
-    def injected_failure(self, *, storage: bool = False) -> Injected | None:
+    def injected_failure(self, *, storage: bool = False, call: str = "") -> Injected | None:
         """Maybe fail this call: 503 mostly, sometimes 429 with Retry-After.
 
         Half of the 503s on an API call strike after the call took effect:
@@ -202,8 +210,14 @@ class EmulatorState:
         would lose it, which is what idempotency keys exist for.
         """
         with self._lock:
-            if not storage and self.faults.scripted:
-                injected = self.faults.scripted.pop(0)
+            scripted = self.faults.scripted
+            mine = (
+                next((i for i, s in enumerate(scripted) if s.only in (None, call)), None)
+                if not storage
+                else None
+            )
+            if mine is not None:
+                injected = scripted.pop(mine)
             else:
                 rate = self.faults.storage_fail_rate if storage else self.faults.fail_rate
                 if rate <= 0 or self._random.random() >= rate:
@@ -231,6 +245,20 @@ class EmulatorState:
         with self._lock:
             self.faults.scripted.extend(
                 Injected(answer, after_processing=after_processing) for _ in range(count)
+            )
+
+    def answer_next(
+        self, count: int, answer: Answer, *, after_processing: bool, only: str | None = None
+    ) -> None:
+        """Answer the next ``count`` API calls (of kind ``only``) with ``answer``.
+
+        Odd bodies, slow bytes, JSON errors with codes. With ``after_processing``
+        the call takes effect first: an event is accepted, and only its answer
+        is replaced.
+        """
+        with self._lock:
+            self.faults.scripted.extend(
+                Injected(answer, after_processing=after_processing, only=only) for _ in range(count)
             )
 
     def note_connection(self) -> None:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -26,12 +27,13 @@ from flowflexd.engine.breaker import Gate
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.lifecycle import HANDED_OVER, WAITING_TO_GO, Ledger, Stage
 from flowflexd.engine.notify import Notifier
+from flowflexd.engine.outcomes import Code
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.inbox.runtime import Inbox, NameHint
-from flowflexd.inbox.spool import Claim, Spool
+from flowflexd.inbox.spool import Claim, Spool, Unreadable
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
 
@@ -151,18 +153,69 @@ class Daemon:
     def _start_inbox(self, folder: Folder, now: float) -> Inbox:
         inbox = self._new_inbox(folder)
         self.inboxes.append(inbox)  # closed with the others should a later one refuse
+        self.scheduler.attach(inbox)
         self._resume(inbox, inbox.start(now), now)
         return inbox
 
-    def _resume(self, inbox: Inbox, claims: list[Claim], now: float) -> None:
-        """Claims left by an earlier run; those sent and journalled need only their move."""
-        recorded = journal.outcomes_in_tail(self.journal.dir, {c.id for c in claims})
-        for claim in claims:
-            entry = recorded.get(claim.id)
-            if entry is not None and entry.get("outcome") == "done" and claim.answer is None:
-                claim.answer = entry.get("answer")
-                claim.event = entry.get("event")
+    def _resume(self, inbox: Inbox, found: list[Claim | Unreadable], now: float) -> None:
+        """Claims left by an earlier run, checked against the journal before anything is sent.
+
+        One sent and journalled needs only its move. One whose claim file
+        cannot be read is looked up by its id (its folder's name): what the
+        journal says happened, happens to its files; with no record, they
+        are set aside in failed with the reason, never sent under a new key.
+        """
+        recorded = journal.outcomes_in_tail(self.journal.dir, {c.id for c in found})
+        claims: list[Claim] = []
+        for item in found:
+            entry = recorded.get(item.id)
+            if isinstance(item, Unreadable):
+                self._set_aside(inbox, item, entry)
+                continue
+            if entry is not None and entry.get("outcome") == "done" and item.answer is None:
+                item.answer = entry.get("answer")
+                item.event = entry.get("event")
+            claims.append(item)
         self.scheduler.resume(inbox, claims, now)
+
+    def _set_aside(self, inbox: Inbox, lost: Unreadable, entry: dict[str, Any] | None) -> None:
+        names = lost.files()
+        recorded = entry.get("file") if entry is not None else None
+        matched = [n for n in names if match(inbox.folder.rules, n) is not None]
+        primary = recorded if recorded in names else (matched or names or [""])[0]
+        report: dict[str, Any] | None
+        if entry is not None and entry.get("outcome") == "done":
+            report = None  # the event was fired: its files belong in done
+        elif entry is not None:
+            report = {**entry, "file": primary, "members": {"file": primary}}
+        else:
+            report = {
+                "file": primary,
+                "code": Code.CLAIM_UNREADABLE,
+                "reason": f"claim {lost.id} could not be read at start ({lost.reason}); its "
+                "idempotency key is lost, so whether FlowFlex got these files is unknown: "
+                "check FlowFlex, then replay them to send them as a new event",
+                "claim": lost.id,
+                "time": _iso(time.time()),
+            }
+        try:
+            moved = inbox.spool.set_aside(lost, primary=primary, report=report)
+        except OSError as err:
+            log.error(
+                "cannot set an unreadable claim aside; it stays where it is",
+                folder=str(inbox.path),
+                claim=lost.id,
+                error=str(err),
+            )
+            return
+        log.warning(
+            "a claim could not be read; its files were moved on by what the journal says",
+            folder=str(inbox.path),
+            claim=lost.id,
+            reason=lost.reason,
+            journal=entry.get("outcome") if entry is not None else None,
+            moved_to=sorted(moved.values()),
+        )
 
     def run(self) -> int:
         now = time.monotonic()

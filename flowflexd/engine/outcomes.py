@@ -37,6 +37,8 @@ class Code(StrEnum):
     ATTACHMENT_MISSING = "ATTACHMENT_MISSING"
     UPLOAD_REFUSED = "UPLOAD_REFUSED"
     CHANGED_AFTER_EVENT = "CHANGED_AFTER_EVENT"
+    FILE_GONE = "FILE_GONE"  # someone removed a claimed file from the work area
+    CLAIM_UNREADABLE = "CLAIM_UNREADABLE"  # a claim's state was lost; its files are set aside
     # The file waits and is tried again.
     FILESYSTEM = "FILESYSTEM"  # this machine: disk full, read-only, unreadable
     INTERNAL = "INTERNAL"  # a bug; the file stays claimed

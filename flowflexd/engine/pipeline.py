@@ -26,6 +26,7 @@ import structlog
 
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
+from flowflexd.client.sdk import AnswerExcerpt
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
 from flowflexd.engine.prefetch import Prefetched, UrlCache
@@ -181,9 +182,12 @@ class Pipeline:
     def _attempt(self, spool: Spool, claim: Claim, started: float) -> Outcome:
         if claim.answer is None:
             if claim.reject:
-                reject = claim.reject
+                raise Decision.from_record(claim.reject).rejection()
+            if "file" not in claim.present():
                 raise FileRejected(
-                    reject["reason"], code=reject["code"], status=reject.get("status")
+                    f"the claimed file was removed from the work area ({claim.dir}) before it "
+                    "was sent; its companions are set aside",
+                    code=Code.FILE_GONE,
                 )
             waiting = self._send(spool, claim)
             if waiting is not None:
@@ -305,9 +309,19 @@ class Pipeline:
                     claim.uploads = {}
                     continue
                 raise
+            if not isinstance(answer, dict | AnswerExcerpt):
+                # The SDK hands such an answer back as it came; a daemon that
+                # promises delivery cannot call an HTML page or broken JSON an
+                # accepted event, so it asks again under the same key.
+                raise FlowFlexError(
+                    f"FlowFlex answered event {event!r} with {_describe(answer)}, not a JSON "
+                    "object; it is sent again under the same idempotency key",
+                    code=Code.UNEXPECTED_ANSWER,
+                    retryable=True,
+                )
             # The answer is made durable by the journal record that follows; a
             # restart before it resends under the same key, answered as before.
-            claim.answer = answer
+            claim.answer = keepable(answer)
             claim.sent_at = time.time()
             crashpoints.reached("after_send")
             self._log(spool, claim).debug("event sent")
@@ -418,7 +432,7 @@ class Pipeline:
         entry = self._entry(spool, claim, "done")
         if changed:
             entry["changed_after_event"] = changed
-        self.journal.record(entry)
+        self._record(claim, entry)
         crashpoints.reached("after_answer")
         if changed:
             # FlowFlex has the bytes it was sent; these differ. Set them aside
@@ -444,6 +458,12 @@ class Pipeline:
         )
         return Outcome(Verdict.DONE, claim)
 
+    def _record(self, claim: Claim, entry: dict[str, Any]) -> None:
+        """Journal a claim's outcome once, however often its move has to be retried."""
+        if not claim.recorded:
+            self.journal.record(entry)
+            claim.recorded = True
+
     @staticmethod
     def _report(claim: Claim, code: str, reason: str, status: int | None = None) -> dict[str, Any]:
         return {
@@ -468,7 +488,7 @@ class Pipeline:
             claim.reject = failed.as_record()
             spool.save(claim)
         entry = self._entry(spool, claim, "failed")
-        self.journal.record({**entry, "code": code, "reason": reason, "status": status})
+        self._record(claim, {**entry, "code": code, "reason": reason, "status": status})
         moved = spool.finish(claim, report=report)
         self._log(spool, claim).warning(
             "file failed", code=code, reason=reason, moved_to=moved["file"]
@@ -498,6 +518,25 @@ class Pipeline:
             spool.save(claim)
         except OSError as err:
             log.warning("cannot save claim progress", file=claim.name, error=str(err))
+
+
+ANSWER_KEPT = 4096  # characters of an answer kept in a claim and the journal
+
+
+def keepable(answer: Any) -> Any:
+    """The answer as kept: whole when small, else an excerpt with its size."""
+    text = json.dumps(answer, ensure_ascii=False, default=str)
+    if len(text) <= ANSWER_KEPT and not isinstance(answer, AnswerExcerpt):
+        return answer
+    size = "over 1 MiB" if isinstance(answer, AnswerExcerpt) else f"{len(text.encode()):,} bytes"
+    return {"excerpt": text[:ANSWER_KEPT], "size": size}
+
+
+def _describe(answer: Any) -> str:
+    if isinstance(answer, str):
+        start = " ".join(answer[:60].split())
+        return f"text ({start!r}...)" if start else "an empty body"
+    return f"JSON {type(answer).__name__}"
 
 
 def _difference(before: list[int], now: os.stat_result) -> str:

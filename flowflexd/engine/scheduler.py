@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -27,7 +28,7 @@ from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.snapshot import Pause
 from flowflexd.engine.workers import WorkerPool
 from flowflexd.inbox.runtime import Inbox
-from flowflexd.inbox.spool import Claim
+from flowflexd.inbox.spool import CARRIED, Claim
 from flowflexd.inbox.tracker import Ready
 
 log = structlog.get_logger("flowflexd")
@@ -73,6 +74,8 @@ class Scheduler:
         self._waiting: deque[tuple[Inbox, Ready]] = deque()
         self._retries: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
+        self._inboxes: dict[Path, Inbox] = {}  # the inboxes in use now, by path
+        self._unclaimed = 0  # claims failed in a row for trouble here: the wait grows
 
     # ----------------------------------------------------------------- input
 
@@ -91,18 +94,27 @@ class Scheduler:
             )
             self._retry(Job(inbox, claim=claim, ticket=ticket), now)
 
+    def attach(self, inbox: Inbox) -> None:
+        """An inbox in use: its claims are carried, and so are those of an earlier one there."""
+        self._inboxes[inbox.path] = inbox
+
     def resize(self, workers: int) -> None:
         self.workers = workers
         self.pool.resize(workers)
 
     def drop(self, inbox: Inbox) -> int:
-        """A folder removed: forget its queued files and claims (they stay on disk)."""
+        """A folder removed: forget its queued files and claims (they stay on disk).
+
+        Its claims are no longer carried, so the folder added back resumes them.
+        """
+        if self._inboxes.get(inbox.path) is inbox:
+            del self._inboxes[inbox.path]
         for queued, ready in self._waiting:
             if queued is inbox:
                 self.ledger.finish(ready.ticket)
         for _, _, job in self._retries:
-            if job.inbox is inbox and job.ticket is not None:
-                self.ledger.finish(job.ticket)
+            if job.inbox is inbox:
+                self._let_go(job)
         self._waiting = deque(item for item in self._waiting if item[0] is not inbox)
         kept = [item for item in self._retries if item[2].inbox is not inbox]
         left = len(self._retries) - len(kept)
@@ -221,7 +233,11 @@ class Scheduler:
         now = time.monotonic()
         verdict = outcome.verdict
         if job.ready is not None:
-            job.inbox.tracker.release(job.ready, look_again=verdict is Verdict.GONE)
+            # Not claimed for trouble here (a read-only inbox): not again at once.
+            unclaimed = verdict is Verdict.RETRY_LOCAL and outcome.claim is None
+            wait = min(FILESYSTEM_RETRY[1], FILESYSTEM_RETRY[0] * 2**self._unclaimed)
+            job.inbox.tracker.release(job.ready, look_again_in=wait if unclaimed else 0.0)
+            self._unclaimed = self._unclaimed + 1 if unclaimed else 0
         ended = verdict in (Verdict.DONE, Verdict.FAILED)
         if verdict is Verdict.DONE:
             self.totals.done += 1
@@ -233,6 +249,12 @@ class Scheduler:
             else:
                 self.gate.probing = False
         if not ended and outcome.claim is not None:
+            inbox = self._inboxes.get(job.inbox.path)
+            if inbox is None:
+                # Its folder was removed meanwhile: the claim waits on disk.
+                self._let_go(Job(job.inbox, claim=outcome.claim, ticket=job.ticket))
+                return
+            job.inbox = inbox  # the folder was removed and added back meanwhile
             self._requeue(job, outcome.claim, outcome, now)
             return
         if job.ticket is not None:
@@ -240,6 +262,12 @@ class Scheduler:
         if verdict is Verdict.RETRY_LOCAL:
             self.totals.deferred += 1
             log.warning("could not claim a file; it stays in the inbox", reason=outcome.reason)
+
+    def _let_go(self, job: Job) -> None:
+        if job.ticket is not None:
+            self.ledger.finish(job.ticket)
+        if job.claim is not None:
+            CARRIED.discard(job.claim.id)
 
     def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
         """A claim that did not finish: when to carry it again, and whether sending pauses."""

@@ -3,6 +3,7 @@
     <inbox>/.flowflexd/               home, owned by flowflexd's user, mode 0700
     <inbox>/.flowflexd/lock           flock of the daemon watching the inbox, and its pid
     <inbox>/.flowflexd/work/<id>/     one claim: its files and claim.jsonl
+    <inbox>/.flowflexd/aside/<id>/    what was left of a claim that could not be read
     <failed>/<name>.error.json        why a file failed, beside it
 
 A name taken in done or failed gets the claim's short id as a suffix
@@ -31,6 +32,10 @@ def work(inbox: Path) -> Path:
 
 def claim_dir(inbox: Path | str, claim_id: str) -> Path:
     return Path(inbox, HOME_NAME, "work", claim_id)
+
+
+def aside(inbox: Path, claim_id: str) -> Path:
+    return inbox / HOME_NAME / "aside" / claim_id
 
 
 def lock_file(inbox: Path) -> Path:

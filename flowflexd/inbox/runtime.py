@@ -21,7 +21,7 @@ from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import lease_problem
-from flowflexd.inbox.spool import Claim, FolderMisplaced, FolderUnavailable, Spool
+from flowflexd.inbox.spool import Claim, FolderMisplaced, FolderUnavailable, Spool, Unreadable
 from flowflexd.inbox.tracker import Tracker
 from flowflexd.inbox.watcher import FolderWatcher
 
@@ -67,7 +67,7 @@ class Inbox:
     def path(self) -> Path:
         return self.folder.path
 
-    def start(self, now: float) -> list[Claim]:
+    def start(self, now: float) -> list[Claim | Unreadable]:
         """Prepare and watch the inbox; the claims left by an earlier run.
 
         An inbox that cannot be used now is logged and looked at again every
@@ -99,7 +99,7 @@ class Inbox:
             self.tracker.said_no_lease = True
         return self._go_online(now)
 
-    def check(self, now: float) -> list[Claim]:
+    def check(self, now: float) -> list[Claim | Unreadable]:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
         identity = inbox_identity(self.path)
         if identity is None:
@@ -163,7 +163,7 @@ class Inbox:
         self.spool.unlock()
         self.tracker.close()
 
-    def _go_online(self, now: float) -> list[Claim]:
+    def _go_online(self, now: float) -> list[Claim | Unreadable]:
         self.identity = inbox_identity(self.path)
         self.online = True
         pending = list(self.spool.pending())

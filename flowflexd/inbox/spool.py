@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -78,6 +79,8 @@ class Claim:
     seen: dict[str, list[int]] = field(default_factory=dict)
     changes: int = 0  # times a member changed under us before the event fired
     dir: Path = field(init=False, repr=False, compare=False)
+    # Its outcome is in the journal (this run): a move retried records nothing again.
+    recorded: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.dir = layout.claim_dir(self.inbox, self.id)
@@ -111,13 +114,92 @@ class Claim:
 
     @classmethod
     def from_json(cls, data: bytes) -> Claim:
+        """A claim line, checked field by field: a start must never trust what a disk kept."""
         raw = json.loads(data.decode("utf-8", "surrogateescape"))
-        if not isinstance(raw, dict) or not isinstance(raw.get("members"), dict):
-            raise ValueError("not a claim")
+        if not isinstance(raw, dict):
+            raise ValueError("a claim line is not a JSON object")
+        for name, (kind, required) in _CLAIM_TYPES.items():
+            if name not in raw:
+                if required:
+                    raise ValueError(f"the claim has no {name}")
+            elif not isinstance(raw[name], kind) or isinstance(raw[name], bool) is not (
+                kind is bool
+            ):
+                raise ValueError(f"the claim's {name} is {type(raw[name]).__name__}")
+        members = raw["members"]
+        if "file" not in members or not all(
+            isinstance(k, str) and isinstance(v, str) and _plain_name(v) for k, v in members.items()
+        ):
+            raise ValueError("the claim's members are not plain file names")
         return cls(**{k: v for k, v in raw.items() if k in _CLAIM_FIELDS})
 
 
+def _plain_name(name: str) -> bool:
+    """A name inside one folder: not empty, no separator, not . or .."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
 _CLAIM_FIELDS = tuple(f.name for f in fields(Claim) if f.init)
+_NUMBER = (int, float)
+_MAYBE = type(None)
+# field -> (its JSON type, whether a claim must have it)
+_CLAIM_TYPES: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "id": (str, True),
+    "inbox": (str, True),
+    "members": (dict, True),
+    "key": (str, True),
+    "rule": (str, True),
+    "claimed_at": (_NUMBER, True),
+    "reject": ((dict, _MAYBE), False),
+    "uploads": (dict, False),
+    "event": ((str, _MAYBE), False),
+    "sent_at": ((*_NUMBER, _MAYBE), False),
+    "attempts": (int, False),
+    "seen": (dict, False),
+    "changes": (int, False),
+}
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A claim folder whose claim file cannot be read: its files wait to be set aside."""
+
+    id: str
+    dir: Path
+    reason: str
+
+    def files(self) -> list[str]:
+        """The regular files in it, but the claim file: what was claimed."""
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return []
+        return sorted(
+            e.name for e in entries if e.name != CLAIM_FILE and e.is_file(follow_symlinks=False)
+        )
+
+
+class _Carried:
+    """The claims this process carries, so no inbox coming back hands one out twice."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, claim_id: str) -> None:
+        with self._lock:
+            self._ids.add(claim_id)
+
+    def discard(self, claim_id: str) -> None:
+        with self._lock:
+            self._ids.discard(claim_id)
+
+    def __contains__(self, claim_id: object) -> bool:
+        with self._lock:
+            return claim_id in self._ids
+
+
+CARRIED = _Carried()
 
 
 class Spool:
@@ -249,7 +331,12 @@ class Spool:
             claimed_at=time.time(),
             reject=None if reject is None else reject.as_record(),
         )
-        os.mkdir(claim.dir, 0o700)
+        CARRIED.add(claim.id)
+        try:
+            os.mkdir(claim.dir, 0o700)
+        except OSError:
+            CARRIED.discard(claim.id)
+            raise
         fd = os.open(
             claim.dir / CLAIM_FILE,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -259,11 +346,14 @@ class Spool:
             write_all(fd, claim.to_json() + b"\n")
             try:
                 os.rename(source, claim.path("file"))
-            except FileNotFoundError:
+            except OSError as err:
+                # Gone, or not ours to move (a read-only inbox): leave no empty claim behind.
                 os.close(fd)
                 fd = -1
                 self._discard(claim)
-                return None
+                if isinstance(err, FileNotFoundError):
+                    return None
+                raise
             self._take_companions(claim)
             # One sync point before anything leaves the machine: the claim with
             # its key, and the renames (a crash before it gives the files back).
@@ -286,6 +376,7 @@ class Spool:
 
     def _discard(self, claim: Claim) -> None:
         """Remove a claim that took nothing: only our own claim file is in it."""
+        CARRIED.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         with contextlib.suppress(OSError):
@@ -302,11 +393,14 @@ class Spool:
         finally:
             os.close(fd)
 
-    def pending(self) -> Iterator[Claim]:
+    def pending(self) -> Iterator[Claim | Unreadable]:
         """Claims left by an earlier run (a crash, a kill, a power cut), oldest first.
 
-        A claim whose file never arrived is undone: companions it took go back
-        to the inbox. A folder with no readable claim file gives its files back.
+        Claims this process carries are not among them. A claim whose file
+        never left the inbox is undone: companions it took go back to the
+        inbox. A claim whose claim file cannot be read (missing, torn,
+        zero-filled, mistyped, not a file) comes as ``Unreadable``: its key
+        is lost, so its files must not be sent again under a new one unseen.
         """
         try:
             self._make_home()
@@ -316,27 +410,52 @@ class Spool:
         except FileNotFoundError:
             return
         for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
+            if not entry.is_dir(follow_symlinks=False) or entry.name in CARRIED:
                 continue
             claim_dir = Path(entry.path)
             try:
-                fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=SIDECAR_MAX_BYTES)
-                try:
-                    claim = Claim.from_lines(read_limited(fd, SIDECAR_MAX_BYTES, what=CLAIM_FILE))
-                finally:
-                    os.close(fd)
+                claim = _read_claim(claim_dir)
                 if claim.id != entry.name:
                     raise ValueError("the claim file belongs to another claim")
-            except (FileNotFoundError, ValueError, FileRejected, OSError):
-                self._return_orphans(claim_dir)
+            except FileNotFoundError:
+                yield Unreadable(entry.name, claim_dir, "its claim file is missing")
+                continue
+            except (ValueError, FileRejected, OSError) as err:
+                reason = err.message if isinstance(err, FileRejected) else str(err)
+                yield Unreadable(entry.name, claim_dir, f"its claim file {reason}")
                 continue
             decided = claim.answer is not None or claim.reject is not None
-            if not decided and not os.path.lexists(claim.path("file")):
+            if (
+                not decided
+                and not os.path.lexists(claim.path("file"))
+                and os.path.lexists(self.inbox / claim.name)
+            ):
                 # Killed between writing the claim and taking the file.
                 self._return_orphans(claim_dir)
                 continue
             self._take_companions(claim)
+            CARRIED.add(claim.id)
             yield claim
+
+    def set_aside(
+        self, lost: Unreadable, *, primary: str, report: dict[str, Any] | None
+    ) -> dict[str, str]:
+        """Move an unreadable claim's files on (to failed with ``report``, else to done).
+
+        What is left of the claim folder (its claim file, anything not a
+        regular file) moves to ``.flowflexd/aside/``, kept for a person.
+        """
+        names = lost.files()
+        others = [n for n in names if n != primary]
+        members = {"file": primary, **{f"found.{i}": n for i, n in enumerate(others, 1)}}
+        stand_in = Claim(lost.id, str(self.inbox), members, "", "", time.time())
+        moved = self._move(stand_in, report) if names else {}
+        aside = layout.aside(self.inbox, lost.id)
+        aside.parent.mkdir(mode=0o700, exist_ok=True)
+        if os.path.lexists(lost.dir):
+            move_no_replace(lost.dir, aside)
+        fsync_dir(self.work)
+        return moved
 
     def _return_orphans(self, claim_dir: Path) -> None:
         for entry in list(os.scandir(claim_dir)):
@@ -379,6 +498,11 @@ class Spool:
         file and its sidecar stay a pair and the journal finds them. Safe to
         call again after a crash part-way. Returns role -> final path.
         """
+        moved = self._move(claim, report)
+        self.close(claim)
+        return moved
+
+    def _move(self, claim: Claim, report: dict[str, Any] | None) -> dict[str, str]:
         target = self.folder.failed if report is not None else self.folder.done
         present = claim.present()
         # The file moves last: while it is still in the claim folder, a restart
@@ -406,7 +530,6 @@ class Spool:
             fsync_dir(target)
             for path in linked:
                 os.unlink(path)
-            self.close(claim)
             moved = {role: str(target / name) for role, name in names.items()}
             moved.setdefault("file", str(target / suffixed(claim.name, tag)))
             return moved
@@ -429,6 +552,7 @@ class Spool:
         Not fsynced: should a crash undo this, the next start finds a claim
         whose file is already in done or failed, and removes it then.
         """
+        CARRIED.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         os.rmdir(claim.dir)
@@ -458,6 +582,14 @@ class Spool:
             return sum(1 for e in os.scandir(self.work) if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return 0
+
+
+def _read_claim(claim_dir: Path) -> Claim:
+    fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=SIDECAR_MAX_BYTES)
+    try:
+        return Claim.from_lines(read_limited(fd, SIDECAR_MAX_BYTES, what=CLAIM_FILE))
+    finally:
+        os.close(fd)
 
 
 def _report_claim(path: Path) -> str | None:

@@ -20,6 +20,7 @@ import heapq
 import os
 import stat
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import structlog
@@ -114,6 +115,7 @@ class Tracker:
         self._entries: dict[str, Entry] = {}
         self._pending: set[str] = set()
         self._heap: list[tuple[float, str]] = []
+        self._later: list[tuple[float, str]] = []  # names to look at again after a wait
         self._wanted_by: dict[str, str] = {}  # companion name -> the file waiting for it
         self._wants: dict[str, set[str]] = {}  # file -> its companions' names (the reverse)
         self._prefetchable: set[str] = set()  # settling files a rule takes, not yet offered
@@ -160,11 +162,19 @@ class Tracker:
         for name in list(self._entries):
             self._drop(name)
 
-    def release(self, ready: Ready, *, look_again: bool = False) -> None:
-        """A claim finished (or never happened): stop tracking its names."""
+    def release(self, ready: Ready, *, look_again_in: float = 0.0) -> None:
+        """A claim finished (or never happened): its names are looked at afresh.
+
+        A new copy dropped under the same name while the first was carried
+        is then seen at once, not at the next full rescan. A file that could
+        not be claimed is looked at again after ``look_again_in`` seconds.
+        """
+        at = time.monotonic() + look_again_in
         for name in ready.members.values():
             self._forget(name)
-            if look_again:
+            if look_again_in > 0:
+                heapq.heappush(self._later, (at, name))
+            else:
                 self._pending.add(name)
 
     # ----------------------------------------------------------------- output
@@ -176,7 +186,9 @@ class Tracker:
             if entry is not None and entry.due == due:
                 return due
             heapq.heappop(self._heap)
-        return 0.0 if self._pending else None
+        if self._pending:
+            return 0.0
+        return self._later[0][0] if self._later else None
 
     def step(self, now: float | None = None) -> list[Ready]:
         now = time.monotonic() if now is None else now
@@ -186,6 +198,8 @@ class Tracker:
             if entry is not None and entry.due is not None and entry.due <= now:
                 entry.due = None
                 self._pending.add(name)
+        while self._later and self._later[0][0] <= now:
+            self._pending.add(heapq.heappop(self._later)[1])
         ready: list[Ready] = []
         while self._pending:
             name = self._pending.pop()
@@ -338,6 +352,16 @@ class Tracker:
         companions = tuple((r, n) for r, n in (members or {}).items() if r != "file")
         return Ready(entry.name, rule, entry.sig, entry, companions, reject)
 
+    def _spelled_here(self, name: str) -> str:
+        """``name`` as this inbox spells it: a Mac writes é decomposed (NFD), Windows not."""
+        if name in self._entries or os.path.lexists(os.path.join(self.key, name)):
+            return name
+        for form in ("NFC", "NFD"):
+            other = unicodedata.normalize(form, name)
+            if other != name and os.path.lexists(os.path.join(self.key, other)):
+                return other
+        return name
+
     def _reject(
         self,
         entry: Entry,
@@ -372,7 +396,9 @@ class Tracker:
         present: dict[str, str] = {}
         missing: list[str] = []
         still_until = 0.0
-        for role, cname in wanted.items():
+        for role, rendered in wanted.items():
+            cname = self._spelled_here(rendered)
+            wanted[role] = cname
             self._wanted_by[cname] = entry.name
             self._wants.setdefault(entry.name, set()).add(cname)
             looked = self._look(cname, now)

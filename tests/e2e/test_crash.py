@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,101 @@ def test_chaos_500_files_20_kills_under_a_20_percent_fail_rate(tmp_path: Path) -
     assert result["left_in_inbox"] == result["left_in_failed"] == result["left_claimed"] == 0
     assert result["injected_failures"] > 100  # the run met real trouble
     assert result["lost_answers"] > 0
+
+
+# ------------------------------------------------------- corrupted state
+
+
+# How a power cut, a full disk or a person can leave the state behind.
+def zero_fill(path: Path) -> None:
+    path.write_bytes(b"\0" * max(path.stat().st_size, 1))
+
+
+def tear(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, len(data) - 7)])
+
+
+def mistype(path: Path) -> None:
+    claim = json.loads(path.read_text().splitlines()[-1])
+    claim["members"] = {"file": ["not", "a", "name"]}
+    path.write_text(json.dumps(claim) + "\n")
+
+
+def drop_field(path: Path) -> None:
+    claim = json.loads(path.read_text().splitlines()[-1])
+    del claim["key"]
+    path.write_text(json.dumps(claim) + "\n")
+
+
+def make_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+CLAIM_DAMAGE = [zero_fill, tear, mistype, drop_field, make_folder, remove]
+
+
+def damage_journal(state: Path, rng: random.Random) -> str:
+    journal = state / "journal.jsonl"
+    kind = rng.choice(["torn", "mistyped", "none"])
+    if kind == "torn" and journal.exists():
+        with journal.open("ab") as fh:
+            fh.write(b'{"claim": "c-torn", "outco')
+    elif kind == "mistyped":
+        with journal.open("ab") as fh:
+            fh.write(b'{"claim": ["x"], "outcome": "done", "folder": 1}\n')
+    return kind
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_corrupted_state_never_stops_a_start_and_nothing_is_sent_twice(
+    tmp_path: Path, emulator: Emulator, seed: int
+) -> None:
+    rng = random.Random(seed)
+    config = layout(tmp_path, emulator)
+    inbox = tmp_path / "inbox"
+    bodies = {}
+    for i in range(3):
+        body = f"%PDF round {seed} file {i}\n%%EOF".encode()
+        bodies[f"INV-{i}.pdf"] = body
+        drop(inbox, f"INV-{i}.json", b'{"n": %d}' % i)
+        drop(inbox, f"INV-{i}.pdf", body)
+    point = rng.choice(POINTS)
+    run_until_killed(config, point)
+    work = inbox / ".flowflexd" / "work"
+    damaged = []
+    for claim_dir in sorted(work.iterdir()):
+        harm = rng.choice(CLAIM_DAMAGE)
+        harm(claim_dir / "claim.jsonl")
+        damaged.append(harm.__name__)
+    journal_damage = damage_journal(tmp_path / "state", rng)
+    what = f"killed {point}, claims {damaged}, journal {journal_damage}"
+
+    def settled() -> bool:
+        left = files_in(inbox) or (any(work.iterdir()) if work.exists() else False)
+        return not left and len(files_in(tmp_path / "done") | files_in(tmp_path / "failed")) >= 6
+
+    output = run_until(config, settled)
+
+    assert "Traceback" not in output, what
+    ended = sorted(
+        name
+        for folder in (tmp_path / "done", tmp_path / "failed")
+        for name in files_in(folder)
+        if name.endswith(".pdf")
+    )
+    # Every file ended once, in done or in failed (a name may carry a claim's short id).
+    assert sorted(n.split(" (")[0].removesuffix(".pdf") + ".pdf" for n in ended) == sorted(
+        bodies
+    ), what
+    sent = [next(iter(e["assets"].values()))["sha256"] for e in emulator.events()]
+    for name, body in bodies.items():
+        assert sent.count(sha256(body)) <= 1, f"{name} was sent twice; {what}"
+        in_done = any(n.startswith(name.removesuffix(".pdf")) for n in files_in(tmp_path / "done"))
+        if in_done:
+            assert sent.count(sha256(body)) == 1, f"{name} is in done but was never sent; {what}"

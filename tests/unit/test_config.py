@@ -429,3 +429,21 @@ def test_the_state_dir_is_the_units_then_roots_the_services_then_the_users() -> 
     assert default_state_dir(user, euid=0) == Path("/var/lib/flowflexd")
     assert default_state_dir(user, euid=1000) == Path("/home/op/.local/state/flowflexd")
     assert default_state_dir({**user, "XDG_STATE_HOME": "/x"}, euid=1000) == Path("/x/flowflexd")
+
+
+def test_one_inbox_named_twice_through_a_link_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "inbox")
+    path = write(
+        tmp_path,
+        """
+        flowflex: {base_url: "https://api.flowflex.ai", api_key: k, api_secret: s,
+                   integration_code: c}
+        folders:
+          - {path: inbox, rules: [{pattern: "*.pdf", event: a}]}
+          - {path: alias, done: alias-done, failed: alias-failed,
+             rules: [{pattern: "*.pdf", event: b}]}
+        """,
+    )
+    with pytest.raises(ConfigError, match=r"folders\[1\]\.path: same inbox as folders\[0\]"):
+        load(path, environ=ENV)

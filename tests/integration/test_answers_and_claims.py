@@ -1,0 +1,299 @@
+"""What FlowFlex answers is bounded and classified by where it came from; each claim is
+carried once, and a claim that loses its file or cannot be taken leaves nothing behind."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+import yaml
+from support import (
+    PDF_END,
+    Folders,
+    RunningDaemon,
+    drop,
+    files_in,
+    read_report,
+    sha256,
+    wait_until,
+)
+
+from flowflexd.client import FlowFlex
+from flowflexd.client.sdk import MAX_ANSWER_BYTES, AnswerExcerpt
+from flowflexd.commands import views
+from flowflexd.config.model import load
+from flowflexd.emulator import Emulator
+from flowflexd.emulator.state import Answer
+from flowflexd.engine import journal
+from flowflexd.engine.snapshot import Pause
+
+PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+WITH_SIDECAR = {**PDF, "sidecar": "{stem}.json"}
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Folders:
+    return Folders(tmp_path)
+
+
+def records(layout: Folders) -> list[dict[str, object]]:
+    return list(journal.read(layout.root / "state"))
+
+
+def test_an_event_answered_2xx_with_a_page_is_sent_again_under_its_key(
+    layout: Folders, emulator: Emulator
+) -> None:
+    page = Answer(
+        200, None, raw=b"<html><body>Welcome to the proxy</body></html>", content_type="text/html"
+    )
+    emulator.answer_next(1, page, after_processing=True, only="event")  # it took effect
+    with RunningDaemon(layout.config(emulator, [PDF])):
+        drop(layout.inbox, "a.pdf", b"%PDF a" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"a.pdf"}, timeout=30)
+
+    [event] = emulator.events()  # one event: the resend was answered as a replay
+    [record] = records(layout)
+    assert record["outcome"] == "done"
+    assert record["idempotency_key"] == event["idempotency_key"]
+    assert isinstance(record["answer"], dict) and "excerpt" not in record["answer"]
+
+
+def test_an_event_answered_2xx_with_broken_json_is_not_called_delivered(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [PDF])) as running:
+        # Prefetching may take the scripted answer instead: script after the upload URL.
+        emulator.answer_next(2, Answer(200, None, raw=b'{"ok": tru'), after_processing=True)
+        drop(layout.inbox, "b.pdf", b"%PDF b" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"b.pdf"}, timeout=30)
+        assert running.daemon.totals.failed == 0
+
+    assert len(emulator.events()) == 1
+    [record] = records(layout)
+    assert isinstance(record["answer"], dict)  # FlowFlex's real answer, from the replay
+
+
+def test_an_answer_over_a_mebibyte_is_cut_and_kept_as_an_excerpt(
+    layout: Folders, emulator: Emulator
+) -> None:
+    huge = json.dumps({"note": "x" * (3 << 20)}).encode()
+    with RunningDaemon(layout.config(emulator, [PDF])):
+        emulator.answer_next(1, Answer(200, None, raw=huge), after_processing=True, only="event")
+        drop(layout.inbox, "c.pdf", b"%PDF c" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"c.pdf"}, timeout=30)
+
+    [record] = records(layout)
+    answer = record["answer"]
+    assert isinstance(answer, dict)
+    assert answer["size"] == "over 1 MiB"
+    assert len(answer["excerpt"]) <= 4096
+    assert answer["excerpt"].startswith('"{\\"note\\": \\"xxx')
+    assert (layout.root / "state" / "journal.jsonl").stat().st_size < 64 * 1024
+
+
+def test_a_json_500_with_a_code_is_flowflex_failing_not_a_local_problem(
+    layout: Folders, emulator: Emulator
+) -> None:
+    boom = Answer(500, {"error": "internal error", "code": "INTERNAL"})
+    with RunningDaemon(layout.config(emulator, [PDF])) as running:
+        emulator.answer_next(6, boom)
+        drop(layout.inbox, "d.pdf", b"%PDF d" + PDF_END)
+        wait_until(lambda: running.daemon.gate.kind is Pause.OUTAGE, timeout=15)
+        assert running.daemon.totals.deferred == 0  # not counted as trouble on this machine
+        wait_until(lambda: files_in(layout.done) == {"d.pdf"}, timeout=60)
+
+    assert len(emulator.events()) == 1
+
+
+def test_an_upload_url_answered_2xx_without_a_url_is_asked_again(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [PDF])) as running:
+        emulator.answer_next(
+            3, Answer(200, None, raw=b"OK", content_type="text/plain"), only="upload-url"
+        )
+        drop(layout.inbox, "e.pdf", b"%PDF e" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"e.pdf"}, timeout=60)
+        assert running.daemon.totals.failed == 0
+
+
+def test_a_claimed_file_removed_from_the_work_area_is_closed_as_file_gone(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [WITH_SIDECAR])) as running:
+        emulator.fail_next(50)  # FlowFlex is down: the claim waits in the work area
+        drop(layout.inbox, "f.json", b'{"n": 1}')
+        drop(layout.inbox, "f.pdf", b"%PDF f" + PDF_END)
+        work = layout.inbox / ".flowflexd" / "work"
+        claimed = wait_until(lambda: list(work.glob("*/f.pdf")), timeout=15)
+        claimed[0].unlink()  # someone tidies up
+        emulator.state.faults.scripted.clear()  # FlowFlex is back
+        wait_until(lambda: "f.pdf.error.json" in files_in(layout.failed), timeout=60)
+        wait_until(lambda: not any(work.iterdir()))
+        assert running.daemon.totals.failed == 1
+
+    assert files_in(layout.failed) == {"f.json", "f.pdf.error.json"}
+    report = read_report(layout.failed, "f.pdf")
+    assert report["code"] == "FILE_GONE"
+    [record] = records(layout)
+    assert (record["outcome"], record["code"]) == ("failed", "FILE_GONE")
+    assert emulator.events() == []
+
+
+def chattr(flag: str, path: Path) -> bool:
+    tool = shutil.which("chattr")
+    if tool is None:
+        return False
+    done = subprocess.run([tool, flag, str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_claim_that_cannot_take_its_file_leaves_no_empty_work_folder(
+    layout: Folders, emulator: Emulator
+) -> None:
+    path = layout.inbox / "g.pdf"
+    path.write_bytes(b"%PDF g" + PDF_END)
+    if not chattr("+i", path):
+        pytest.skip("chattr +i is not available on this file system (needs root and ext4)")
+    try:
+        with RunningDaemon(layout.config(emulator, [PDF])) as running:
+            wait_until(lambda: running.daemon.totals.deferred >= 2, timeout=30)
+            work = layout.inbox / ".flowflexd" / "work"
+            # Every failed try cleaned up after itself, and they do not spin.
+            wait_until(lambda: list(work.iterdir()) == [], timeout=5)
+            assert running.daemon.totals.deferred < 6
+            chattr("-i", path)
+            wait_until(lambda: files_in(layout.done) == {"g.pdf"}, timeout=60)
+    finally:
+        chattr("-i", path)
+
+
+def test_a_new_copy_dropped_while_the_first_is_carried_goes_at_once(
+    layout: Folders, emulator: Emulator
+) -> None:
+    emulator.set_faults(latency_ms=300)  # the first copy is in flight a while
+    with RunningDaemon(layout.config(emulator, [PDF], rescan_seconds=600)):
+        drop(layout.inbox, "h.pdf", b"%PDF first" + PDF_END)
+        wait_until(lambda: "h.pdf" not in files_in(layout.inbox), timeout=15)  # claimed
+        drop(layout.inbox, "h.pdf", b"%PDF second" + PDF_END)
+        wait_until(lambda: len(files_in(layout.done)) == 2, timeout=20)
+
+    sent = sorted(next(iter(e["assets"].values()))["sha256"] for e in emulator.events())
+    assert sent == sorted([sha256(b"%PDF first" + PDF_END), sha256(b"%PDF second" + PDF_END)])
+
+
+def test_folders_that_flap_while_files_are_in_flight_send_each_file_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Reloads that drop and add back a folder, and an inbox renamed away and back (a
+    share remounted), while a slow API carries its files: one POST per key."""
+    layout = Folders(tmp_path)
+    full = layout.config(emulator, [PDF], rescan_seconds=0.5)
+    other = tmp_path / "other"
+    other.mkdir()
+    spec = yaml.safe_load(full.read_text())
+    without = tmp_path / "without.yaml"
+    spec_without = {**spec, "folders": [{**spec["folders"][0], "path": str(other)}]}
+    without.write_text(yaml.safe_dump(spec_without))
+    without.chmod(0o600)
+    configs = itertools.cycle([without, full])
+    emulator.set_faults(latency_ms=250)
+    with RunningDaemon(full, reload_config=lambda: load(next(configs))) as running:
+        for i in range(6):
+            drop(layout.inbox, f"flap-{i}.pdf", f"%PDF flap {i}".encode() + PDF_END)
+        wait_until(lambda: len(list((layout.inbox / ".flowflexd" / "work").iterdir())) >= 2)
+        for _ in range(4):
+            running.daemon.request_reload()  # without the folder, then with it again
+        daemon = running.daemon
+        wait_until(lambda: daemon._messages.empty() and daemon.config.source == full)
+        away = tmp_path / "away"
+        layout.inbox.rename(away)
+        wait_until(lambda: str(layout.inbox) in running.daemon.snapshot.offline, timeout=10)
+        away.rename(layout.inbox)
+        wait_until(lambda: len(files_in(layout.done)) == 6, timeout=60)
+        wait_until(lambda: not any((layout.inbox / ".flowflexd" / "work").iterdir()))
+
+    stats = emulator.stats()
+    posts = sum(
+        n for path, n in stats["requests_by_path"].items() if path.startswith("/v1/events/")
+    )
+    assert len(emulator.events()) == 6
+    assert (posts, stats["event_replays"]) == (6, 0)
+    assert len(records(layout)) == 6  # one journal record per file, none repeated
+
+
+def test_a_sidecar_spelled_in_the_other_unicode_form_still_pairs(
+    layout: Folders, emulator: Emulator
+) -> None:
+    rule = {**WITH_SIDECAR, "payload": {"assetId": "{file}", "who": "{sidecar.who}"}}
+    stem = "Caf\u00e9-7"  # é as one code point (NFC), as Windows writes it
+    decomposed = unicodedata.normalize("NFD", stem)  # é as e + accent, as a Mac writes it
+    with RunningDaemon(layout.config(emulator, [rule])):
+        drop(layout.inbox, f"{stem}.json", b'{"who": "ana"}')
+        drop(layout.inbox, f"{decomposed}.pdf", b"%PDF cafe" + PDF_END)
+        wait_until(lambda: len(files_in(layout.done)) == 2, timeout=15)
+
+    assert files_in(layout.done) == {f"{stem}.json", f"{decomposed}.pdf"}
+    [event] = emulator.events()
+    assert event["payload"]["who"] == "ana"
+
+
+def test_status_ages_a_waiting_file_from_its_arrival_not_its_mtime(
+    layout: Folders, emulator: Emulator
+) -> None:
+    config = load(layout.config(emulator, [PDF]))
+    old = layout.inbox / "kept-from-1999.pdf"
+    old.write_bytes(b"%PDF old" + PDF_END)
+    os.utime(old, (915148800, 915148800))  # a copy that kept its source's mtime
+
+    [row] = views.status(config)
+
+    assert row.waiting == 1
+    assert row.oldest_waiting_s is not None and row.oldest_waiting_s < 60
+
+
+def test_an_answer_dripped_byte_by_byte_meets_an_overall_deadline(
+    layout: Folders, emulator: Emulator
+) -> None:
+    """One byte every 0.4 s never trips the 1 s read timeout; the deadline (4 timeouts)
+    cuts it, the worker is free again, and the file goes once FlowFlex answers properly."""
+    drip = Answer(200, {"ok": True}, drip=0.4)
+    config = layout.config(emulator, [PDF])
+    spec = yaml.safe_load(config.read_text())
+    spec["flowflex"]["timeout_seconds"] = 1
+    config.write_text(yaml.safe_dump(spec))
+    with RunningDaemon(config) as running:
+        emulator.answer_next(1, drip, after_processing=True, only="event")
+        started = time.monotonic()
+        drop(layout.inbox, "slow.pdf", b"%PDF slow" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"slow.pdf"}, timeout=30)
+        took = time.monotonic() - started
+        assert running.daemon.totals.failed == 0
+
+    assert 4 <= took < 20  # cut at the deadline, not after the 60 s the drip would take
+    assert len(emulator.events()) == 1  # the resend under the same key was a replay
+
+
+def test_the_client_reads_at_most_a_mebibyte_of_an_answer(emulator: Emulator) -> None:
+    huge = json.dumps({"note": "y" * (5 << 20)}).encode()
+    emulator.answer_next(1, Answer(200, None, raw=huge), after_processing=True, only="event")
+    client = FlowFlex(
+        api_key=emulator.api_key,
+        api_secret=emulator.api_secret,
+        integration_code=emulator.integration_code,
+        base_url=emulator.url,
+    )
+    answer = client.fire_event("x", {"a": 1}, "key-huge")
+
+    assert isinstance(answer, AnswerExcerpt)
+    assert len(answer.encode()) == MAX_ANSWER_BYTES
+    assert answer.startswith('{"note": "yyy')
+    again = client.fire_event("x", {"a": 2}, "key-next")  # the pool still works
+    assert isinstance(again, dict)
