@@ -33,7 +33,7 @@ from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.inbox.runtime import Inbox, NameHint
-from flowflexd.inbox.spool import Claim, Spool, Unreadable
+from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
 
@@ -98,6 +98,7 @@ class Daemon:
         self.heartbeats_withheld = 0
         self.journal = Journal(config.state_dir)
         self.ledger = Ledger()
+        self.carried = Carried()  # claims this daemon carries, over all its inboxes
         self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
         self.scheduler = Scheduler(
             self.pipeline,
@@ -148,6 +149,7 @@ class Daemon:
             rescan_seconds=self.config.rescan_seconds,
             watch=not self.once,
             hint=self._hint,
+            carried=self.carried,
         )
 
     def _start_inbox(self, folder: Folder, now: float) -> Inbox:

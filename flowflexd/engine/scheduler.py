@@ -28,7 +28,7 @@ from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.snapshot import Pause
 from flowflexd.engine.workers import WorkerPool
 from flowflexd.inbox.runtime import Inbox
-from flowflexd.inbox.spool import CARRIED, Claim
+from flowflexd.inbox.spool import Claim
 from flowflexd.inbox.tracker import Ready
 
 log = structlog.get_logger("flowflexd")
@@ -267,7 +267,7 @@ class Scheduler:
         if job.ticket is not None:
             self.ledger.finish(job.ticket)
         if job.claim is not None:
-            CARRIED.discard(job.claim.id)
+            job.inbox.spool.carried.discard(job.claim.id)
 
     def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
         """A claim that did not finish: when to carry it again, and whether sending pauses."""

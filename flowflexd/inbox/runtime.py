@@ -21,7 +21,14 @@ from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import lease_problem
-from flowflexd.inbox.spool import Claim, FolderMisplaced, FolderUnavailable, Spool, Unreadable
+from flowflexd.inbox.spool import (
+    Carried,
+    Claim,
+    FolderMisplaced,
+    FolderUnavailable,
+    Spool,
+    Unreadable,
+)
 from flowflexd.inbox.tracker import Tracker
 from flowflexd.inbox.watcher import FolderWatcher
 
@@ -50,9 +57,10 @@ class Inbox:
         rescan_seconds: float,
         watch: bool,
         hint: Callable[[Inbox], NameHint],
+        carried: Carried,
     ) -> None:
         self.folder = folder
-        self.spool = Spool(folder)
+        self.spool = Spool(folder, carried)
         self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
         self.watcher = FolderWatcher(folder)
         self.rescan_seconds = rescan_seconds

@@ -179,8 +179,8 @@ class Unreadable:
         )
 
 
-class _Carried:
-    """The claims this process carries, so no inbox coming back hands one out twice."""
+class Carried:
+    """The claims one daemon carries, so no inbox coming back hands one out twice."""
 
     def __init__(self) -> None:
         self._ids: set[str] = set()
@@ -199,14 +199,12 @@ class _Carried:
             return claim_id in self._ids
 
 
-CARRIED = _Carried()
-
-
 class Spool:
     """Claims, moves and reads the files of one inbox."""
 
-    def __init__(self, folder: Folder) -> None:
+    def __init__(self, folder: Folder, carried: Carried | None = None) -> None:
         self.folder = folder
+        self.carried = carried if carried is not None else Carried()
         self.inbox = folder.path
         self.home = layout.home(folder.path)
         self.work = layout.work(folder.path)
@@ -331,11 +329,11 @@ class Spool:
             claimed_at=time.time(),
             reject=None if reject is None else reject.as_record(),
         )
-        CARRIED.add(claim.id)
+        self.carried.add(claim.id)
         try:
             os.mkdir(claim.dir, 0o700)
         except OSError:
-            CARRIED.discard(claim.id)
+            self.carried.discard(claim.id)
             raise
         fd = os.open(
             claim.dir / CLAIM_FILE,
@@ -376,7 +374,7 @@ class Spool:
 
     def _discard(self, claim: Claim) -> None:
         """Remove a claim that took nothing: only our own claim file is in it."""
-        CARRIED.discard(claim.id)
+        self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         with contextlib.suppress(OSError):
@@ -410,7 +408,7 @@ class Spool:
         except FileNotFoundError:
             return
         for entry in entries:
-            if not entry.is_dir(follow_symlinks=False) or entry.name in CARRIED:
+            if not entry.is_dir(follow_symlinks=False) or entry.name in self.carried:
                 continue
             claim_dir = Path(entry.path)
             try:
@@ -434,7 +432,7 @@ class Spool:
                 self._return_orphans(claim_dir)
                 continue
             self._take_companions(claim)
-            CARRIED.add(claim.id)
+            self.carried.add(claim.id)
             yield claim
 
     def set_aside(
@@ -552,7 +550,7 @@ class Spool:
         Not fsynced: should a crash undo this, the next start finds a claim
         whose file is already in done or failed, and removes it then.
         """
-        CARRIED.discard(claim.id)
+        self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         os.rmdir(claim.dir)
