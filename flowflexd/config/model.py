@@ -28,6 +28,7 @@ from flowflexd.errors import ConfigError
 from flowflexd.rules.matching import Rule, glob_matcher
 from flowflexd.rules.templates import (
     NAME_KINDS,
+    PLACE_KINDS,
     Placeholder,
     Template,
     TemplateError,
@@ -548,11 +549,13 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     attach = _attachments(check, section, key)
     payload = _payload(check, section, key)
     scope = _Scope(groups, set(attach), sidecar is not None)
-    scope.check(check, event, (*key, "event"), NAME_KINDS | {"sidecar"})
+    scope.check(check, event, (*key, "event"), NAME_KINDS | PLACE_KINDS | {"sidecar"})
     scope.check(check, sidecar, (*key, "sidecar"), NAME_KINDS)
     for attach_name, template in attach.items():
         scope.check(check, template, (*key, "attach", attach_name), NAME_KINDS)
-    scope.check(check, payload, (*key, "payload"), NAME_KINDS | {"sidecar", "file", "attach"})
+    scope.check(
+        check, payload, (*key, "payload"), NAME_KINDS | PLACE_KINDS | {"sidecar", "file", "attach"}
+    )
     if matcher is None or event is None:
         return None
     return Rule(

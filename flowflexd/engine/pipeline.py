@@ -15,6 +15,7 @@ changed after its event is reported in failed, never kept silently.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -249,13 +250,14 @@ class Pipeline:
         rule = rules.get(claim.rule)
         if rule is not None:
             found = rule.matcher.search(claim.name) if rule.regex else None
-            return Match(rule, claim.name, found.groupdict() if found else {})
+            groups = found.groupdict() if found else {}
+            return Match(rule, claim.name, groups, claimed_at=claim.claimed_at)
         found_now = match(spool.folder.rules, claim.name)
         if found_now is None:
             raise FileRejected(
                 "no rule takes this file any more (the configuration changed)", code=Code.UNMATCHED
             )
-        return found_now
+        return dataclasses.replace(found_now, claimed_at=claim.claimed_at)
 
     def _sidecar(self, spool: Spool, claim: Claim, found: Match, present: dict[str, str]) -> Any:
         if found.rule.sidecar is None:

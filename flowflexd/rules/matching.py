@@ -62,6 +62,8 @@ class Match:
     rule: Rule
     name: str
     groups: Mapping[str, str | None]
+    dir: str = ""  # the folder below the inbox the file is in
+    claimed_at: float | None = None
 
     def context(
         self, *, sidecar: Any = MISSING, assets: Mapping[str, str] | None = None
@@ -74,6 +76,8 @@ class Match:
             match=self.groups,
             sidecar=sidecar,
             assets=assets or {},
+            dir=self.dir,
+            claimed_at=self.claimed_at,
         )
 
 

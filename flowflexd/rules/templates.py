@@ -2,7 +2,9 @@
 
 Pure functions only. ``{file}`` ``{attach.NAME}`` ``{name}`` ``{stem}``
 ``{ext}`` ``{match.NAME}`` ``{sidecar}`` ``{sidecar.a.b}``
-``{sidecar.items[0].sku}``; ``{{`` and ``}}`` are literal braces. A value that
+``{sidecar.items[0].sku}``, the file's place below its inbox ``{dir}``
+``{dir[0]}`` ``{path}``, and when it was claimed ``{date:%Y-%m}`` (local
+time, strftime); ``{{`` and ``}}`` are literal braces. A value that
 is one placeholder alone keeps the JSON type of what it names; text mixed with
 placeholders renders a string.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +21,13 @@ from typing import Any
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
 
-KNOWN = "{file} {attach.NAME} {name} {stem} {ext} {match.NAME} {sidecar} {sidecar.PATH}"
+KNOWN = (
+    "{file} {attach.NAME} {name} {stem} {ext} {match.NAME} {sidecar} {sidecar.PATH} "
+    "{dir} {dir[N]} {path} {date:FORMAT}"
+)
 NAME_KINDS = frozenset({"name", "stem", "ext", "match"})
+#: What a file's place and claim add, for its event and payload (not companion names).
+PLACE_KINDS = frozenset({"dir", "path", "date"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _PATH_STEP = re.compile(r"\.([^.\[\]{}]+)|\[(\d+)\]")
 
@@ -38,8 +46,9 @@ MISSING: Any = _Missing()
 
 @dataclass(frozen=True)
 class Placeholder:
-    kind: str  # file, attach, name, stem, ext, match, sidecar
-    key: str | None = None  # attach NAME or match NAME
+    kind: str  # file, attach, name, stem, ext, match, sidecar, dir, path, date
+    key: str | None = None  # attach NAME, match NAME, or a date's strftime format
+    index: int | None = None  # {dir[N]}: one folder of the path
     path: tuple[str | int, ...] = ()  # steps into the sidecar
     text: str = ""  # as written, for messages
 
@@ -77,6 +86,8 @@ class Context:
     match: Mapping[str, str | None] = field(default_factory=dict)
     sidecar: Any = MISSING
     assets: Mapping[str, str] = field(default_factory=dict)  # "file", "attach.NAME" -> assetId
+    dir: str = ""  # the folder below the inbox, "/"-separated; "" at the top
+    claimed_at: float | None = None  # wall clock; {date:...} renders it (now when unset)
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -87,10 +98,21 @@ def split_name(name: str) -> tuple[str, str]:
     return stem, ext
 
 
+_DIR_SEGMENT = re.compile(r"dir\[(\d+)\]")
+
+
 def _placeholder(body: str) -> Placeholder:
     text = "{" + body + "}"
-    if body in ("file", "name", "stem", "ext"):
+    if body in ("file", "name", "stem", "ext", "dir", "path"):
         return Placeholder(body, text=text)
+    segment = _DIR_SEGMENT.fullmatch(body)
+    if segment:
+        return Placeholder("dir", index=int(segment.group(1)), text=text)
+    if body.startswith("date:"):
+        fmt = body[len("date:") :]
+        if "%" not in fmt:
+            raise TemplateError(f"{text}: give a strftime format, e.g. {{date:%Y-%m-%d}}")
+        return Placeholder("date", key=fmt, text=text)
     head, dot, rest = body.partition(".")
     if head in ("attach", "match") and dot:
         if not _IDENT.fullmatch(rest):
@@ -238,7 +260,25 @@ def lookup(ph: Placeholder, ctx: Context) -> Any:
         return ctx.assets["file"]
     if ph.kind == "attach":
         return ctx.assets[f"attach.{ph.key}"]
+    if ph.kind == "path":
+        return f"{ctx.dir}/{ctx.name}" if ctx.dir else ctx.name
+    if ph.kind == "dir":
+        return ctx.dir if ph.index is None else _dir_segment(ctx.dir, ph)
+    if ph.kind == "date":
+        when = time.time() if ctx.claimed_at is None else ctx.claimed_at
+        return time.strftime(ph.key or "", time.localtime(when))
     return _walk_sidecar(ctx.sidecar, ph)
+
+
+def _dir_segment(folder: str, ph: Placeholder) -> str:
+    parts = folder.split("/") if folder else []
+    if ph.index is None or ph.index >= len(parts):
+        where = f"the folder {folder!r}" if folder else "the top of the inbox"
+        raise FileRejected(
+            f"{ph.text} names a folder the file is not in: it is in {where}",
+            code=Code.PATH_SEGMENT_MISSING,
+        )
+    return parts[ph.index]
 
 
 def as_text(value: Any) -> str:

@@ -297,3 +297,25 @@ def test_the_client_reads_at_most_a_mebibyte_of_an_answer(emulator: Emulator) ->
     assert answer.startswith('{"note": "yyy')
     again = client.fire_event("x", {"a": 2}, "key-next")  # the pool still works
     assert isinstance(again, dict)
+
+
+def test_an_event_and_payload_name_the_files_place_and_its_claim_date(
+    layout: Folders, emulator: Emulator
+) -> None:
+    rule = {
+        **PDF,
+        "event": "scan.{date:%Y}",
+        "payload": {"assetId": "{file}", "path": "{path}", "dir": "{dir}", "day": "{date:%F}"},
+    }
+    with RunningDaemon(layout.config(emulator, [rule])):
+        before = time.time()
+        drop(layout.inbox, "scan-1.pdf", b"%PDF scan" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"scan-1.pdf"})
+        after = time.time()
+
+    [event] = emulator.events()
+    days = {time.strftime("%F", time.localtime(t)) for t in (before, after)}
+    assert event["event"] in {f"scan.{day[:4]}" for day in days}
+    assert event["payload"]["path"] == "scan-1.pdf"
+    assert event["payload"]["dir"] == ""  # at the top of the inbox
+    assert event["payload"]["day"] in days

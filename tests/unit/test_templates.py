@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flowflexd.errors import FileRejected
@@ -173,3 +175,39 @@ def test_name_pattern_recognises_what_a_template_can_produce() -> None:
     assert pattern.fullmatch("INV-1.json")
     assert not pattern.fullmatch("INV-1.pdf")
     assert name_pattern(parse("{stem}-label.{ext}")).fullmatch("a-label.png")
+
+
+# ------------------------------------------------ a file's place and claim time
+
+
+def test_dir_and_path_say_where_the_file_is_below_its_inbox() -> None:
+    nested = ctx(dir="alice/2026")
+    assert render_text(parse("{dir}|{dir[0]}|{dir[1]}|{path}"), nested) == (
+        "alice/2026|alice|2026|alice/2026/INV-1001.pdf"
+    )
+    top = ctx()
+    assert render_text(parse("[{dir}] {path}"), top) == "[] INV-1001.pdf"
+
+
+@pytest.mark.parametrize(("folder", "where"), [("", "the top of the inbox"), ("a", "'a'")])
+def test_a_folder_the_file_is_not_in_fails_it_with_the_reason(folder: str, where: str) -> None:
+    with pytest.raises(FileRejected) as caught:
+        render_text(parse("{dir[1]}"), ctx(dir=folder))
+    assert caught.value.code == "PATH_SEGMENT_MISSING"
+    assert "{dir[1]} names a folder the file is not in" in caught.value.message
+    assert where in caught.value.message
+
+
+def test_date_renders_the_claim_time_in_local_time_with_strftime() -> None:
+    claimed = 1_780_000_000.0
+    expected = time.strftime("%Y-%m-%d %H", time.localtime(claimed))
+    assert render_text(parse("{date:%Y-%m-%d %H}"), ctx(claimed_at=claimed)) == expected
+    assert render_value(parse("{date:%Y}"), ctx(claimed_at=claimed)) == time.strftime(
+        "%Y", time.localtime(claimed)
+    )
+
+
+@pytest.mark.parametrize("source", ["{date}", "{date:}", "{date:YYYY}", "{dir[x]}", "{dirs}"])
+def test_place_placeholders_written_wrong_are_refused_at_load(source: str) -> None:
+    with pytest.raises(TemplateError):
+        parse(source)
