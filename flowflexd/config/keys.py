@@ -170,6 +170,16 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="files no rule takes: `ignore` (they stay, logged once) or `fail`",
     ),
     Setting(
+        "folders[].order",
+        shown="oldest",
+        default="oldest",
+        options=("oldest", "name"),
+        meaning=(
+            "the order ready files are taken in: `oldest` (by mtime, so a backlog drains in "
+            "arrival order) or `name`; with several workers files overlap, so no order is strict"
+        ),
+    ),
+    Setting(
         "folders[].rules[]",
         shown="required",
         required=True,

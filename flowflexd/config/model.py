@@ -66,6 +66,7 @@ class Folder:
     poll: bool = default("folders[].poll")
     poll_interval: float = default("folders[].poll_interval")
     unmatched: str = default("folders[].unmatched")
+    order: str = default("folders[].order")
 
 
 @dataclass(frozen=True)
@@ -597,6 +598,7 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     poll = check.setting(section, keys.BY_KEY["folders[].poll"], key)
     interval = check.setting(section, keys.BY_KEY["folders[].poll_interval"], key)
     unmatched = check.setting(section, keys.BY_KEY["folders[].unmatched"], key)
+    order = check.setting(section, keys.BY_KEY["folders[].order"], key)
     rules: list[Rule] = []
     raw_rules = section.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -626,6 +628,7 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         poll=poll,
         poll_interval=interval,
         unmatched=unmatched,
+        order=order,
     )
 
 

@@ -206,6 +206,12 @@ class Tracker:
             found = self._observe(name, now)
             if found is not None:
                 ready.append(found)
+        if len(ready) > 1:
+            # The order they are queued in: a backlog drains oldest first (or by name).
+            if self.folder.order == "name":
+                ready.sort(key=lambda r: r.name)
+            else:
+                ready.sort(key=lambda r: (r.expect[1], r.name))  # mtime, then name
         return ready
 
     def unfinished(self) -> int:

@@ -319,3 +319,21 @@ def test_an_event_and_payload_name_the_files_place_and_its_claim_date(
     assert event["payload"]["path"] == "scan-1.pdf"
     assert event["payload"]["dir"] == ""  # at the top of the inbox
     assert event["payload"]["day"] in days
+
+
+@pytest.mark.parametrize("order", ["oldest", "name"])
+def test_a_backlog_drains_in_the_order_the_folder_asks_for(
+    layout: Folders, emulator: Emulator, order: str
+) -> None:
+    by_age = [f"{letter}.pdf" for letter in "dbeac"]  # oldest first, not by name
+    for hours, name in enumerate(by_age):
+        path = layout.inbox / name
+        path.write_bytes(f"%PDF {name}".encode() + PDF_END)
+        os.utime(path, (1_700_000_000 + hours * 3600,) * 2)
+    # Settled before the start (by ctime), so the whole backlog is judged in one look.
+    wait_until(lambda: time.time() - (layout.inbox / "c.pdf").stat().st_ctime > 0.5)
+    with RunningDaemon(layout.config(emulator, [PDF], workers=1, order=order)):
+        wait_until(lambda: len(files_in(layout.done)) == 5)
+
+    sent = [next(iter(e["assets"].values()))["filename"] for e in emulator.events()]
+    assert sent == (sorted(by_age) if order == "name" else by_age)
