@@ -10,11 +10,15 @@ from typing import Any
 
 from flowflexd.config.model import Config, Folder
 from flowflexd.errors import UserError
-from flowflexd.inbox.layout import REPORT_SUFFIX, name_tags, report_name, suffixed
+from flowflexd.inbox.layout import (
+    REPLAYED_DIR,
+    REPORT_SUFFIX,
+    name_tags,
+    report_name,
+    suffixed,
+)
 from flowflexd.rules.sanitize import printable
 from flowflexd.support.durable import fsync_dir, move_no_replace
-
-REPLAYED_DIR = "replayed"
 
 
 def _move_free(src: Path, folder: Path, name: str) -> Path:
@@ -30,7 +34,10 @@ def _move_free(src: Path, folder: Path, name: str) -> Path:
 
 def _folder_of(config: Config, path: Path) -> Folder:
     for folder in config.folders:
-        if path.parent == folder.failed:
+        if (
+            path.parent.is_relative_to(folder.failed)
+            and REPLAYED_DIR not in (path.parent.relative_to(folder.failed).parts[:1])
+        ):
             return folder
     raise UserError(
         f"{printable(str(path))} is not in a failed folder of this configuration",
@@ -68,7 +75,7 @@ def replay_one(config: Config, given: Path) -> list[str]:
     moved: list[str] = []
     # Companions first, so the file never waits for a sidecar that is still in failed.
     for role in sorted(members, key=lambda r: r == "file"):
-        src = folder.failed / members[role]
+        src = path.parent / members[role]
         if not os.path.lexists(src):
             continue
         dst = _move_free(src, folder.path, str(originals.get(role, members[role])))
@@ -79,5 +86,5 @@ def replay_one(config: Config, given: Path) -> list[str]:
         aside.mkdir(exist_ok=True)
         dst = _move_free(report_path, aside, report_path.name)
         moved.append(f"{printable(str(report_path))} -> {printable(str(dst))}")
-    fsync_dir(folder.failed)
+    fsync_dir(path.parent)
     return moved

@@ -18,7 +18,7 @@ from flowflexd.engine.pipeline import parse_sidecar
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
-from flowflexd.inbox.layout import REPORT_SUFFIX
+from flowflexd.inbox.layout import REPLAYED_DIR, REPORT_SUFFIX
 from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
 from flowflexd.rules.matching import (
@@ -177,11 +177,26 @@ def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
     return seen
 
 
+def _reports(failed: Path) -> list[os.DirEntry[str]]:
+    """The failure reports in failed and the dated folders below it (not those replayed)."""
+    found: list[os.DirEntry[str]] = []
+    folders = [failed]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not (entry.name == REPLAYED_DIR and Path(entry.path).parent == failed):
+                    folders.append(Path(entry.path))
+            elif entry.name.endswith(REPORT_SUFFIX) and entry.is_file(follow_symlinks=False):
+                found.append(entry)
+    return found
+
+
 def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
-    try:
-        reports = [e for e in os.scandir(failed) if e.name.endswith(REPORT_SUFFIX) and e.is_file()]
-    except OSError:
-        return []
+    reports = _reports(failed)
     reports.sort(key=lambda e: e.stat().st_mtime, reverse=True)
     out = []
     for entry in reports[:count]:
@@ -195,10 +210,7 @@ def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
 
 
 def _count_reports(failed: Path) -> int:
-    try:
-        return sum(1 for e in os.scandir(failed) if e.name.endswith(REPORT_SUFFIX))
-    except OSError:
-        return 0
+    return len(_reports(failed))
 
 
 def lock_holder(lock: Path, locks_file: str = "/proc/locks") -> int | None:

@@ -136,14 +136,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "folders[].done",
         shown="`<path>/done`",
-        meaning="where sent files go; must be on the inbox's filesystem",
+        meaning=(
+            "where sent files go; must be on the inbox's filesystem; may end in dated folders "
+            "made as needed, `done/{date:%Y}/{date:%m}` (after the first folder only "
+            "`{date:FORMAT}`, `{dir}` and `{dir[N]}`, and no `..`)"
+        ),
     ),
     Setting(
         "folders[].failed",
         shown="`<path>/failed`",
         meaning=(
             "where refused files go, each with `<name>.error.json` (readable by whoever may read "
-            "the file, with its group); same filesystem"
+            "the file, with its group); same filesystem; dated folders as for `done` (a file "
+            "its template cannot place goes to the first folder)"
         ),
     ),
     Setting(

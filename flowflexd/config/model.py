@@ -67,6 +67,9 @@ class Folder:
     poll_interval: float = default("folders[].poll_interval")
     unmatched: str = default("folders[].unmatched")
     order: str = default("folders[].order")
+    # Folders below done and failed, from placeholders ({date:%Y}/{dir}); None: the root.
+    done_below: Template | None = None
+    failed_below: Template | None = None
 
 
 @dataclass(frozen=True)
@@ -613,8 +616,8 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     if not path_text:
         return None
     path = check.path(path_text, base)
-    done = check.path(done_text, base) if done_text else path / "done"
-    failed = check.path(failed_text, base) if failed_text else path / "failed"
+    done, done_below = _destination(check, done_text, (*key, "done"), base, path / "done")
+    failed, failed_below = _destination(check, failed_text, (*key, "failed"), base, path / "failed")
     for label, value in (("done", done), ("failed", failed)):
         if value == path:
             check.fail((*key, label), "must be another folder than the inbox itself")
@@ -629,7 +632,44 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         poll_interval=interval,
         unmatched=unmatched,
         order=order,
+        done_below=done_below,
+        failed_below=failed_below,
     )
+
+
+def _destination(
+    check: _Checker, text: str | None, key: Key, base: Path, fallback: Path
+) -> tuple[Path, Template | None]:
+    """A done or failed folder: its root, and the template of the folders below it.
+
+    The root is what comes before the first folder with a placeholder; it is
+    created and checked at start like a plain folder. Below it only the
+    file's place and claim time may vary ({dir}, {date:...}), and a literal
+    ``..`` could climb out, so it is refused.
+    """
+    if not text:
+        return fallback, None
+    segments = text.split("/")
+    first = next((i for i, part in enumerate(segments) if "{" in part.replace("{{", "")), None)
+    if first is None:
+        return check.path(text.replace("{{", "{").replace("}}", "}"), base), None
+    if first == 0:
+        check.fail(key, "needs a folder before its first placeholder, e.g. done/{date:%Y}")
+        return fallback, None
+    root = check.path("/".join(segments[:first]) or "/", base)
+    below_text = "/".join(part for part in segments[first:] if part)
+    if any(part in ("..", ".") for part in below_text.split("/")):
+        check.fail(key, "may not climb out of its folder with . or ..")
+        return root, None
+    template = _template(check, below_text, key)
+    if template is not None:
+        for ph in template.placeholders():
+            if ph.kind not in ("date", "dir"):
+                check.fail(
+                    key,
+                    f"{ph.text} cannot be used here; allowed: {{dir}} {{dir[N]}} {{date:FORMAT}}",
+                )
+    return root, template
 
 
 def _user_and_group() -> tuple[str, str]:

@@ -286,6 +286,7 @@ class Pipeline:
             if unsettled:
                 return Decision(Verdict.SETTLE_AGAIN, Code.FILE_CHANGED, unsettled)
         found = self._rule(spool, claim)
+        spool.destination(claim, failed=False)  # where it will go, known before anything is sent
         present = claim.present()
         missing = [
             role for role in claim.members if role.startswith("attach.") and role not in present

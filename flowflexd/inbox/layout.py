@@ -4,7 +4,8 @@
     <inbox>/.flowflexd/lock           flock of the daemon watching the inbox, and its pid
     <inbox>/.flowflexd/work/<id>/     one claim: its files and claim.jsonl
     <inbox>/.flowflexd/aside/<id>/    what was left of a claim that could not be read
-    <failed>/<name>.error.json        why a file failed, beside it
+    <failed>/<name>.error.json        why a file failed, beside it (also in dated folders)
+    <failed>/replayed/                reports of files ``replay`` put back
 
 A name taken in done or failed gets the claim's short id as a suffix
 (``INV-1 (3f2a9c1b).pdf``), the same for the file and its companions.
@@ -19,6 +20,7 @@ from flowflexd.rules.templates import split_name
 HOME_NAME = ".flowflexd"
 CLAIM_FILE = "claim.jsonl"
 REPORT_SUFFIX = ".error.json"
+REPLAYED_DIR = "replayed"
 
 
 def home(inbox: Path) -> Path:

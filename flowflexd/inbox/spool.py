@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd.config.model import Folder
-from flowflexd.engine.outcomes import Decision
+from flowflexd.engine.outcomes import Code, Decision
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, someone_writes, writer_state
 from flowflexd.inbox.layout import CLAIM_FILE, name_tags, report_name, suffixed
 from flowflexd.inbox.reading import open_regular, read_limited, signature
 from flowflexd.rules.matching import is_temporary_name
+from flowflexd.rules.templates import Context, render_text, split_name
 from flowflexd.support import crashpoints
 from flowflexd.support.durable import (
     fsync_dir,
     link_no_replace,
+    make_folders,
     move_no_replace,
     same_file,
     write_all,
@@ -500,8 +502,46 @@ class Spool:
         self.close(claim)
         return moved
 
+    def destination(self, claim: Claim, *, failed: bool) -> Path:
+        """The folder a claim's files move to: done or failed, and the folders below it.
+
+        Raises FileRejected when the folder's template cannot place this file
+        (a {dir[N]} it is not deep enough for, or a path leaving the folder).
+        """
+        root = self.folder.failed if failed else self.folder.done
+        below = self.folder.failed_below if failed else self.folder.done_below
+        if below is None:
+            return root
+        stem, ext = split_name(claim.name)
+        context = Context(claim.name, stem, ext, claimed_at=claim.claimed_at)
+        rendered = render_text(below, context)
+        relative = os.path.normpath(rendered) if rendered else "."
+        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+            raise FileRejected(
+                f"the {'failed' if failed else 'done'} folder would be {root / rendered}, "
+                f"outside {root}",
+                code=Code.BAD_DESTINATION,
+            )
+        return root / relative
+
+    def _target(self, claim: Claim, *, failed: bool) -> Path:
+        """The destination made on disk; a failure that cannot be placed goes to failed's root."""
+        root = self.folder.failed if failed else self.folder.done
+        try:
+            below = os.path.relpath(self.destination(claim, failed=failed), root)
+        except FileRejected:
+            if not failed:
+                raise
+            below = "."
+        if below == ".":
+            return root
+        target = make_folders(root, below)
+        if os.stat(target).st_dev != os.stat(self.inbox).st_dev:
+            raise OSError(errno.EXDEV, f"{target} is on another filesystem than {self.inbox}")
+        return target
+
     def _move(self, claim: Claim, report: dict[str, Any] | None) -> dict[str, str]:
-        target = self.folder.failed if report is not None else self.folder.done
+        target = self._target(claim, failed=report is not None)
         present = claim.present()
         # The file moves last: while it is still in the claim folder, a restart
         # knows this claim is unfinished.

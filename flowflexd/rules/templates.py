@@ -108,7 +108,7 @@ def _placeholder(body: str) -> Placeholder:
     segment = _DIR_SEGMENT.fullmatch(body)
     if segment:
         return Placeholder("dir", index=int(segment.group(1)), text=text)
-    if body.startswith("date:"):
+    if body == "date" or body.startswith("date:"):
         fmt = body[len("date:") :]
         if "%" not in fmt:
             raise TemplateError(f"{text}: give a strftime format, e.g. {{date:%Y-%m-%d}}")

@@ -28,6 +28,19 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_folders(root: Path, below: str) -> Path:
+    """``root/below``, each missing level made and its name made durable in its parent."""
+    path = root
+    for part in Path(below).parts:
+        path = path / part
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            continue
+        fsync_dir(path.parent)
+    return path
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data``: a write may take only part of it (a full disk, a signal)."""
     view = memoryview(data)

@@ -20,14 +20,17 @@ from support import (
     RunningDaemon,
     drop,
     files_in,
+    folder_spec,
     read_report,
     sha256,
     wait_until,
+    write_config,
 )
 
 from flowflexd.client import FlowFlex
 from flowflexd.client.sdk import MAX_ANSWER_BYTES, AnswerExcerpt
 from flowflexd.commands import views
+from flowflexd.commands.replay import replay_one
 from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
 from flowflexd.emulator.state import Answer
@@ -337,3 +340,48 @@ def test_a_backlog_drains_in_the_order_the_folder_asks_for(
 
     sent = [next(iter(e["assets"].values()))["filename"] for e in emulator.events()]
     assert sent == (sorted(by_age) if order == "name" else by_age)
+
+
+def test_dated_done_and_failed_folders_are_made_counted_and_replayed_from(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    rules = [PDF, {"name": "any", "pattern": "*", "event": "other"}]
+    spec = folder_spec(tmp_path, rules)
+    spec["done"] = str(tmp_path / "done" / "{date:%Y}" / "{date:%m}")
+    spec["failed"] = str(tmp_path / "failed" / "{date:%Y}")
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+    with RunningDaemon(config):
+        year_month = time.strftime("%Y/%m")
+        drop(layout.inbox, "good.pdf", b"%PDF good" + PDF_END)
+        drop(layout.inbox, "bad.exe", b"MZ not for FlowFlex")
+        dated_done = tmp_path / "done" / year_month
+        dated_failed = tmp_path / "failed" / year_month[:4]
+        wait_until(lambda: files_in(dated_done) == {"good.pdf"})
+        wait_until(lambda: files_in(dated_failed) == {"bad.exe", "bad.exe.error.json"})
+
+    assert files_in(tmp_path / "done") == set()  # only in its dated folder
+    assert read_report(dated_failed, "bad.exe")["code"] == "UPLOAD_REFUSED"  # no type for .exe
+    [row] = views.status(load(config))
+    assert (row.failed_now, [r["file"] for r in row.latest_failures]) == (1, ["bad.exe"])
+
+    moved = replay_one(load(config), dated_failed / "bad.exe")
+
+    assert files_in(layout.inbox) == {"bad.exe"}
+    assert files_in(tmp_path / "failed" / "replayed") == {"bad.exe.error.json"}
+    assert len(moved) == 2
+
+
+def test_a_done_folder_that_cannot_place_a_file_fails_it_before_anything_is_sent(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    spec = folder_spec(tmp_path, [PDF])
+    spec["done"] = str(tmp_path / "done" / "{dir[0]}")  # a file at the top has no folder
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+    with RunningDaemon(config):
+        drop(layout.inbox, "top.pdf", b"%PDF top" + PDF_END)
+        wait_until(lambda: "top.pdf.error.json" in files_in(layout.failed))
+
+    assert read_report(layout.failed, "top.pdf")["code"] == "PATH_SEGMENT_MISSING"
+    assert emulator.events() == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -446,4 +447,52 @@ def test_one_inbox_named_twice_through_a_link_is_refused(tmp_path: Path) -> None
         """,
     )
     with pytest.raises(ConfigError, match=r"folders\[1\]\.path: same inbox as folders\[0\]"):
+        load(path, environ=ENV)
+
+
+def test_done_and_failed_may_end_in_dated_folders_below_a_fixed_one(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        flowflex: {base_url: "https://api.flowflex.ai", api_key: k, api_secret: s,
+                   integration_code: c}
+        folders:
+          - path: inbox
+            done: "archive/done/{date:%Y}/{date:%m}/{dir}"
+            failed: failed
+            rules: [{pattern: "*.pdf", event: a}]
+        """,
+    )
+    [folder] = load(path, environ=ENV).folders
+
+    assert folder.done == tmp_path / "archive" / "done"
+    assert folder.done_below is not None
+    assert folder.done_below.source == "{date:%Y}/{date:%m}/{dir}"
+    assert (folder.failed, folder.failed_below) == (tmp_path / "failed", None)
+
+
+@pytest.mark.parametrize(
+    ("done", "problem"),
+    [
+        ("{date:%Y}", "needs a folder before its first placeholder"),
+        ("done/{date:%Y}/../../etc", "may not climb out of its folder"),
+        ("done/{name}", "{name} cannot be used here"),
+        ("done/{date}", "give a strftime format"),
+    ],
+)
+def test_a_done_template_that_cannot_work_is_refused_at_load(
+    tmp_path: Path, done: str, problem: str
+) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        flowflex: {{base_url: "https://api.flowflex.ai", api_key: k, api_secret: s,
+                   integration_code: c}}
+        folders:
+          - path: inbox
+            done: "{done}"
+            rules: [{{pattern: "*.pdf", event: a}}]
+        """,
+    )
+    with pytest.raises(ConfigError, match=re.escape(problem)):
         load(path, environ=ENV)
