@@ -53,7 +53,10 @@ class _Watcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is armed:
+                # Only a deadline earlier than all others needs the watcher awake; the
+                # usual one (later than those in flight) costs no thread switch.
+                self._cond.notify()
         _current.armed = armed
         return armed
 
