@@ -72,6 +72,15 @@ def check_folder(
     why = lease_problem(folder, mounts_file)
     if why is not None:
         findings.warnings.append(lease_warning(folder, why))
+    for label, days, where in (
+        ("keep_done_days", folder.keep_done_days, folder.done),
+        ("keep_failed_days", folder.keep_failed_days, folder.failed),
+    ):
+        if days is not None:
+            findings.notes.append(
+                f"{label}: what flowflexd put in {where} is DELETED {days:g} days later; "
+                "this is the one case where flowflexd deletes files"
+            )
     mount = mount_of(folder.path, mounts_file)
     if mount and mount[1] in NETWORK_FILESYSTEMS and not folder.poll:
         findings.warnings.append(

@@ -172,7 +172,8 @@ def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
     seen: dict[str, dict[str, str]] = {}
     for entry in journal.read(state_dir):
         folder, claim, outcome = entry.get("folder"), entry.get("claim"), entry.get("outcome")
-        if isinstance(folder, str) and isinstance(claim, str) and isinstance(outcome, str):
+        # A retention deletion is no outcome: the file was done (or failed) all the same.
+        if isinstance(folder, str) and isinstance(claim, str) and outcome in ("done", "failed"):
             seen.setdefault(folder, {})[claim] = outcome
     return seen
 

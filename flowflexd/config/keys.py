@@ -175,6 +175,27 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="files no rule takes: `ignore` (they stay, logged once) or `fail`",
     ),
     Setting(
+        "folders[].keep_done_days",
+        shown="keep forever",
+        minimum=0,
+        above=True,
+        meaning=(
+            "delete what flowflexd put in done this many days after it did (the files its "
+            "journal placed there, same size and mtime; nothing else), journalled; dated "
+            "folders left empty go too. The one case where flowflexd deletes files"
+        ),
+    ),
+    Setting(
+        "folders[].keep_failed_days",
+        shown="keep forever",
+        minimum=0,
+        above=True,
+        meaning=(
+            "the same for failed: a file and its report go once the report is this many days "
+            "old (only files a report lists)"
+        ),
+    ),
+    Setting(
         "folders[].order",
         shown="oldest",
         default="oldest",

@@ -67,6 +67,8 @@ class Folder:
     poll_interval: float = default("folders[].poll_interval")
     unmatched: str = default("folders[].unmatched")
     order: str = default("folders[].order")
+    keep_done_days: float | None = None
+    keep_failed_days: float | None = None
     # Folders below done and failed, from placeholders ({date:%Y}/{dir}); None: the root.
     done_below: Template | None = None
     failed_below: Template | None = None
@@ -300,6 +302,8 @@ class _Checker:
             )
         if isinstance(setting.default, bool):
             return self.boolean(section, setting.name, key, default=setting.default)
+        if setting.default is None and setting.name not in section:
+            return None  # an optional number, off unless set
         assert setting.minimum is not None, setting.key
         return self.number(
             section,
@@ -602,6 +606,8 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     interval = check.setting(section, keys.BY_KEY["folders[].poll_interval"], key)
     unmatched = check.setting(section, keys.BY_KEY["folders[].unmatched"], key)
     order = check.setting(section, keys.BY_KEY["folders[].order"], key)
+    keep_done = check.setting(section, keys.BY_KEY["folders[].keep_done_days"], key)
+    keep_failed = check.setting(section, keys.BY_KEY["folders[].keep_failed_days"], key)
     rules: list[Rule] = []
     raw_rules = section.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -634,6 +640,8 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         order=order,
         done_below=done_below,
         failed_below=failed_below,
+        keep_done_days=keep_done,
+        keep_failed_days=keep_failed,
     )
 
 

@@ -32,6 +32,7 @@ from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import Pause, Snapshot
 from flowflexd.errors import UserError
+from flowflexd.inbox import retention
 from flowflexd.inbox.runtime import Inbox, NameHint
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable
 from flowflexd.rules.matching import match
@@ -40,6 +41,7 @@ from flowflexd.support.durable import write_durable
 log = structlog.get_logger("flowflexd")
 
 ONCE_OUTAGE_PROBES = 3
+SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
 
 
 def _iso(wall: float) -> str:
@@ -118,6 +120,7 @@ class Daemon:
         self.snapshot = Snapshot()
         self._published = 0.0
         self._published_from: tuple[object, ...] = ()
+        self._next_sweep = 0.0
 
     # ------------------------------------------------------- other threads
 
@@ -336,6 +339,33 @@ class Daemon:
             if inbox.online:
                 self.scheduler.queue(inbox, inbox.tracker.step(now))
         self.scheduler.dispatch(now, self.inboxes)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_SECONDS
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Retention: delete what flowflexd put in done and failed past its keep_*_days."""
+        keeping = [i for i in self.inboxes if i.folder.keep_done_days or i.folder.keep_failed_days]
+        if not keeping:
+            return
+        records = list(journal.read(self.journal.dir))
+        for inbox in keeping:
+            try:
+                deleted = retention.sweep_done(
+                    inbox.folder, records, now=time.time(), record=self.journal.record
+                )
+                deleted += retention.sweep_failed(
+                    inbox.folder, now=time.time(), record=self.journal.record
+                )
+            except OSError as err:
+                log.warning("retention could not finish", folder=str(inbox.path), error=str(err))
+                continue
+            if deleted:
+                log.info(
+                    "retention deleted files past their keep_*_days",
+                    folder=str(inbox.path),
+                    deleted=len(deleted),
+                )
 
     # ---------------------------------------------------------------- stop
 

@@ -435,6 +435,8 @@ class Pipeline:
         entry = self._entry(spool, claim, "done")
         if changed:
             entry["changed_after_event"] = changed
+        else:
+            entry["placed"] = self._placed(spool, claim)
         self._record(claim, entry)
         crashpoints.reached("after_answer")
         if changed:
@@ -514,6 +516,16 @@ class Pipeline:
             "answer": claim.answer,
             "attempts": claim.attempts,
         }
+
+    @staticmethod
+    def _placed(spool: Spool, claim: Claim) -> dict[str, Any] | None:
+        """Where a claim's files go in done, and what they are: retention's proof they are ours."""
+        try:
+            folder = spool.destination(claim, failed=False)
+        except FileRejected:
+            return None
+        seen = {claim.members[role]: sig[:2] for role, sig in claim.seen.items()}
+        return {"folder": str(folder), "seen": seen}
 
     @staticmethod
     def _save_quietly(spool: Spool, claim: Claim) -> None:

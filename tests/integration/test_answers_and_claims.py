@@ -36,6 +36,7 @@ from flowflexd.emulator import Emulator
 from flowflexd.emulator.state import Answer
 from flowflexd.engine import journal
 from flowflexd.engine.snapshot import Pause
+from flowflexd.inbox import retention
 
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
 WITH_SIDECAR = {**PDF, "sidecar": "{stem}.json"}
@@ -385,3 +386,71 @@ def test_a_done_folder_that_cannot_place_a_file_fails_it_before_anything_is_sent
 
     assert read_report(layout.failed, "top.pdf")["code"] == "PATH_SEGMENT_MISSING"
     assert emulator.events() == []
+
+
+# ------------------------------------------------------------------ retention
+
+
+def run_until_done(config: Path, layout: Folders, names: set[str], where: Path) -> None:
+    with RunningDaemon(config):
+        for name in names:
+            body = b"%PDF " + name.encode() + PDF_END if name.endswith(".pdf") else b"MZ"
+            drop(layout.inbox, name, body)
+        wait_until(lambda: not files_in(layout.inbox) and len(all_files(where)) >= len(names))
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_retention_deletes_only_what_flowflexd_put_there_and_only_once_old(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    spec = folder_spec(tmp_path, [PDF, {"name": "any", "pattern": "*", "event": "x"}])
+    spec.update(done=str(tmp_path / "done" / "{date:%Y}"), keep_done_days=1, keep_failed_days=1)
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+    run_until_done(config, layout, {"a.pdf", "b.pdf", "bad.exe"}, tmp_path)
+    year = time.strftime("%Y")
+    done_year = tmp_path / "done" / year
+    # What people put there themselves, and a sent file replaced by other bytes.
+    (tmp_path / "done" / "notes.txt").write_text("mine")
+    (done_year / "b.pdf").write_bytes(b"%PDF replaced by someone, not what was sent")
+    folder = load(config).folders[0]
+    book = journal.Journal(tmp_path / "state")
+    records = list(journal.read(tmp_path / "state"))
+
+    assert (
+        retention.sweep_done(folder, records, now=time.time() + 0.5 * 86400, record=book.record)
+        == []
+    )
+    assert retention.sweep_failed(folder, now=time.time() + 0.5 * 86400, record=book.record) == []
+
+    later = time.time() + 2 * 86400
+    gone = retention.sweep_done(folder, records, now=later, record=book.record)
+    gone += retention.sweep_failed(folder, now=later, record=book.record)
+    book.close()
+
+    assert sorted(Path(p).name for p in gone) == ["a.pdf", "bad.exe", "bad.exe.error.json"]
+    assert all_files(tmp_path / "done") == {"notes.txt", f"{year}/b.pdf"}
+    assert all_files(tmp_path / "failed") == set()
+    deletions = [r for r in journal.read(tmp_path / "state") if r["outcome"] == "deleted"]
+    assert sorted(r["file"] for r in deletions) == ["a.pdf", "bad.exe"]
+    [row] = views.status(load(config))
+    assert (row.done, row.failed) == (2, 1)  # deletions are no outcomes
+
+
+def test_retention_removes_dated_folders_it_emptied_and_runs_in_the_daemon(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    spec = folder_spec(tmp_path, [PDF])
+    spec.update(done=str(tmp_path / "done" / "{date:%Y}" / "{date:%m}"), keep_done_days=0.00002)
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+    run_until_done(config, layout, {"old.pdf"}, tmp_path / "done")
+    (tmp_path / "done" / "kept-empty").mkdir()  # a folder of someone's: never removed
+    wait_until(lambda: time.time() - (tmp_path / "state" / "journal.jsonl").stat().st_mtime > 2)
+
+    with RunningDaemon(config):  # its first look sweeps
+        wait_until(lambda: all_files(tmp_path / "done") == set())
+        wait_until(lambda: sorted(p.name for p in (tmp_path / "done").iterdir()) == ["kept-empty"])
