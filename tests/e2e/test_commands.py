@@ -297,6 +297,22 @@ def test_check_accepts_a_good_configuration(tmp_path: Path, emulator: Emulator) 
     assert emulator.api_secret not in done.stdout + done.stderr
 
 
+def test_check_says_plainly_when_retention_deletes_files(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = {**folder(tmp_path), "keep_done_days": 90}
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+
+    done = run("check", "-c", str(config))
+
+    assert done.returncode == 0, done.stdout
+    assert f"keep_done_days: what flowflexd put in {tmp_path / 'done'} is DELETED 90 days" in (
+        done.stdout
+    )
+    assert "the one case where flowflexd deletes files" in done.stdout
+    assert "keep_failed_days" not in done.stdout  # not set: nothing said, nothing deleted
+
+
 def test_check_refuses_done_on_another_filesystem(tmp_path: Path, emulator: Emulator) -> None:
     if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs /dev/shm on another filesystem than the temporary folder")
