@@ -348,9 +348,10 @@ class Daemon:
         keeping = [i for i in self.inboxes if i.folder.keep_done_days or i.folder.keep_failed_days]
         if not keeping:
             return
-        records = list(journal.read(self.journal.dir))
         for inbox in keeping:
             try:
+                # Streamed, one pass per folder: the journal may hold 200,000 records.
+                records = journal.read(self.journal.dir)
                 deleted = retention.sweep_done(
                     inbox.folder, records, now=time.time(), record=self.journal.record
                 )
