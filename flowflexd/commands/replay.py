@@ -45,6 +45,19 @@ def _folder_of(config: Config, path: Path) -> Folder:
     )
 
 
+def _home(folder: Folder, report: dict[str, Any]) -> Path:
+    """The folder the file came from: its subfolder of the inbox, made again if gone."""
+    below = report.get("dir")
+    if not isinstance(below, str) or not below:
+        return folder.path
+    parts = below.split("/")
+    if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        return folder.path  # not a plain path below the inbox: the inbox itself
+    home = folder.path.joinpath(*parts)
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def _report(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
@@ -74,13 +87,14 @@ def replay_one(config: Config, given: Path) -> list[str]:
     members: dict[str, str] = dict(files) if files else {"file": path.name}
     moved: list[str] = []
     # Companions first, so the file never waits for a sidecar that is still in failed.
+    home = _home(folder, report)
     for role in sorted(members, key=lambda r: r == "file"):
         src = path.parent / members[role]
         if not os.path.lexists(src):
             continue
-        dst = _move_free(src, folder.path, str(originals.get(role, members[role])))
+        dst = _move_free(src, home, str(originals.get(role, members[role])))
         moved.append(f"{printable(str(src))} -> {printable(str(dst))}")
-    fsync_dir(folder.path)
+    fsync_dir(home)
     if os.path.lexists(report_path):
         aside = folder.failed / REPLAYED_DIR
         aside.mkdir(exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import stat
@@ -22,6 +23,7 @@ from flowflexd.inbox.layout import REPLAYED_DIR, REPORT_SUFFIX
 from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
 from flowflexd.rules.matching import (
+    Match,
     Rule,
     companion_patterns,
     companions,
@@ -38,8 +40,11 @@ from flowflexd.rules.templates import MISSING
 
 
 def folder_for(config: Config, path: Path) -> Folder | None:
+    """The folder that takes ``path``: in its inbox, or below it when it is recursive."""
     for folder in config.folders:
-        if path.parent == folder.path:
+        if path.parent == folder.path or (
+            folder.recursive and path.parent.is_relative_to(folder.path)
+        ):
             return folder
     return None
 
@@ -70,7 +75,7 @@ def explain(folder: Folder, path: Path) -> list[str]:
         return [*out, f"  set aside to failed unread: it is a {kind}, not a regular file"]
     if info is not None and info.st_size == 0:
         out.append("  empty: waits until it has content (0-byte files are never taken)")
-    found = match(folder.rules, name)
+    found = _match_at(folder, path)
     if found is None:
         companion_of = could_be_companion(companion_patterns(folder.rules), name)
         if companion_of is not None:
@@ -116,6 +121,14 @@ def explain(folder: Folder, path: Path) -> list[str]:
     text = json.dumps(body, indent=2, ensure_ascii=False)
     out.extend(f"    {line}" for line in text.splitlines())
     return out
+
+
+def _match_at(folder: Folder, path: Path) -> Match | None:
+    """The rule that takes ``path``, knowing which folder below the inbox it is in."""
+    found = match(folder.rules, path.name)
+    if found is None or path.parent == folder.path:
+        return found
+    return dataclasses.replace(found, dir=path.parent.relative_to(folder.path).as_posix())
 
 
 def _wholeness(path: Path, rule: Rule) -> list[str]:
@@ -257,7 +270,8 @@ def folder_status(
     patterns = companion_patterns(folder.rules)
     taken_along: set[str] = set()
     oldest: float | None = None
-    for name, info in files:
+    for path, info in files:
+        below, _, name = path.rpartition("/")
         found = match(folder.rules, name)
         if found is None:
             continue
@@ -265,13 +279,13 @@ def folder_status(
         # ctime: when it arrived here; a copy keeps its source's mtime, decades old maybe.
         oldest = info.st_ctime if oldest is None else min(oldest, info.st_ctime)
         with contextlib.suppress(FileRejected):
-            taken_along.update(companions(found).values())
+            taken_along.update(f"{below}/{c}" if below else c for c in companions(found).values())
     status.unmatched = sum(
         1
-        for name, _ in files
-        if match(folder.rules, name) is None
-        and name not in taken_along
-        and could_be_companion(patterns, name) is None
+        for path, _ in files
+        if match(folder.rules, path.rpartition("/")[2]) is None
+        and path not in taken_along
+        and could_be_companion(patterns, path.rpartition("/")[2]) is None
     )
     status.oldest_waiting_s = round(now - oldest) if oldest is not None else None
     status.in_progress = spool.claimed_count()

@@ -152,6 +152,23 @@ SETTINGS: tuple[Setting, ...] = (
         ),
     ),
     Setting(
+        "folders[].recursive",
+        shown="false",
+        default=False,
+        meaning=(
+            "take files from subfolders too (a folder per user or device), watching new ones "
+            "as they appear; never `.flowflexd`, done or failed, hidden folders, `@eaDir`, "
+            "`#recycle`, `.snapshot`, `$RECYCLE.BIN`, or a folder behind a symbolic link"
+        ),
+    ),
+    Setting(
+        "folders[].max_depth",
+        shown="unlimited",
+        minimum=0,
+        integer=True,
+        meaning="with `recursive`, how many levels of subfolders below the inbox are taken from",
+    ),
+    Setting(
         "folders[].poll",
         shown="false",
         default=False,

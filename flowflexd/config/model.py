@@ -67,6 +67,8 @@ class Folder:
     poll_interval: float = default("folders[].poll_interval")
     unmatched: str = default("folders[].unmatched")
     order: str = default("folders[].order")
+    recursive: bool = default("folders[].recursive")
+    max_depth: int | None = None  # with recursive: levels of subfolders; None: all
     keep_done_days: float | None = None
     keep_failed_days: float | None = None
     # Folders below done and failed, from placeholders ({date:%Y}/{dir}); None: the root.
@@ -606,6 +608,10 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
     interval = check.setting(section, keys.BY_KEY["folders[].poll_interval"], key)
     unmatched = check.setting(section, keys.BY_KEY["folders[].unmatched"], key)
     order = check.setting(section, keys.BY_KEY["folders[].order"], key)
+    recursive = check.setting(section, keys.BY_KEY["folders[].recursive"], key)
+    max_depth = check.setting(section, keys.BY_KEY["folders[].max_depth"], key)
+    if max_depth is not None and not recursive:
+        check.warn((*key, "max_depth"), "has no effect without recursive: true")
     keep_done = check.setting(section, keys.BY_KEY["folders[].keep_done_days"], key)
     keep_failed = check.setting(section, keys.BY_KEY["folders[].keep_failed_days"], key)
     rules: list[Rule] = []
@@ -642,6 +648,8 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         failed_below=failed_below,
         keep_done_days=keep_done,
         keep_failed_days=keep_failed,
+        recursive=recursive,
+        max_depth=None if max_depth is None else int(max_depth),
     )
 
 

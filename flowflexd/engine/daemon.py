@@ -407,8 +407,8 @@ class Daemon:
         return sum(
             1
             for i in self.inboxes
-            for name, _ in i.spool.waiting()
-            if match(i.folder.rules, name) is not None
+            for path, _ in i.spool.waiting()
+            if match(i.folder.rules, os.path.basename(path)) is not None
         )
 
     def _once_finished(self) -> bool:

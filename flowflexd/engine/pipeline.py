@@ -119,7 +119,7 @@ class Pipeline:
 
     def prefetch(self, spool: Spool, name: str, inode: int) -> None:
         """Ask for the upload URL of a file that is still settling (see prefetch.py)."""
-        filename = asset_name(name)
+        filename = asset_name(os.path.basename(name))  # name may be below a subfolder
         mime = mime_for_name(filename)
         if mime is None:
             return  # refused at claim time anyway
@@ -251,13 +251,13 @@ class Pipeline:
         if rule is not None:
             found = rule.matcher.search(claim.name) if rule.regex else None
             groups = found.groupdict() if found else {}
-            return Match(rule, claim.name, groups, claimed_at=claim.claimed_at)
+            return Match(rule, claim.name, groups, dir=claim.below, claimed_at=claim.claimed_at)
         found_now = match(spool.folder.rules, claim.name)
         if found_now is None:
             raise FileRejected(
                 "no rule takes this file any more (the configuration changed)", code=Code.UNMATCHED
             )
-        return dataclasses.replace(found_now, claimed_at=claim.claimed_at)
+        return dataclasses.replace(found_now, dir=claim.below, claimed_at=claim.claimed_at)
 
     def _sidecar(self, spool: Spool, claim: Claim, found: Match, present: dict[str, str]) -> Any:
         if found.rule.sidecar is None:
@@ -353,7 +353,7 @@ class Pipeline:
             ref = FileRef(
                 cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size
             )
-            prefetched = self.urls.take((str(spool.inbox), claim.members[role], info.st_ino))
+            prefetched = self.urls.take((str(spool.inbox), claim.source(role), info.st_ino))
             asset_id = self._put_prefetched(ref, prefetched) if prefetched else None
             if asset_id is None:
                 asset_id = self.client.upload_file(ref)
@@ -482,6 +482,7 @@ class Pipeline:
             "attempts": claim.attempts,
             "time": _now_iso(),
             "members": claim.members,
+            "dir": claim.below,
         }
 
     def _fail(self, spool: Spool, claim: Claim, failed: Decision) -> Outcome:
@@ -507,6 +508,7 @@ class Pipeline:
             "outcome": outcome,
             "folder": str(spool.inbox),
             "file": claim.name,
+            "dir": claim.below,
             "claim": claim.id,
             "sha256": file_upload.get("sha256"),
             "rule": claim.rule or None,

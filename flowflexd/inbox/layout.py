@@ -13,6 +13,8 @@ A name taken in done or failed gets the claim's short id as a suffix
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from flowflexd.rules.templates import split_name
@@ -45,8 +47,46 @@ def lock_file(inbox: Path) -> Path:
 
 
 def owned_names(inbox: Path, done: Path, failed: Path) -> set[str]:
-    """Names in the inbox itself that are flowflexd's: never taken as files."""
-    return {HOME_NAME} | {path.name for path in (done, failed) if path.parent == inbox}
+    """Paths below the inbox that are flowflexd's (relative, "/"-separated): never entered."""
+    owned = {HOME_NAME}
+    for path in (done, failed):
+        if path.is_relative_to(inbox) and path != inbox:
+            owned.add(path.relative_to(inbox).as_posix())
+    return owned
+
+
+#: Folders file servers and desktops keep for themselves (Synology, Samba, NetApp, Windows).
+JUNK_FOLDERS = frozenset({"@eadir", "#recycle", ".snapshot", "$recycle.bin"})
+
+
+def skipped_folder(name: str) -> bool:
+    """A subfolder never entered: hidden, or a file server's own."""
+    return name.startswith(".") or name.lower() in JUNK_FOLDERS
+
+
+def walk(inbox: Path, owned: set[str], max_depth: int | None) -> Iterator[str]:
+    """Every entry below the inbox that is not a folder, as a relative path.
+
+    Owned, hidden and junk folders are not entered, nor folders deeper than
+    ``max_depth`` levels, nor folders behind a symbolic link.
+    """
+    stack = [""]
+    while stack:
+        below = stack.pop()
+        try:
+            entries = list(os.scandir(inbox / below if below else inbox))
+        except OSError:
+            continue
+        for entry in entries:
+            rel = f"{below}/{entry.name}" if below else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                depth = rel.count("/") + 1
+                if rel in owned or skipped_folder(entry.name):
+                    continue
+                if max_depth is None or depth <= max_depth:
+                    stack.append(rel)
+            else:
+                yield rel
 
 
 def suffixed(name: str, tag: str) -> str:

@@ -147,9 +147,10 @@ class Inbox:
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float, rescan_seconds: float) -> None:
         """New settings for the same inbox: what is queued or claimed stays as it is."""
-        restart = (folder.poll, folder.poll_interval) != (
+        restart = (folder.poll, folder.poll_interval, folder.recursive) != (
             self.folder.poll,
             self.folder.poll_interval,
+            self.folder.recursive,
         )
         self.folder = folder
         self.spool.folder = folder

@@ -80,6 +80,7 @@ class Claim:
     # FlowFlex gets. Checked again before the event fires and before the move.
     seen: dict[str, list[int]] = field(default_factory=dict)
     changes: int = 0  # times a member changed under us before the event fired
+    below: str = ""  # the folder below the inbox it came from ("alice/2026"), "" at the top
     dir: Path = field(init=False, repr=False, compare=False)
     # Its outcome is in the journal (this run): a move retried records nothing again.
     recorded: bool = field(default=False, init=False, repr=False, compare=False)
@@ -90,6 +91,11 @@ class Claim:
     @property
     def name(self) -> str:
         return self.members["file"]
+
+    def source(self, role: str) -> str:
+        """Where a member was in the inbox, as a path below it."""
+        name = self.members[role]
+        return f"{self.below}/{name}" if self.below else name
 
     def path(self, role: str) -> Path:
         return self.dir / self.members[role]
@@ -128,6 +134,9 @@ class Claim:
                 kind is bool
             ):
                 raise ValueError(f"the claim's {name} is {type(raw[name]).__name__}")
+        below = raw.get("below", "")
+        if below and not all(_plain_name(part) for part in below.split("/")):
+            raise ValueError("the claim's folder is not a path below its inbox")
         members = raw["members"]
         if "file" not in members or not all(
             isinstance(k, str) and isinstance(v, str) and _plain_name(v) for k, v in members.items()
@@ -159,6 +168,7 @@ _CLAIM_TYPES: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "attempts": (int, False),
     "seen": (dict, False),
     "changes": (int, False),
+    "below": (str, False),
 }
 
 
@@ -311,8 +321,8 @@ class Spool:
         (another process has it open for writing).
         """
         self._home_is_ours()
-        name = members["file"]
-        source = self.inbox / name
+        below, _, _ = members["file"].rpartition("/")
+        source = self.inbox / members["file"]
         if expect is not None:
             try:
                 now = os.lstat(source)
@@ -325,11 +335,12 @@ class Spool:
         claim = Claim(
             id=uuid.uuid4().hex,
             inbox=str(self.inbox),
-            members=dict(members),
+            members={role: path.rpartition("/")[2] for role, path in members.items()},
             key=str(uuid.uuid4()),
             rule=rule,
             claimed_at=time.time(),
             reject=None if reject is None else reject.as_record(),
+            below=below,
         )
         self.carried.add(claim.id)
         try:
@@ -363,7 +374,7 @@ class Spool:
                 os.close(fd)
         fsync_dir(claim.dir)
         fsync_dir(self.work)
-        fsync_dir(self.inbox)
+        fsync_dir(source.parent)
         crashpoints.reached("after_claim")
         return claim
 
@@ -372,7 +383,7 @@ class Spool:
             if role == "file" or os.path.lexists(claim.dir / name):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.inbox / name, claim.dir / name)
+                os.rename(self.inbox / claim.source(role), claim.dir / name)
 
     def _discard(self, claim: Claim) -> None:
         """Remove a claim that took nothing: only our own claim file is in it."""
@@ -428,10 +439,10 @@ class Spool:
             if (
                 not decided
                 and not os.path.lexists(claim.path("file"))
-                and os.path.lexists(self.inbox / claim.name)
+                and os.path.lexists(self.inbox / claim.source("file"))
             ):
                 # Killed between writing the claim and taking the file.
-                self._return_orphans(claim_dir)
+                self._return_orphans(claim_dir, self.inbox / claim.below)
                 continue
             self._take_companions(claim)
             self.carried.add(claim.id)
@@ -457,20 +468,21 @@ class Spool:
         fsync_dir(self.work)
         return moved
 
-    def _return_orphans(self, claim_dir: Path) -> None:
+    def _return_orphans(self, claim_dir: Path, home: Path) -> None:
+        """Give back to ``home`` (the folder they came from) what a claim never took."""
         for entry in list(os.scandir(claim_dir)):
             if entry.name == CLAIM_FILE:
                 os.unlink(entry.path)
                 continue
             for tag in name_tags(uuid.uuid4().hex):
                 try:
-                    move_no_replace(Path(entry.path), self.inbox / suffixed(entry.name, tag))
+                    move_no_replace(Path(entry.path), home / suffixed(entry.name, tag))
                     break
                 except FileExistsError:
                     continue
         with contextlib.suppress(OSError):
             os.rmdir(claim_dir)
-        fsync_dir(self.inbox)
+        fsync_dir(home)
 
     # ----------------------------------------------------------------- reads
 
@@ -513,7 +525,7 @@ class Spool:
         if below is None:
             return root
         stem, ext = split_name(claim.name)
-        context = Context(claim.name, stem, ext, claimed_at=claim.claimed_at)
+        context = Context(claim.name, stem, ext, dir=claim.below, claimed_at=claim.claimed_at)
         rendered = render_text(below, context)
         relative = os.path.normpath(rendered) if rendered else "."
         if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
@@ -598,21 +610,29 @@ class Spool:
     # ---------------------------------------------------------------- status
 
     def waiting(self) -> list[tuple[str, os.stat_result]]:
-        """Files in the inbox that could be taken (not temporary, not empty)."""
+        """Files in the inbox (and its subfolders, with recursive) that could be taken.
+
+        Not temporary, not empty; names are paths below the inbox.
+        """
+        folder = self.folder
+        if folder.recursive:
+            owned = layout.owned_names(folder.path, folder.done, folder.failed)
+            names = list(layout.walk(self.inbox, owned, folder.max_depth))
+        else:
+            try:
+                names = os.listdir(self.inbox)
+            except FileNotFoundError:
+                return []
         out = []
-        try:
-            entries = list(os.scandir(self.inbox))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            if is_temporary_name(entry.name):
+        for name in names:
+            if is_temporary_name(os.path.basename(name)):
                 continue
             try:
-                info = entry.stat(follow_symlinks=False)
+                info = os.lstat(self.inbox / name)
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode) and info.st_size > 0:
-                out.append((entry.name, info))
+                out.append((name, info))
         return out
 
     def claimed_count(self) -> int:

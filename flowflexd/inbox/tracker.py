@@ -147,9 +147,17 @@ class Tracker:
         self._pending.add(name)
 
     def rescan(self) -> None:
-        """Look at every name in the inbox (nothing, when it cannot be listed now)."""
+        """Look at every name in the inbox (nothing, when it cannot be listed now).
+
+        With ``recursive``, every name in the subfolders taken from too, as a
+        path below the inbox ("alice/scan.pdf").
+        """
         try:
-            names = set(os.listdir(self.inbox))
+            if self.folder.recursive:
+                os.stat(self.inbox)  # gone: nothing to list, nothing forgotten
+                names = set(layout.walk(self.inbox, self._skip, self.folder.max_depth))
+            else:
+                names = set(os.listdir(self.inbox))
         except OSError:
             return
         for name in [n for n in self._entries if n not in names]:
@@ -240,8 +248,8 @@ class Tracker:
         return (
             stat.S_ISREG(info.st_mode)
             and 0 < info.st_size <= MAX_FILE_BYTES
-            and mime_for_name(asset_name(name)) is not None
-            and match(self.folder.rules, name) is not None
+            and mime_for_name(asset_name(os.path.basename(name))) is not None
+            and match(self.folder.rules, os.path.basename(name)) is not None
         )
 
     @staticmethod
@@ -299,11 +307,74 @@ class Tracker:
                 self._set(entry, Stage.SETTLING)
         return entry, info
 
+    def _outside(self, name: str) -> bool:
+        """Not a name to take: flowflexd's own, a temporary one, or in a folder not entered."""
+        if name in self._skip or is_temporary_name(os.path.basename(name)):
+            return True
+        if "/" not in name:
+            return False
+        folders = name.split("/")[:-1]
+        if not self.folder.recursive or (
+            self.folder.max_depth is not None and len(folders) > self.folder.max_depth
+        ):
+            return True
+        return any(
+            "/".join(folders[: i + 1]) in self._skip or layout.skipped_folder(part)
+            for i, part in enumerate(folders)
+        )
+
+    def _enter(self, folder: str) -> None:
+        """A subfolder appeared (made, or a whole tree moved in): look at all of it now."""
+        self._drop(folder)  # folders are entered, not tracked
+        for name in layout.walk(self.inbox / folder, set(), self._depth_left(folder)):
+            self._pending.add(f"{folder}/{name}")
+
+    def _depth_left(self, folder: str) -> int | None:
+        if self.folder.max_depth is None:
+            return None
+        return self.folder.max_depth - (folder.count("/") + 1)
+
+    def _a_folder(self, name: str, entry: Entry, info: os.stat_result) -> bool:
+        """Handle a folder (entered, or left alone) or a link to one; True when it was one."""
+        if stat.S_ISDIR(info.st_mode) and self.folder.recursive:
+            depth_left = self._depth_left(name)
+            if name in self._skip or layout.skipped_folder(os.path.basename(name)):
+                self._drop(name)
+            elif depth_left is None or depth_left >= 0:
+                self._enter(name)
+            else:
+                self._drop(name)
+            return True
+        if (
+            stat.S_ISLNK(info.st_mode)
+            and self.folder.recursive
+            and os.path.isdir(os.path.join(self.key, name))
+        ):
+            self._set(entry, Stage.IGNORED)  # a folder behind a link is never followed
+            if entry.say_once("link"):
+                log.info(
+                    "a symbolic link to a folder is not followed; it stays",
+                    folder=str(self.inbox),
+                    file=name,
+                )
+            return True
+        if stat.S_ISDIR(info.st_mode):
+            self._set(entry, Stage.IGNORED)
+            if entry.say_once("dir"):
+                log.info(
+                    "subfolders are not watched; move files to the inbox itself, or set "
+                    "recursive: true for this folder",
+                    folder=str(self.inbox),
+                    file=name,
+                )
+            return True
+        return False
+
     def _observe(self, name: str, now: float) -> Ready | None:
         existing = self._entries.get(name)
         if existing is not None and self._stage(existing) in HANDED_OVER:
             return None
-        if name in self._skip or is_temporary_name(name):
+        if self._outside(name):
             return None
         looked = self._look(name, now)
         primary = self._wanted_by.get(name)
@@ -316,14 +387,7 @@ class Tracker:
         if looked is None:
             return None
         entry, info = looked
-        if stat.S_ISDIR(info.st_mode):
-            self._set(entry, Stage.IGNORED)
-            if entry.say_once("dir"):
-                log.info(
-                    "subfolders are not watched; move files to the inbox itself",
-                    folder=str(self.inbox),
-                    file=name,
-                )
+        if self._a_folder(name, entry, info):
             return None
         if stat.S_ISREG(info.st_mode) and info.st_size == 0:
             # A placeholder; look again now and then, as a writer may fill it
@@ -362,8 +426,9 @@ class Tracker:
         """``name`` as this inbox spells it: a Mac writes é decomposed (NFD), Windows not."""
         if name in self._entries or os.path.lexists(os.path.join(self.key, name)):
             return name
+        folder, base = _split(name)
         for form in ("NFC", "NFD"):
-            other = unicodedata.normalize(form, name)
+            other = _join(folder, unicodedata.normalize(form, base))
             if other != name and os.path.lexists(os.path.join(self.key, other)):
                 return other
         return name
@@ -385,11 +450,13 @@ class Tracker:
             code = Code.SYMLINK if stat.S_ISLNK(info.st_mode) else Code.NOT_A_REGULAR_FILE
             reason = f"is a {kind}, not a regular file; set aside unread"
             return self._reject(entry, rule="", code=code, reason=reason)
-        found = match(self.folder.rules, entry.name)
+        folder, name = _split(entry.name)
+        found = match(self.folder.rules, name)
         if found is None:
             return self._unmatched(entry, info, now)
         try:
-            wanted = companions(found)
+            # Companions are looked for beside the file, in its own folder.
+            wanted = {role: _join(folder, n) for role, n in companions(found).items()}
         except FileRejected as err:
             return self._reject(entry, rule=found.rule.name, code=err.code, reason=err.message)
         if not wanted:
@@ -529,7 +596,7 @@ class Tracker:
         return None
 
     def _unmatched(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
-        rule = could_be_companion(self._patterns, entry.name)
+        rule = could_be_companion(self._patterns, os.path.basename(entry.name))
         if rule is not None:
             self._set(entry, Stage.COMPANION)
             if entry.complete_at is None:
@@ -560,3 +627,13 @@ class Tracker:
 def _refused_anyway(info: os.stat_result) -> bool:
     """Over FlowFlex's cap, or hard-linked: the claim refuses it whatever its content."""
     return info.st_size > MAX_FILE_BYTES or info.st_nlink > 1
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``alice/2026/scan.pdf`` -> (``alice/2026``, ``scan.pdf``); ("", name) at the top."""
+    folder, _, name = path.rpartition("/")
+    return folder, name
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name

@@ -19,6 +19,7 @@ from watchdog.events import (
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
     EVENT_TYPE_OPENED,
+    DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
@@ -48,6 +49,7 @@ INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
     FileDeletedEvent,
     DirMovedEvent,
     DirDeletedEvent,
+    DirCreatedEvent,  # a new folder (per user or device) is entered at once with recursive
 ]
 
 INOTIFY_LIMITS = {
@@ -57,9 +59,11 @@ INOTIFY_LIMITS = {
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, inbox: str, hint: Hint) -> None:
+    def __init__(self, inbox: str, hint: Hint, *, recursive: bool) -> None:
         self._inbox = inbox
+        self._below = inbox.rstrip("/") + "/"
         self._hint = hint
+        self._recursive = recursive
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE):
@@ -73,6 +77,9 @@ class _Handler(FileSystemEventHandler):
             parent, name = os.path.split(path)
             if parent == self._inbox and name:
                 self._hint(name)
+            elif self._recursive and path.startswith(self._below):
+                # A path below a subfolder; the tracker decides which folders count.
+                self._hint(path[len(self._below) :])
             elif path == self._inbox and event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
                 # The inbox itself moved or vanished. (A "modified" event on it
                 # only says an entry changed; that entry has its own event.)
@@ -90,13 +97,14 @@ class FolderWatcher:
     def start(self, hint: Hint) -> str:
         """Start watching, calling ``hint`` for every name an event concerns; returns the mode."""
         inbox = str(self.folder.path)
-        handler = _Handler(inbox, hint)
+        recursive = self.folder.recursive
+        handler = _Handler(inbox, hint, recursive=recursive)
         if not self.folder.poll:
             observer: BaseObserver | None = None
             try:
                 # watchdog opens the inotify instance in the constructor already.
                 observer = Observer()
-                observer.schedule(handler, inbox, recursive=False, event_filter=INOTIFY_EVENTS)
+                observer.schedule(handler, inbox, recursive=recursive, event_filter=INOTIFY_EVENTS)
                 observer.start()
             except OSError as err:
                 sysctl = INOTIFY_LIMITS.get(err.errno or 0)
@@ -115,7 +123,7 @@ class FolderWatcher:
                 self.mode = "inotify"
                 return self.mode
         observer = PollingObserver(timeout=self.folder.poll_interval)
-        observer.schedule(handler, inbox, recursive=False)
+        observer.schedule(handler, inbox, recursive=recursive)
         observer.start()
         self._observer = observer
         self.mode = "polling" if self.folder.poll else "polling (inotify limit)"

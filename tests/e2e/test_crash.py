@@ -274,3 +274,31 @@ def test_corrupted_state_never_stops_a_start_and_nothing_is_sent_twice(
         in_done = any(n.startswith(name.removesuffix(".pdf")) for n in files_in(tmp_path / "done"))
         if in_done:
             assert sent.count(sha256(body)) == 1, f"{name} is in done but was never sent; {what}"
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_send"])
+def test_a_claim_from_a_subfolder_resumes_after_a_kill(
+    tmp_path: Path, emulator: Emulator, point: str
+) -> None:
+    (tmp_path / "inbox" / "scanner-3").mkdir(parents=True)
+    rule = {"name": "inv", "pattern": "*.pdf", "event": "inv", "sidecar": "{stem}.json"}
+    spec = {
+        "path": str(tmp_path / "inbox"),
+        "done": str(tmp_path / "done" / "{dir}"),
+        "failed": str(tmp_path / "failed"),
+        "recursive": True,
+        "rules": [rule],
+    }
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+    drop(tmp_path / "inbox" / "scanner-3", "INV-9.json", b'{"n": 9}')
+    drop(tmp_path / "inbox" / "scanner-3", "INV-9.pdf", b"%PDF nested\n%%EOF")
+
+    run_until_killed(config, point)
+    [claim] = claims(tmp_path)
+    assert claim["below"] == "scanner-3"
+    done = tmp_path / "done" / "scanner-3"
+    run_until(config, lambda: files_in(done) == {"INV-9.pdf", "INV-9.json"})
+
+    [event] = emulator.events()
+    assert event["idempotency_key"] == claim["key"]
+    assert files_in(tmp_path / "inbox" / "scanner-3") == set()
