@@ -32,6 +32,7 @@ from flowflexd.engine.daemon import Daemon
 from flowflexd.engine.notify import Notifier
 from flowflexd.engine.outcomes import Verdict, classify
 from flowflexd.errors import ConfigError, FlowFlexConfigError, FlowFlexError, UserError
+from flowflexd.rules.sanitize import printable
 from flowflexd.support import log as logsetup
 
 log = structlog.get_logger("flowflexd")
@@ -401,8 +402,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = views.status(config)
     if args.json:
         print(json.dumps([{**row.__dict__, "path": str(row.path)} for row in rows], indent=2))
-    else:
-        print("\n".join(views.render_status(rows)))
+        return 0
+    print("\n".join(views.render_status(rows)))
+    if args.by_folder:
+        for row in rows:
+            print(f"\nwaiting in {row.path}, by subfolder:")
+            for below, count in sorted(row.by_folder.items()):
+                print(f"  {count:>6}  {printable(below) if below else '(the inbox itself)'}")
     return 0
 
 
@@ -502,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("files", nargs="+", metavar="FILE")
     status = command("status", cmd_status, "files waiting, in progress, done and failed per folder")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--by-folder", action="store_true", help="also: files waiting per subfolder"
+    )
     replay = command(
         "replay", cmd_replay, "put failed files back into their inbox to be processed again"
     )

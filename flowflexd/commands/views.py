@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import stat
@@ -125,10 +124,8 @@ def explain(folder: Folder, path: Path) -> list[str]:
 
 def _match_at(folder: Folder, path: Path) -> Match | None:
     """The rule that takes ``path``, knowing which folder below the inbox it is in."""
-    found = match(folder.rules, path.name)
-    if found is None or path.parent == folder.path:
-        return found
-    return dataclasses.replace(found, dir=path.parent.relative_to(folder.path).as_posix())
+    where = "" if path.parent == folder.path else path.parent.relative_to(folder.path).as_posix()
+    return match(folder.rules, path.name, where)
 
 
 def _wholeness(path: Path, rule: Rule) -> list[str]:
@@ -178,6 +175,7 @@ class FolderStatus:
     paused_reason: str | None = None
     paused_since: str | None = None
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
+    by_folder: dict[str, int] = field(default_factory=dict)  # waiting per subfolder ("" top)
 
 
 def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
@@ -272,10 +270,11 @@ def folder_status(
     oldest: float | None = None
     for path, info in files:
         below, _, name = path.rpartition("/")
-        found = match(folder.rules, name)
+        found = match(folder.rules, name, below)
         if found is None:
             continue
         status.waiting += 1
+        status.by_folder[below] = status.by_folder.get(below, 0) + 1
         # ctime: when it arrived here; a copy keeps its source's mtime, decades old maybe.
         oldest = info.st_ctime if oldest is None else min(oldest, info.st_ctime)
         with contextlib.suppress(FileRejected):
@@ -283,7 +282,7 @@ def folder_status(
     status.unmatched = sum(
         1
         for path, _ in files
-        if match(folder.rules, path.rpartition("/")[2]) is None
+        if match(folder.rules, path.rpartition("/")[2], path.rpartition("/")[0]) is None
         and path not in taken_along
         and could_be_companion(patterns, path.rpartition("/")[2]) is None
     )

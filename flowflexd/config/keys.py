@@ -240,6 +240,14 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="or a regular expression searched in the name; named groups feed `{match.NAME}`",
     ),
     Setting(
+        "rules[].path_pattern",
+        shown="",
+        meaning=(
+            "with `recursive`, a glob on the path below the inbox too (`invoices/**`, "
+            "`*/scans/*.pdf`; `*` crosses folders): the rule takes only files there"
+        ),
+    ),
+    Setting(
         "rules[].event",
         shown="required",
         required=True,

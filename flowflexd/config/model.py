@@ -541,6 +541,7 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     if section is None:
         return None
     matcher, groups, pattern, regex_text = _matcher(check, section, key)
+    path_pattern = check.text(section, "path_pattern", key)
     name = check.text(section, "name", key) or pattern or regex_text or f"rule {key[-1]}"
     event = None
     if "event" not in section:
@@ -574,6 +575,8 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         event=event,
         pattern=pattern,
         regex=regex_text,
+        path_pattern=path_pattern,
+        place=glob_matcher(path_pattern) if path_pattern else None,
         sidecar=sidecar,
         sidecar_required=required,
         sidecar_timeout=timeout,

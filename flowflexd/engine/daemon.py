@@ -408,7 +408,7 @@ class Daemon:
             1
             for i in self.inboxes
             for path, _ in i.spool.waiting()
-            if match(i.folder.rules, os.path.basename(path)) is not None
+            if match(i.folder.rules, *reversed(path.rpartition("/")[::2])) is not None
         )
 
     def _once_finished(self) -> bool:

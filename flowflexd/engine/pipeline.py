@@ -252,7 +252,7 @@ class Pipeline:
             found = rule.matcher.search(claim.name) if rule.regex else None
             groups = found.groupdict() if found else {}
             return Match(rule, claim.name, groups, dir=claim.below, claimed_at=claim.claimed_at)
-        found_now = match(spool.folder.rules, claim.name)
+        found_now = match(spool.folder.rules, claim.name, claim.below)
         if found_now is None:
             raise FileRejected(
                 "no rule takes this file any more (the configuration changed)", code=Code.UNMATCHED

@@ -249,7 +249,7 @@ class Tracker:
             stat.S_ISREG(info.st_mode)
             and 0 < info.st_size <= MAX_FILE_BYTES
             and mime_for_name(asset_name(os.path.basename(name))) is not None
-            and match(self.folder.rules, os.path.basename(name)) is not None
+            and match(self.folder.rules, *reversed(_split(name))) is not None
         )
 
     @staticmethod
@@ -451,7 +451,7 @@ class Tracker:
             reason = f"is a {kind}, not a regular file; set aside unread"
             return self._reject(entry, rule="", code=code, reason=reason)
         folder, name = _split(entry.name)
-        found = match(self.folder.rules, name)
+        found = match(self.folder.rules, name, folder)
         if found is None:
             return self._unmatched(entry, info, now)
         try:

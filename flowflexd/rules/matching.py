@@ -40,6 +40,8 @@ class Rule:
     event: Template
     pattern: str | None = None
     regex: str | None = None
+    path_pattern: str | None = None  # a glob on the path below the inbox ("invoices/**")
+    place: re.Pattern[str] | None = None  # path_pattern, compiled
     sidecar: Template | None = None
     sidecar_required: bool = True
     sidecar_timeout: float = default("rules[].sidecar_timeout")
@@ -94,15 +96,22 @@ def is_temporary_name(name: str) -> bool:
     )
 
 
-def match(rules: Iterable[Rule], name: str) -> Match | None:
-    """The first rule that takes ``name`` (a glob matches the whole name; a regex searches)."""
+def match(rules: Iterable[Rule], name: str, where: str = "") -> Match | None:
+    """The first rule that takes ``name`` (a glob matches the whole name; a regex searches).
+
+    ``where`` is the folder below the inbox the file is in; a rule with a
+    ``path_pattern`` takes only files whose path below the inbox it matches.
+    """
+    path = f"{where}/{name}" if where else name
     for rule in rules:
+        if rule.place is not None and not rule.place.match(path):
+            continue
         if rule.regex is not None:
             found = rule.matcher.search(name)
             if found:
-                return Match(rule, name, found.groupdict())
+                return Match(rule, name, found.groupdict(), dir=where)
         elif rule.matcher.match(name):
-            return Match(rule, name, {})
+            return Match(rule, name, {}, dir=where)
     return None
 
 

@@ -168,12 +168,19 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
 
 
 def falls_back_to_polling(
-    tmp_path: Path, emulator: Emulator, use_up: Callable[[list[int]], None]
+    tmp_path: Path,
+    emulator: Emulator,
+    use_up: Callable[[list[int]], None],
+    *,
+    below: str = "",
+    **folder: Any,
 ) -> dict[str, Any]:
     """Start the daemon while ``use_up`` holds inotify descriptors (it appends
-    them to the list); check it polls and delivers once they are released, and
-    return its log line about the limit."""
-    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    them to the list); check it polls and delivers (into ``below``, a subfolder)
+    once they are released, and return its log line about the limit."""
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[{**spec(tmp_path), **folder}]
+    )
     taken: list[int] = []
     proc = None
     try:
@@ -184,7 +191,9 @@ def falls_back_to_polling(
         for fd in taken:
             os.close(fd)
         taken.clear()
-        drop(tmp_path / "inbox", "polled.pdf", b"%PDF\n%%EOF")
+        where = tmp_path / "inbox" / below
+        where.mkdir(parents=True, exist_ok=True)
+        drop(where, "polled.pdf", b"%PDF\n%%EOF")
         wait_until(lambda: "polled.pdf" in files_in(tmp_path / "done"), timeout=20)
         proc.proc.terminate()
         assert proc.wait_exit() == 0
@@ -196,7 +205,8 @@ def falls_back_to_polling(
     return line
 
 
-def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator: Emulator) -> None:
+def watch_hog(tmp_path: Path) -> Callable[[list[int]], None]:
+    """Something that uses up every inotify watch this user may have."""
     limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
     libc = ctypes.CDLL(None, use_errno=True)
     # Watches count per user: a few instances each watching the same files
@@ -218,7 +228,23 @@ def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator:
                     assert ctypes.get_errno() == errno.ENOSPC
                     break
 
-    line = falls_back_to_polling(tmp_path, emulator, use_up)
+    return use_up
+
+
+def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator: Emulator) -> None:
+    line = falls_back_to_polling(tmp_path, emulator, watch_hog(tmp_path))
+
+    assert "fs.inotify.max_user_watches" in line["fix"]
+
+
+def test_a_tree_over_the_watch_limit_falls_back_to_polling_it_whole(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    for i in range(20):  # a watch per folder, more than are left
+        (tmp_path / "inbox" / f"user-{i}").mkdir(parents=True)
+    line = falls_back_to_polling(
+        tmp_path, emulator, watch_hog(tmp_path), below="user-7", recursive=True
+    )
 
     assert "fs.inotify.max_user_watches" in line["fix"]
 

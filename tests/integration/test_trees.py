@@ -4,6 +4,7 @@ folders never entered, and files that remember where they came from."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from support import (
     PDF_END,
     Folders,
     RunningDaemon,
+    child_env,
     drop,
     files_in,
+    flowflexd_argv,
     folder_spec,
     read_report,
     wait_until,
@@ -227,3 +230,67 @@ def test_explain_takes_a_path_below_the_inbox_and_shows_its_place(
 
     assert '"user": "fay"' in text
     assert '"path": "fay/x.pdf"' in text
+
+
+def test_a_path_pattern_takes_only_files_below_its_folders(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    rules = [
+        {**PDF, "name": "invoices", "path_pattern": "invoices/**", "event": "invoice"},
+        {**PDF, "name": "rest", "event": "other"},
+    ]
+    for where in ("invoices/2026", "letters"):
+        (layout.inbox / where).mkdir(parents=True)
+        drop(layout.inbox / where, "doc.pdf", f"%PDF {where}".encode() + PDF_END)
+    with RunningDaemon(tree_config(tmp_path, emulator, rules)):
+        wait_until(lambda: len(emulator.events()) == 2)
+
+    by_event = {e["event"]: e for e in emulator.events()}
+    assert set(by_event) == {"invoice", "other"}
+    assert next(iter(by_event["invoice"]["assets"].values()))["filename"] == "doc.pdf"
+
+
+def test_status_by_folder_counts_what_waits_in_each_subfolder(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    for where, count in (("gil", 2), ("hal/scans", 1)):
+        (tmp_path / "inbox" / where).mkdir(parents=True)
+        for i in range(count):
+            drop(tmp_path / "inbox" / where, f"w{i}.pdf", b"%PDF w" + PDF_END)
+    drop(tmp_path / "inbox", "top.pdf", b"%PDF top" + PDF_END)
+    config = tree_config(tmp_path, emulator)
+
+    [row] = views.status(load(config))
+    done = subprocess.run(
+        flowflexd_argv("status", "-c", str(config), "--by-folder"),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=False,
+    )
+
+    assert row.by_folder == {"": 1, "gil": 2, "hal/scans": 1}
+    assert done.returncode == 0, done.stderr
+    assert "waiting in" in done.stdout
+    assert "2  gil" in done.stdout and "1  hal/scans" in done.stdout
+    assert "1  (the inbox itself)" in done.stdout
+
+
+def test_the_same_name_twice_in_a_nested_done_folder_keeps_both(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    (layout.inbox / "ivy").mkdir()
+    config = tree_config(tmp_path, emulator, done=str(tmp_path / "done" / "{dir}"))
+    with RunningDaemon(config):
+        drop(layout.inbox / "ivy", "same.pdf", b"%PDF first" + PDF_END)
+        wait_until(lambda: files_in(tmp_path / "done" / "ivy") == {"same.pdf"})
+        drop(layout.inbox / "ivy", "same.pdf", b"%PDF second" + PDF_END)
+        wait_until(lambda: len(files_in(tmp_path / "done" / "ivy")) == 2)
+
+    names = sorted(files_in(tmp_path / "done" / "ivy"))
+    assert names[0].startswith("same (") and names[1] == "same.pdf"
+    bodies = {(tmp_path / "done" / "ivy" / n).read_bytes() for n in names}
+    assert bodies == {b"%PDF first" + PDF_END, b"%PDF second" + PDF_END}
