@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flowflexd.config.model import SERVICE_STATE_DIR, Config, Folder
-from flowflexd.errors import UserError
+from flowflexd.errors import FileRejected, UserError
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
+from flowflexd.rules.templates import Context, Template, render_text
 
 
 @dataclass
@@ -37,6 +38,17 @@ def _check_dir(label: str, path: Path, findings: Findings) -> int | None:
     if base != path:
         findings.notes.append(f"{label} {path} does not exist yet; flowflexd will create it")
     return os.stat(base).st_dev
+
+
+def _sample(root: Path, below: Template | None) -> Path:
+    """Where a file claimed now at the top of the inbox would go: what check looks at."""
+    if below is None:
+        return root
+    try:
+        rendered = render_text(below, Context("sample.pdf", "sample", "pdf"))
+    except FileRejected:
+        return root  # {dir[N]}: no sample at the top; the root is what can be checked
+    return root / os.path.normpath(rendered) if rendered else root
 
 
 def sticky_problem(inbox: Path) -> str | None:
@@ -62,7 +74,10 @@ def check_folder(
     if sticky is not None:
         findings.errors.append(sticky)
     inbox_dev = _check_dir("inbox", folder.path, findings)
-    for label, path in (("done", folder.done), ("failed", folder.failed)):
+    for label, path in (
+        ("done", _sample(folder.done, folder.done_below)),
+        ("failed", _sample(folder.failed, folder.failed_below)),
+    ):
         dev = _check_dir(label, path, findings)
         if inbox_dev is not None and dev is not None and dev != inbox_dev:
             findings.errors.append(

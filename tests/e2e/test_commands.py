@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -311,6 +312,19 @@ def test_check_says_plainly_when_retention_deletes_files(
     )
     assert "the one case where flowflexd deletes files" in done.stdout
     assert "keep_failed_days" not in done.stdout  # not set: nothing said, nothing deleted
+
+
+def test_check_looks_at_where_a_dated_done_folder_would_put_a_file_now(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = {**folder(tmp_path), "done": str(tmp_path / "done" / "{date:%Y}")}
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
+
+    done = run("check", "-c", str(config))
+
+    year = time.strftime("%Y")
+    assert done.returncode == 0, done.stdout
+    assert f"done {tmp_path / 'done' / year} does not exist yet" in done.stdout
 
 
 def test_check_refuses_done_on_another_filesystem(tmp_path: Path, emulator: Emulator) -> None:
