@@ -276,6 +276,22 @@ SETTINGS: tuple[Setting, ...] = (
         meaning='further files sent with it, `name: "{stem}.png"`; each is required',
     ),
     Setting(
+        "rules[].marker",
+        shown="",
+        meaning=(
+            'a file an exporter writes when it has finished, e.g. `"{name}.ok"` or '
+            '`"{stem}.done"`: the file is taken only once its marker is there (empty or not), '
+            "and the marker moves with it to done or failed"
+        ),
+    ),
+    Setting(
+        "rules[].marker_timeout",
+        shown="3600",
+        default=3600.0,
+        minimum=0,
+        meaning="seconds a complete file waits for its marker; then it fails as `MARKER_MISSING`",
+    ),
+    Setting(
         "rules[].verify_format",
         shown="true",
         default=True,

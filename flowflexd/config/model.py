@@ -555,6 +555,8 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     if "sidecar_required" in section and sidecar is None:
         check.warn((*key, "sidecar_required"), "has no effect without sidecar")
     timeout = check.setting(section, keys.BY_KEY["rules[].sidecar_timeout"], key)
+    marker = _template(check, section["marker"], (*key, "marker")) if "marker" in section else None
+    marker_timeout = check.setting(section, keys.BY_KEY["rules[].marker_timeout"], key)
     verify_format = check.setting(section, keys.BY_KEY["rules[].verify_format"], key)
     incomplete_timeout = check.setting(section, keys.BY_KEY["rules[].incomplete_timeout"], key)
     attach = _attachments(check, section, key)
@@ -562,6 +564,7 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     scope = _Scope(groups, set(attach), sidecar is not None)
     scope.check(check, event, (*key, "event"), NAME_KINDS | PLACE_KINDS | {"sidecar"})
     scope.check(check, sidecar, (*key, "sidecar"), NAME_KINDS)
+    scope.check(check, marker, (*key, "marker"), NAME_KINDS)
     for attach_name, template in attach.items():
         scope.check(check, template, (*key, "attach", attach_name), NAME_KINDS)
     scope.check(
@@ -582,6 +585,8 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         sidecar_timeout=timeout,
         attach=attach,
         payload=payload,
+        marker=marker,
+        marker_timeout=marker_timeout,
         verify_format=verify_format,
         incomplete_timeout=incomplete_timeout,
     )

@@ -37,6 +37,7 @@ class Code(StrEnum):
     PATH_SEGMENT_MISSING = "PATH_SEGMENT_MISSING"  # {dir[N]} beyond the file's folders
     BAD_DESTINATION = "BAD_DESTINATION"  # a done or failed template would leave its folder
     ATTACHMENT_MISSING = "ATTACHMENT_MISSING"
+    MARKER_MISSING = "MARKER_MISSING"  # the exporter never said the file was complete
     UPLOAD_REFUSED = "UPLOAD_REFUSED"
     CHANGED_AFTER_EVENT = "CHANGED_AFTER_EVENT"
     FILE_GONE = "FILE_GONE"  # someone removed a claimed file from the work area

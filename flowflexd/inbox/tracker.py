@@ -475,7 +475,10 @@ class Tracker:
             self._wanted_by[cname] = entry.name
             self._wants.setdefault(entry.name, set()).add(cname)
             looked = self._look(cname, now)
-            if looked is None or (stat.S_ISREG(looked[1].st_mode) and looked[1].st_size == 0):
+            if looked is None or (
+                # An empty sidecar or attachment is not there yet; a marker may be empty.
+                role != "marker" and stat.S_ISREG(looked[1].st_mode) and looked[1].st_size == 0
+            ):
                 missing.append(role)
                 continue
             companion, _ = looked
@@ -485,7 +488,9 @@ class Tracker:
             still_until = max(still_until, companion.still_since + self.settle)
         if entry.complete_at is None:
             entry.complete_at = now
-        deadline = entry.complete_at + found.rule.sidecar_timeout
+        rule = found.rule
+        waits = rule.marker_timeout if "marker" in missing else rule.sidecar_timeout
+        deadline = entry.complete_at + waits
         if still_until > now:
             self._set(entry, Stage.WAITING)
             self._schedule(entry, still_until if not missing else min(still_until, deadline))
@@ -497,12 +502,11 @@ class Tracker:
         if now >= deadline:
             if required:
                 names = ", ".join(wanted[r] for r in required)
-                code = Code.SIDECAR_MISSING if "sidecar" in required else Code.ATTACHMENT_MISSING
                 return self._reject(
                     entry,
-                    rule=found.rule.name,
-                    code=code,
-                    reason=f"{names} did not arrive within {found.rule.sidecar_timeout:g} s",
+                    rule=rule.name,
+                    code=_missing_code(required),
+                    reason=f"{names} did not arrive within {waits:g} s",
                     members=members,
                 )
             return self._take(entry, info, found, members, now)
@@ -514,7 +518,7 @@ class Tracker:
                 file=entry.name,
                 rule=found.rule.name,
                 missing=[wanted[r] for r in missing],
-                timeout_s=found.rule.sidecar_timeout,
+                timeout_s=waits,
             )
         self._schedule(entry, deadline)
         return None
@@ -637,3 +641,10 @@ def _split(path: str) -> tuple[str, str]:
 
 def _join(folder: str, name: str) -> str:
     return f"{folder}/{name}" if folder else name
+
+
+def _missing_code(roles: list[str]) -> Code:
+    """The code for companions that never came: the marker says most, then the sidecar."""
+    if "marker" in roles:
+        return Code.MARKER_MISSING
+    return Code.SIDECAR_MISSING if "sidecar" in roles else Code.ATTACHMENT_MISSING

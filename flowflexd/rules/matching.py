@@ -47,6 +47,8 @@ class Rule:
     sidecar_timeout: float = default("rules[].sidecar_timeout")
     attach: Mapping[str, Template] = field(default_factory=dict)
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
+    marker: Template | None = None  # a file whose arrival says the export is complete
+    marker_timeout: float = default("rules[].marker_timeout")
     verify_format: bool = default("rules[].verify_format")  # the format's trailer is checked
     incomplete_timeout: float = default("rules[].incomplete_timeout")  # then INCOMPLETE_FILE
 
@@ -56,6 +58,8 @@ class Rule:
             roles["sidecar"] = self.sidecar
         for attach_name, template in self.attach.items():
             roles[f"attach.{attach_name}"] = template
+        if self.marker is not None:
+            roles["marker"] = self.marker
         return roles
 
 
