@@ -13,9 +13,10 @@ from pathlib import Path
 
 from flowflexd.config.model import SERVICE_STATE_DIR, Config, Folder
 from flowflexd.errors import FileRejected, UserError
+from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
-from flowflexd.rules.templates import Context, Template, render_text
+from flowflexd.rules.templates import Template
 
 
 @dataclass
@@ -42,13 +43,10 @@ def _check_dir(label: str, path: Path, findings: Findings) -> int | None:
 
 def _sample(root: Path, below: Template | None) -> Path:
     """Where a file claimed now at the top of the inbox would go: what check looks at."""
-    if below is None:
-        return root
     try:
-        rendered = render_text(below, Context("sample.pdf", "sample", "pdf"))
+        return layout.placed(root, below, "sample.pdf", folder="", claimed_at=None)
     except FileRejected:
         return root  # {dir[N]}: no sample at the top; the root is what can be checked
-    return root / os.path.normpath(rendered) if rendered else root
 
 
 def sticky_problem(inbox: Path) -> str | None:

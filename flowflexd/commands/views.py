@@ -18,7 +18,6 @@ from flowflexd.engine.pipeline import parse_sidecar
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
-from flowflexd.inbox.layout import REPLAYED_DIR, REPORT_SUFFIX
 from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
 from flowflexd.rules.matching import (
@@ -189,26 +188,8 @@ def _outcomes(state_dir: Path) -> dict[str, dict[str, str]]:
     return seen
 
 
-def _reports(failed: Path) -> list[os.DirEntry[str]]:
-    """The failure reports in failed and the dated folders below it (not those replayed)."""
-    found: list[os.DirEntry[str]] = []
-    folders = [failed]
-    while folders:
-        try:
-            entries = list(os.scandir(folders.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if not (entry.name == REPLAYED_DIR and Path(entry.path).parent == failed):
-                    folders.append(Path(entry.path))
-            elif entry.name.endswith(REPORT_SUFFIX) and entry.is_file(follow_symlinks=False):
-                found.append(entry)
-    return found
-
-
 def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
-    reports = _reports(failed)
+    reports = layout.failure_reports(failed)
     reports.sort(key=lambda e: e.stat().st_mtime, reverse=True)
     out = []
     for entry in reports[:count]:
@@ -222,7 +203,7 @@ def _latest_reports(failed: Path, count: int) -> list[dict[str, Any]]:
 
 
 def _count_reports(failed: Path) -> int:
-    return len(_reports(failed))
+    return len(layout.failure_reports(failed))
 
 
 def lock_holder(lock: Path, locks_file: str = "/proc/locks") -> int | None:
@@ -269,7 +250,7 @@ def folder_status(
     taken_along: set[str] = set()
     oldest: float | None = None
     for path, info in files:
-        below, _, name = path.rpartition("/")
+        below, name = layout.split_path(path)
         found = match(folder.rules, name, below)
         if found is None:
             continue
@@ -278,13 +259,13 @@ def folder_status(
         # ctime: when it arrived here; a copy keeps its source's mtime, decades old maybe.
         oldest = info.st_ctime if oldest is None else min(oldest, info.st_ctime)
         with contextlib.suppress(FileRejected):
-            taken_along.update(f"{below}/{c}" if below else c for c in companions(found).values())
+            taken_along.update(layout.join_path(below, c) for c in companions(found).values())
     status.unmatched = sum(
         1
         for path, _ in files
-        if match(folder.rules, path.rpartition("/")[2], path.rpartition("/")[0]) is None
+        if match(folder.rules, *reversed(layout.split_path(path))) is None
         and path not in taken_along
-        and could_be_companion(patterns, path.rpartition("/")[2]) is None
+        and could_be_companion(patterns, layout.split_path(path)[1]) is None
     )
     status.oldest_waiting_s = round(now - oldest) if oldest is not None else None
     status.in_progress = spool.claimed_count()

@@ -32,7 +32,7 @@ from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import Pause, Snapshot
 from flowflexd.errors import UserError
-from flowflexd.inbox import retention
+from flowflexd.inbox import layout, retention
 from flowflexd.inbox.runtime import Inbox, NameHint
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable
 from flowflexd.rules.matching import match
@@ -408,7 +408,7 @@ class Daemon:
             1
             for i in self.inboxes
             for path, _ in i.spool.waiting()
-            if match(i.folder.rules, *reversed(path.rpartition("/")[::2])) is not None
+            if match(i.folder.rules, *reversed(layout.split_path(path))) is not None
         )
 
     def _once_finished(self) -> bool:

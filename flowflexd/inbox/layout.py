@@ -17,7 +17,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from flowflexd.rules.templates import split_name
+from flowflexd.engine.outcomes import Code
+from flowflexd.errors import FileRejected
+from flowflexd.rules.templates import Context, Template, render_text, split_name
 
 HOME_NAME = ".flowflexd"
 CLAIM_FILE = "claim.jsonl"
@@ -115,3 +117,52 @@ def report_name(name: str) -> str:
     room = 255 - len(REPORT_SUFFIX)
     raw = name.encode("utf-8", "surrogateescape")[:room]
     return raw.decode("utf-8", "surrogateescape") + REPORT_SUFFIX
+
+
+def failure_reports(failed: Path) -> list[os.DirEntry[str]]:
+    """The failure reports in failed and the dated folders below it (not those replayed)."""
+    found: list[os.DirEntry[str]] = []
+    folders = [failed]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not (entry.name == REPLAYED_DIR and Path(entry.path).parent == failed):
+                    folders.append(Path(entry.path))
+            elif entry.name.endswith(REPORT_SUFFIX) and entry.is_file(follow_symlinks=False):
+                found.append(entry)
+    return found
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``alice/2026/scan.pdf`` -> (``alice/2026``, ``scan.pdf``); ("", name) at the top."""
+    folder, _, name = path.rpartition("/")
+    return folder, name
+
+
+def join_path(folder: str, name: str) -> str:
+    """The inverse of ``split_path``: a path below the inbox."""
+    return f"{folder}/{name}" if folder else name
+
+
+def placed(
+    root: Path, below: Template | None, name: str, *, folder: str, claimed_at: float | None
+) -> Path:
+    """Where done or failed puts a file: ``root``, and the folders its template renders.
+
+    Raises FileRejected when the template cannot place this file (a
+    {dir[N]} it is not deep enough for, or a path that would leave ``root``).
+    """
+    if below is None:
+        return root
+    stem, ext = split_name(name)
+    rendered = render_text(below, Context(name, stem, ext, dir=folder, claimed_at=claimed_at))
+    relative = os.path.normpath(rendered) if rendered else "."
+    if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+        raise FileRejected(
+            f"the folder would be {root / rendered}, outside {root}", code=Code.BAD_DESTINATION
+        )
+    return root / relative

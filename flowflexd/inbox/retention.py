@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd.config.model import Folder
-from flowflexd.inbox.layout import REPLAYED_DIR, REPORT_SUFFIX, name_tags, suffixed
+from flowflexd.inbox.layout import failure_reports, name_tags, suffixed
 
 DAY = 86400.0
 Record = Callable[[dict[str, Any]], None]
@@ -92,7 +92,7 @@ def sweep_failed(folder: Folder, *, now: float, record: Record) -> list[str]:
         return []
     cutoff = now - folder.keep_failed_days * DAY
     deleted: list[str] = []
-    for report_path in _reports(folder.failed):
+    for report_path in (Path(e.path) for e in failure_reports(folder.failed)):
         try:
             report = json.loads(report_path.read_text(encoding="utf-8", errors="replace"))
         except (OSError, ValueError):
@@ -127,15 +127,6 @@ def _deletion(folder: Folder, source: dict[str, Any], gone: list[str]) -> dict[s
         "claim": source.get("claim"),
         "deleted": gone,
     }
-
-
-def _reports(root: Path) -> list[Path]:
-    found = []
-    for where, dirs, names in os.walk(root):
-        if Path(where) == root and REPLAYED_DIR in dirs:
-            dirs.remove(REPLAYED_DIR)
-        found += [Path(where, n) for n in names if n.endswith(REPORT_SUFFIX)]
-    return found
 
 
 def _remove_emptied(root: Path, deleted: list[str]) -> None:

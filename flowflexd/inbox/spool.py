@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from flowflexd.config.model import Folder
-from flowflexd.engine.outcomes import Code, Decision
+from flowflexd.engine.outcomes import Decision
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, someone_writes, writer_state
 from flowflexd.inbox.layout import CLAIM_FILE, name_tags, report_name, suffixed
 from flowflexd.inbox.reading import open_regular, read_limited, signature
 from flowflexd.rules.matching import is_temporary_name
-from flowflexd.rules.templates import Context, render_text, split_name
 from flowflexd.support import crashpoints
 from flowflexd.support.durable import (
     fsync_dir,
@@ -94,8 +93,7 @@ class Claim:
 
     def source(self, role: str) -> str:
         """Where a member was in the inbox, as a path below it."""
-        name = self.members[role]
-        return f"{self.below}/{name}" if self.below else name
+        return layout.join_path(self.below, self.members[role])
 
     def path(self, role: str) -> Path:
         return self.dir / self.members[role]
@@ -321,7 +319,7 @@ class Spool:
         (another process has it open for writing).
         """
         self._home_is_ours()
-        below, _, _ = members["file"].rpartition("/")
+        below = layout.split_path(members["file"])[0]
         source = self.inbox / members["file"]
         if expect is not None:
             try:
@@ -335,7 +333,7 @@ class Spool:
         claim = Claim(
             id=uuid.uuid4().hex,
             inbox=str(self.inbox),
-            members={role: path.rpartition("/")[2] for role, path in members.items()},
+            members={role: layout.split_path(path)[1] for role, path in members.items()},
             key=str(uuid.uuid4()),
             rule=rule,
             claimed_at=time.time(),
@@ -522,19 +520,9 @@ class Spool:
         """
         root = self.folder.failed if failed else self.folder.done
         below = self.folder.failed_below if failed else self.folder.done_below
-        if below is None:
-            return root
-        stem, ext = split_name(claim.name)
-        context = Context(claim.name, stem, ext, dir=claim.below, claimed_at=claim.claimed_at)
-        rendered = render_text(below, context)
-        relative = os.path.normpath(rendered) if rendered else "."
-        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
-            raise FileRejected(
-                f"the {'failed' if failed else 'done'} folder would be {root / rendered}, "
-                f"outside {root}",
-                code=Code.BAD_DESTINATION,
-            )
-        return root / relative
+        return layout.placed(
+            root, below, claim.name, folder=claim.below, claimed_at=claim.claimed_at
+        )
 
     def _target(self, claim: Claim, *, failed: bool) -> Path:
         """The destination made on disk; a failure that cannot be placed goes to failed's root."""

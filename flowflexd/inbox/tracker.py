@@ -134,7 +134,7 @@ class Tracker:
         self._wanted_by.clear()
         self._wants.clear()
         for name, entry in self._entries.items():
-            if self._stage(entry) not in HANDED_OVER:
+            if entry.stage not in HANDED_OVER:
                 self._set(entry, Stage.SETTLING)
                 entry.complete_at = None
                 entry.said = None
@@ -161,7 +161,7 @@ class Tracker:
         except OSError:
             return
         for name in [n for n in self._entries if n not in names]:
-            if self._stage(self._entries[name]) not in HANDED_OVER:
+            if self._entries[name].stage not in HANDED_OVER:
                 self._forget(name)
         self._pending.update(names)
 
@@ -234,7 +234,7 @@ class Tracker:
         while self._prefetchable and len(out) < limit:
             name = self._prefetchable.pop()
             entry = self._entries.get(name)
-            if entry is not None and self._stage(entry) is Stage.SETTLING and entry.sig:
+            if entry is not None and entry.stage is Stage.SETTLING and entry.sig:
                 self._offered.add(name)
                 out.append((name, entry.sig[3]))
         return out
@@ -249,12 +249,8 @@ class Tracker:
             stat.S_ISREG(info.st_mode)
             and 0 < info.st_size <= MAX_FILE_BYTES
             and mime_for_name(asset_name(os.path.basename(name))) is not None
-            and match(self.folder.rules, *reversed(_split(name))) is not None
+            and match(self.folder.rules, *reversed(layout.split_path(name))) is not None
         )
-
-    @staticmethod
-    def _stage(entry: Entry) -> Stage | None:
-        return entry.stage
 
     def _set(self, entry: Entry, stage: Stage) -> None:
         self.ledger.move(entry, stage)
@@ -262,7 +258,7 @@ class Tracker:
     def _drop(self, name: str) -> None:
         """Stop tracking a name; a file handed over is the daemon's to finish."""
         entry = self._entries.pop(name, None)
-        if entry is not None and self._stage(entry) in OBSERVED:
+        if entry is not None and entry.stage in OBSERVED:
             self.ledger.finish(entry)
 
     def _forget(self, name: str) -> None:
@@ -303,7 +299,7 @@ class Tracker:
                 age = time.time() - info.st_ctime
                 if age > 0:
                     entry.still_since = now - age
-            if self._stage(entry) not in HANDED_OVER | {Stage.COMPANION}:
+            if entry.stage not in HANDED_OVER | {Stage.COMPANION}:
                 self._set(entry, Stage.SETTLING)
         return entry, info
 
@@ -372,7 +368,7 @@ class Tracker:
 
     def _observe(self, name: str, now: float) -> Ready | None:
         existing = self._entries.get(name)
-        if existing is not None and self._stage(existing) in HANDED_OVER:
+        if existing is not None and existing.stage in HANDED_OVER:
             return None
         if self._outside(name):
             return None
@@ -380,7 +376,7 @@ class Tracker:
         primary = self._wanted_by.get(name)
         if primary is not None:
             # A companion came, changed or went: its file decides what happens.
-            if looked is not None and self._stage(looked[0]) in OBSERVED:
+            if looked is not None and looked[0].stage in OBSERVED:
                 self._set(looked[0], Stage.COMPANION)
             self._pending.add(primary)
             return None
@@ -426,9 +422,9 @@ class Tracker:
         """``name`` as this inbox spells it: a Mac writes é decomposed (NFD), Windows not."""
         if name in self._entries or os.path.lexists(os.path.join(self.key, name)):
             return name
-        folder, base = _split(name)
+        folder, base = layout.split_path(name)
         for form in ("NFC", "NFD"):
-            other = _join(folder, unicodedata.normalize(form, base))
+            other = layout.join_path(folder, unicodedata.normalize(form, base))
             if other != name and os.path.lexists(os.path.join(self.key, other)):
                 return other
         return name
@@ -450,13 +446,13 @@ class Tracker:
             code = Code.SYMLINK if stat.S_ISLNK(info.st_mode) else Code.NOT_A_REGULAR_FILE
             reason = f"is a {kind}, not a regular file; set aside unread"
             return self._reject(entry, rule="", code=code, reason=reason)
-        folder, name = _split(entry.name)
+        folder, name = layout.split_path(entry.name)
         found = match(self.folder.rules, name, folder)
         if found is None:
             return self._unmatched(entry, info, now)
         try:
             # Companions are looked for beside the file, in its own folder.
-            wanted = {role: _join(folder, n) for role, n in companions(found).items()}
+            wanted = {role: layout.join_path(folder, n) for role, n in companions(found).items()}
         except FileRejected as err:
             return self._reject(entry, rule=found.rule.name, code=err.code, reason=err.message)
         if not wanted:
@@ -482,7 +478,7 @@ class Tracker:
                 missing.append(role)
                 continue
             companion, _ = looked
-            if self._stage(companion) in OBSERVED:
+            if companion.stage in OBSERVED:
                 self._set(companion, Stage.COMPANION)
             present[role] = cname
             still_until = max(still_until, companion.still_since + self.settle)
@@ -631,16 +627,6 @@ class Tracker:
 def _refused_anyway(info: os.stat_result) -> bool:
     """Over FlowFlex's cap, or hard-linked: the claim refuses it whatever its content."""
     return info.st_size > MAX_FILE_BYTES or info.st_nlink > 1
-
-
-def _split(path: str) -> tuple[str, str]:
-    """``alice/2026/scan.pdf`` -> (``alice/2026``, ``scan.pdf``); ("", name) at the top."""
-    folder, _, name = path.rpartition("/")
-    return folder, name
-
-
-def _join(folder: str, name: str) -> str:
-    return f"{folder}/{name}" if folder else name
 
 
 def _missing_code(roles: list[str]) -> Code:
