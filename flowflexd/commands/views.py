@@ -14,7 +14,6 @@ from typing import Any
 
 from flowflexd.config.model import STATE_FILE, Config, Folder
 from flowflexd.engine import journal
-from flowflexd.engine.pipeline import parse_sidecar
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
@@ -30,6 +29,7 @@ from flowflexd.rules.matching import (
     is_temporary_name,
     match,
     payload,
+    read_sidecar,
 )
 from flowflexd.rules.sanitize import printable
 from flowflexd.rules.templates import MISSING
@@ -47,13 +47,13 @@ def folder_for(config: Config, path: Path) -> Folder | None:
     return None
 
 
-def _read_sidecar(path: Path) -> Any:
+def _read_sidecar(rule: Rule, path: Path) -> Any:
     fd, _ = open_regular(path, max_bytes=SIDECAR_MAX_BYTES)
     try:
         raw = read_limited(fd, SIDECAR_MAX_BYTES, what=f"sidecar {path.name}")
     finally:
         os.close(fd)
-    return parse_sidecar(raw, path.name)
+    return read_sidecar(rule, raw, path.name)
 
 
 def explain(folder: Folder, path: Path) -> list[str]:
@@ -102,14 +102,15 @@ def explain(folder: Folder, path: Path) -> list[str]:
         for role, cname in wanted.items():
             there = (path.parent / cname).exists()
             need = "required" if role != "sidecar" or rule.sidecar_required else "optional"
+            waits = rule.marker_timeout if role == "marker" else rule.sidecar_timeout
             out.append(
                 f"  {role}: {printable(cname)} ({need}, {'present' if there else 'not there yet'}; "
-                f"waits up to {rule.sidecar_timeout:g} s)"
+                f"waits up to {waits:g} s)"
             )
             if role.startswith("attach."):
                 assets[role] = f"<assetId of {printable(cname)}>"
-            elif there:
-                sidecar = _read_sidecar(path.parent / cname)
+            elif role == "sidecar" and there:
+                sidecar = _read_sidecar(rule, path.parent / cname)
         event = event_name(found, sidecar=sidecar)
         body = payload(found, sidecar=sidecar, assets=assets)
     except FileRejected as err:

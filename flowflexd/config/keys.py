@@ -256,7 +256,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "rules[].sidecar",
         shown="",
-        meaning='the name of a JSON metadata file that travels with the file, e.g. `"{stem}.json"`',
+        meaning=(
+            "the name of a metadata file (JSON, XML or CSV) that travels with the file, e.g. "
+            '`"{stem}.json"`; its values feed `{sidecar.PATH}`'
+        ),
     ),
     Setting(
         "rules[].sidecar_required",
@@ -269,6 +272,28 @@ SETTINGS: tuple[Setting, ...] = (
         default=60.0,
         minimum=0,
         meaning="seconds a complete file waits for its sidecar and attachments",
+    ),
+    Setting(
+        "rules[].sidecar_format",
+        shown="by extension",
+        options=("json", "xml", "csv"),
+        meaning=(
+            "how the sidecar is written: `json`, `xml` or `csv` (a header and one data row); "
+            "when unset, `.xml` is XML, `.csv` `.tsv` `.txt` are CSV, anything else JSON"
+        ),
+    ),
+    Setting(
+        "rules[].sidecar_encoding",
+        shown="utf-8",
+        meaning="the sidecar's text encoding (`cp1252`, `latin-1`, ...); a byte order mark wins",
+    ),
+    Setting(
+        "rules[].sidecar_delimiter",
+        shown="sniffed",
+        meaning=(
+            "a CSV sidecar's or manifest's delimiter; unset, the one of `,` `;` tab `|` its "
+            "header row uses most"
+        ),
     ),
     Setting(
         "rules[].attach",

@@ -8,6 +8,7 @@ any string; ``$${`` is a literal ``${``.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import difflib
 import grp
@@ -536,6 +537,31 @@ def _payload(check: _Checker, section: dict[str, Any], key: Key) -> Any:
         return None
 
 
+def _encoding(check: _Checker, section: dict[str, Any], key: Key) -> str | None:
+    name = check.text(section, "sidecar_encoding", key)
+    if name is None:
+        return None
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        check.fail(
+            (*key, "sidecar_encoding"), f"unknown encoding {name!r}; e.g. utf-8, cp1252, latin-1"
+        )
+        return None
+
+
+def _delimiter(check: _Checker, section: dict[str, Any], key: Key) -> str | None:
+    value = check.text(section, "sidecar_delimiter", key)
+    if value is None:
+        return None
+    if value in ("\\t", "tab"):
+        return "\t"
+    if len(value) != 1 or value in ('"', "\n", "\r"):
+        check.fail((*key, "sidecar_delimiter"), 'expected one character, e.g. ";" or "\\t" for tab')
+        return None
+    return value
+
+
 def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     section = check.mapping(raw, key, RULE_KEYS)
     if section is None:
@@ -555,6 +581,12 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     if "sidecar_required" in section and sidecar is None:
         check.warn((*key, "sidecar_required"), "has no effect without sidecar")
     timeout = check.setting(section, keys.BY_KEY["rules[].sidecar_timeout"], key)
+    sidecar_format = check.setting(section, keys.BY_KEY["rules[].sidecar_format"], key)
+    encoding = _encoding(check, section, key)
+    delimiter = _delimiter(check, section, key)
+    for needs_sidecar in ("sidecar_format", "sidecar_encoding"):
+        if needs_sidecar in section and sidecar is None:
+            check.warn((*key, needs_sidecar), "has no effect without sidecar")
     marker = _template(check, section["marker"], (*key, "marker")) if "marker" in section else None
     marker_timeout = check.setting(section, keys.BY_KEY["rules[].marker_timeout"], key)
     verify_format = check.setting(section, keys.BY_KEY["rules[].verify_format"], key)
@@ -583,6 +615,9 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         sidecar=sidecar,
         sidecar_required=required,
         sidecar_timeout=timeout,
+        sidecar_format=sidecar_format,
+        sidecar_encoding=encoding,
+        sidecar_delimiter=delimiter,
         attach=attach,
         payload=payload,
         marker=marker,

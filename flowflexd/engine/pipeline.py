@@ -35,7 +35,7 @@ from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexU
 from flowflexd.inbox.completeness import Writers
 from flowflexd.inbox.reading import content_signature
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
-from flowflexd.rules.matching import Match, Rule, event_name, match, payload
+from flowflexd.rules.matching import Match, Rule, event_name, match, payload, read_sidecar
 from flowflexd.rules.sanitize import asset_name
 from flowflexd.rules.templates import MISSING
 from flowflexd.support import crashpoints
@@ -44,7 +44,6 @@ from flowflexd.support.hashing import HashingReader, sha256_of
 log = structlog.get_logger("flowflexd.engine.pipeline")
 
 REUPLOAD_AFTER = 24 * 3600.0
-MAX_SIDECAR_DEPTH = 64
 
 
 @dataclass
@@ -55,59 +54,6 @@ class Outcome:
     claim: Claim | None = None
     reason: str = ""
     code: str = ""
-
-
-def _sidecar_depth(value: Any, limit: int) -> bool:
-    """True when ``value`` nests deeper than ``limit``, checked without recursion."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
-
-
-def _refuse_constant(word: str) -> Any:
-    # Python reads NaN and Infinity; JSON has no such numbers and the event
-    # could never be sent, so the sidecar is refused here with the reason.
-    raise ValueError(f"{word} is not a JSON number")
-
-
-def parse_sidecar(raw: bytes, name: str) -> dict[str, Any]:
-    """A sidecar's JSON object, or FileRejected saying exactly what is wrong."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise FileRejected(
-            f"sidecar {name} is not UTF-8 text (byte 0x{raw[err.start]:02x} at {err.start}); "
-            "save it as UTF-8",
-            code=Code.SIDECAR_INVALID,
-        ) from err
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError as err:
-        raise FileRejected(
-            f"sidecar {name} is nested too deeply", code=Code.SIDECAR_INVALID
-        ) from err
-    except ValueError as err:
-        raise FileRejected(
-            f"sidecar {name} is not valid JSON: {err}", code=Code.SIDECAR_INVALID
-        ) from err
-    if not isinstance(value, dict):
-        raise FileRejected(
-            f"sidecar {name} holds {type(value).__name__}, not a JSON object",
-            code=Code.SIDECAR_INVALID,
-        )
-    if _sidecar_depth(value, MAX_SIDECAR_DEPTH):
-        raise FileRejected(
-            f"sidecar {name} nests deeper than {MAX_SIDECAR_DEPTH} levels",
-            code=Code.SIDECAR_INVALID,
-        )
-    return value
 
 
 class Pipeline:
@@ -277,7 +223,7 @@ class Pipeline:
                     code=Code.SIDECAR_TOO_LARGE,
                 ) from err
             raise FileRejected(f"sidecar {name} {err.message}", code=err.code) from err
-        return parse_sidecar(raw, name)
+        return read_sidecar(found.rule, raw, name)
 
     def _send(self, spool: Spool, claim: Claim) -> Decision | None:
         """Upload and fire; a Decision when the claim must wait (it has not settled again)."""

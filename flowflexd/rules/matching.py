@@ -14,6 +14,7 @@ from typing import Any
 from flowflexd.config.keys import default
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
+from flowflexd.rules import metadata
 from flowflexd.rules.templates import (
     MISSING,
     Context,
@@ -45,6 +46,9 @@ class Rule:
     sidecar: Template | None = None
     sidecar_required: bool = True
     sidecar_timeout: float = default("rules[].sidecar_timeout")
+    sidecar_format: str | None = None  # json, xml or csv; None: by the sidecar's extension
+    sidecar_encoding: str | None = None  # None: UTF-8 (a byte order mark always wins)
+    sidecar_delimiter: str | None = None  # a CSV's; None: sniffed from its header
     attach: Mapping[str, Template] = field(default_factory=dict)
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
     marker: Template | None = None  # a file whose arrival says the export is complete
@@ -161,6 +165,17 @@ def could_be_companion(patterns: Iterable[tuple[Rule, re.Pattern[str]]], name: s
         if pattern.fullmatch(name):
             return rule
     return None
+
+
+def read_sidecar(rule: Rule, raw: bytes, name: str) -> dict[str, Any]:
+    """A sidecar's content as a JSON object, read as the rule says (FileRejected if it cannot)."""
+    return metadata.parse(
+        raw,
+        f"sidecar {name}",
+        fmt=metadata.format_of(name, rule.sidecar_format),
+        encoding=rule.sidecar_encoding,
+        delimiter=rule.sidecar_delimiter,
+    )
 
 
 def event_name(found: Match, *, sidecar: Any = MISSING) -> str:

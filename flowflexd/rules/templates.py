@@ -54,7 +54,7 @@ class Placeholder:
 
     @property
     def path_text(self) -> str:
-        out = "sidecar"
+        out = self.kind
         for step in self.path:
             out += f"[{step}]" if isinstance(step, int) else f".{step}"
         return out
@@ -200,20 +200,52 @@ def _walk_sidecar(sidecar: Any, ph: Placeholder) -> Any:
         raise FileRejected(
             f"{ph.text} is used but no sidecar arrived for this file", code=Code.SIDECAR_MISSING
         )
-    value = sidecar
-    walked = "sidecar"
+    return walk(sidecar, ph, "sidecar")
+
+
+def walk(root: Any, ph: Placeholder, walked: str) -> Any:
+    """The value at ``ph.path`` in ``root`` (a sidecar or a manifest row).
+
+    For XML (see metadata.py): ``Total@currency`` is the attribute, an
+    element with attributes reads as its text, and ``[0]`` of an element
+    that did not repeat is that element.
+    """
+    value = root
     for step in ph.path:
         if isinstance(step, int):
+            if not isinstance(value, list) and step == 0 and value is not root:
+                walked += "[0]"
+                continue
             if not isinstance(value, list) or step >= len(value):
                 raise _no_value(ph, walked, value, _len_hint(value))
             value = value[step]
             walked += f"[{step}]"
-        else:
-            if not isinstance(value, dict) or step not in value:
+            continue
+        for key in _keys(value, step):
+            if not isinstance(value, dict) or key not in value:
                 raise _no_value(ph, walked, value, _keys_hint(value))
-            value = value[step]
-            walked += f".{step}"
+            value = value[key]
+            walked += f".{key}" if not key.startswith("@") else key
+    if ph.path and _text_element(value):
+        return value["#text"]
     return value
+
+
+def _keys(value: Any, step: str) -> tuple[str, ...]:
+    """``Total@currency`` is Total's attribute currency, unless a key is spelled so."""
+    element, at, attribute = step.partition("@")
+    if not at or (isinstance(value, dict) and step in value):
+        return (step,)
+    return (element, f"@{attribute}") if element else (f"@{attribute}",)
+
+
+def _text_element(value: Any) -> bool:
+    """An XML element with attributes and text, and no child elements: it reads as its text."""
+    return (
+        isinstance(value, dict)
+        and "#text" in value
+        and all(k == "#text" or k.startswith("@") for k in value)
+    )
 
 
 def _kind(value: Any) -> str:

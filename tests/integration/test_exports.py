@@ -1,11 +1,21 @@
-"""What ERP and capture software export: a file is taken once its marker says it is complete."""
+"""What ERP and capture software export: markers, XML and CSV sidecars, manifests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from support import PDF_END, Folders, RunningDaemon, drop, files_in, read_report, wait_until
+from support import (
+    PDF_END,
+    Folders,
+    RawServer,
+    RunningDaemon,
+    drop,
+    files_in,
+    pdf,
+    read_report,
+    wait_until,
+)
 
 from flowflexd.emulator import Emulator
 from flowflexd.engine.lifecycle import Stage
@@ -52,4 +62,145 @@ def test_a_marker_that_never_comes_fails_the_file_unsent(
     report = read_report(layout.failed, "INV-9.pdf")
     assert report["code"] == "MARKER_MISSING"
     assert "INV-9.pdf.ok did not arrive within 0.5 s" in report["reason"]
+    assert emulator.events() == []
+
+
+# ------------------------------------------------------------ XML and CSV sidecars
+
+# As an ERP writes it: a code page in the declaration, namespaces, attributes,
+# repeated line elements.
+ERP_XML = """<?xml version="1.0" encoding="windows-1252"?>
+<inv:Invoice xmlns:inv="urn:erp:invoice:v2" version="2">
+  <inv:Header>
+    <inv:Number>INV-21</inv:Number>
+    <inv:Total currency="EUR">1.250,50</inv:Total>
+    <inv:Customer id="4711">Müller GmbH</inv:Customer>
+  </inv:Header>
+  <inv:Lines>
+    <inv:Line no="1"><inv:Sku>A-1</inv:Sku></inv:Line>
+    <inv:Line no="2"><inv:Sku>B-2</inv:Sku></inv:Line>
+  </inv:Lines>
+</inv:Invoice>
+""".encode("cp1252")
+
+XML_RULE = {
+    "name": "erp",
+    "pattern": "INV-*.pdf",
+    "event": "invoice.{sidecar.Invoice.Header.Number}",
+    "sidecar": "{stem}.xml",
+    "payload": {
+        "assetId": "{file}",
+        "invoice_no": "{sidecar.Invoice.Header.Number}",
+        "currency": "{sidecar.Invoice.Header.Total@currency}",
+        "total": "{sidecar.Invoice.Header.Total}",
+        "customer": "{sidecar.Invoice.Header.Customer}",
+        "first_sku": "{sidecar.Invoice.Lines.Line[0].Sku}",
+        "document": "{sidecar}",
+    },
+}
+
+
+def test_an_erp_xml_sidecar_feeds_the_payload(layout: Folders, emulator: Emulator) -> None:
+    with RunningDaemon(layout.config(emulator, [XML_RULE])):
+        drop(layout.inbox, "INV-21.pdf", pdf(b"invoice 21"))
+        drop(layout.inbox, "INV-21.xml", ERP_XML)
+        wait_until(lambda: files_in(layout.done) == {"INV-21.pdf", "INV-21.xml"})
+
+    [event] = emulator.events()
+    assert event["event"] == "invoice.INV-21"
+    body = event["payload"]
+    assert body["invoice_no"] == "INV-21"
+    assert body["currency"] == "EUR"
+    assert body["total"] == "1.250,50"
+    assert body["customer"] == "Müller GmbH"  # windows-1252 read as declared
+    assert body["first_sku"] == "A-1"
+    assert body["document"]["Invoice"]["Lines"]["Line"][1] == {"@no": "2", "Sku": "B-2"}
+
+
+def test_a_cp1252_csv_sidecar_with_semicolons(layout: Folders, emulator: Emulator) -> None:
+    rule = {
+        "name": "export",
+        "pattern": "*.pdf",
+        "event": "document",
+        "sidecar": "{stem}.csv",
+        "sidecar_encoding": "cp1252",
+        "payload": {"assetId": "{file}", "customer": "{sidecar.Kunde}", "city": "{sidecar.Ort}"},
+    }
+    with RunningDaemon(layout.config(emulator, [rule])):
+        drop(layout.inbox, "LS-9.pdf", pdf(b"delivery note"))
+        drop(layout.inbox, "LS-9.csv", "Kunde;Ort;Betrag\r\n4711;Köln;12,50\r\n".encode("cp1252"))
+        wait_until(lambda: files_in(layout.done) == {"LS-9.pdf", "LS-9.csv"})
+
+    [event] = emulator.events()
+    assert event["payload"]["customer"] == "4711"
+    assert event["payload"]["city"] == "Köln"
+
+
+def billion_laughs() -> bytes:
+    """The classic XML bomb: nine levels of ten entities each, 10^9 "lol"s when expanded."""
+    entities = [b'<!ENTITY lol0 "lol">'] + [
+        b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1)) * 10) for i in range(1, 10)
+    ]
+    return b'<?xml version="1.0"?>\n<!DOCTYPE lolz [\n%s\n]>\n<lolz>&lol9;</lolz>\n' % (
+        b"\n".join(entities)
+    )
+
+
+EVIL_XML = {
+    "bomb.xml": billion_laughs(),
+    "entity.xml": b'<?xml version="1.0"?>\n<!DOCTYPE x [<!ENTITY secret SYSTEM "file:///etc/passwd">]>'
+    b"\n<x>&secret;</x>\n",
+}
+
+
+def test_hostile_xml_sidecars_fail_with_a_reason_and_nothing_is_fetched(
+    layout: Folders, emulator: Emulator
+) -> None:
+    fetcher = RawServer("close")  # counts any connection the parser might make
+    try:
+        evil = {
+            **EVIL_XML,
+            "fetch.xml": b'<?xml version="1.0"?>\n<!DOCTYPE x SYSTEM "%s/evil.dtd">\n<x/>\n'
+            % fetcher.url.encode(),
+            "broken.xml": b"<Invoice>\n  <Number>1</Number>\n</Invoce>\n",
+        }
+        rule = {**XML_RULE, "pattern": "*.pdf", "event": "doc", "payload": {"n": "{sidecar}"}}
+        with RunningDaemon(layout.config(emulator, [rule])):
+            for name, body in evil.items():
+                stem = name.removesuffix(".xml")
+                drop(layout.inbox, f"{stem}.pdf", pdf(stem.encode()))
+                drop(layout.inbox, name, body)
+            wait_until(
+                lambda: len([n for n in files_in(layout.failed) if n.endswith(".json")]) == 4
+            )
+        assert fetcher.accepted == 0
+    finally:
+        fetcher.close()
+
+    reasons = {
+        stem: read_report(layout.failed, f"{stem}.pdf")
+        for stem in ("bomb", "entity", "fetch", "broken")
+    }
+    assert {r["code"] for r in reasons.values()} == {"SIDECAR_INVALID"}
+    for stem in ("bomb", "entity", "fetch"):
+        assert f"sidecar {stem}.xml is refused: it has a DOCTYPE" in reasons[stem]["reason"]
+    assert "mismatched tag (line 3, column 3)" in reasons["broken"]["reason"]
+    assert "root:" not in " ".join(r["reason"] for r in reasons.values())  # /etc/passwd unread
+    assert files_in(layout.failed) >= {f"{s}.pdf" for s in reasons} | set(evil)  # nothing lost
+    assert emulator.events() == []
+
+
+def test_a_csv_sidecar_of_30000_rows_is_refused_unsent(layout: Folders, emulator: Emulator) -> None:
+    rule = {"name": "export", "pattern": "*.pdf", "event": "doc", "sidecar": "{stem}.csv"}
+    with RunningDaemon(layout.config(emulator, [rule])):
+        drop(
+            layout.inbox, "big.csv", b"id,name\n" + b"".join(b"%d,row\n" % i for i in range(30_000))
+        )
+        drop(layout.inbox, "big.pdf", pdf(b"big"))
+        wait_until(lambda: "big.pdf.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "big.pdf")
+    assert report["code"] == "SIDECAR_INVALID"
+    assert "more than one data row (another on line 3)" in report["reason"]
+    assert files_in(layout.failed) == {"big.pdf", "big.csv", "big.pdf.error.json"}
     assert emulator.events() == []
