@@ -25,6 +25,7 @@ from flowflexd.client import FlowFlex
 from flowflexd.commands.cli import make_client
 from flowflexd.config.model import load
 from flowflexd.engine.daemon import Daemon
+from flowflexd.inbox.spool import Claim
 
 T = TypeVar("T")
 
@@ -409,9 +410,9 @@ def read_report(failed: Path, name: str) -> dict[str, Any]:
 
 
 def read_claim(claim_dir: Path) -> dict[str, Any]:
-    """A claim's current state: the last line of its claim file."""
-    lines = (claim_dir / "claim.jsonl").read_text().splitlines()
-    return dict(json.loads(lines[-1]))
+    """A claim's current state: its last state line with the delta lines after it."""
+    claim = Claim.from_lines((claim_dir / "claim.jsonl").read_bytes())
+    return dict(json.loads(claim.to_json()))
 
 
 def claims_in(inbox: Path) -> list[dict[str, Any]]:

@@ -317,6 +317,43 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="seconds a complete file waits for its marker; then it fails as `MARKER_MISSING`",
     ),
     Setting(
+        "rules[].manifest",
+        shown="",
+        meaning=(
+            "instead of `pattern`: a glob on an index file's name (`*.idx.csv`); the rule takes "
+            "the manifest with the documents its rows name, and fires one event per row"
+        ),
+    ),
+    Setting(
+        "rules[].manifest_format",
+        shown="by extension",
+        options=("json", "xml", "csv"),
+        meaning="how the manifest is written: `csv` (a header, a row per document), `xml`, `json`",
+    ),
+    Setting(
+        "rules[].manifest_rows",
+        shown="found",
+        meaning=(
+            "in an XML or JSON manifest, the path to the repeated row element "
+            "(`Batch.Documents.Document`); unset, the one list in it"
+        ),
+    ),
+    Setting(
+        "rules[].file_column",
+        shown="required with `manifest`",
+        meaning="the document each row names, a plain name in the manifest's folder: `{row.File}`",
+    ),
+    Setting(
+        "rules[].manifest_timeout",
+        shown="3600",
+        default=3600.0,
+        minimum=0,
+        meaning=(
+            "seconds a manifest waits for the documents it names (or for bad rows to be "
+            "fixed); then the batch fails as `MANIFEST_ROWS_BAD`"
+        ),
+    ),
+    Setting(
         "rules[].verify_format",
         shown="true",
         default=True,

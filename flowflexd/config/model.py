@@ -28,6 +28,7 @@ from flowflexd.config.keys import Setting, default
 from flowflexd.errors import ConfigError
 from flowflexd.rules.matching import Rule, glob_matcher
 from flowflexd.rules.templates import (
+    MANIFEST_KINDS,
     NAME_KINDS,
     PLACE_KINDS,
     Placeholder,
@@ -487,6 +488,11 @@ def _matcher(
     """The rule's compiled glob or regex, its named groups, and both texts."""
     pattern = check.text(section, "pattern", key)
     regex_text = check.text(section, "regex", key)
+    manifest = check.text(section, "manifest", key)
+    if manifest and (pattern or regex_text):
+        check.fail((*key, "manifest"), "give manifest or pattern or regex, one of them")
+    elif manifest:
+        return glob_matcher(manifest), None, manifest, None
     if pattern and regex_text:
         check.fail((*key, "regex"), "give pattern or regex, not both")
     elif pattern:
@@ -499,7 +505,7 @@ def _matcher(
         else:
             return compiled, set(compiled.groupindex), None, regex_text
     else:
-        check.fail(key, 'needs pattern (a glob such as "INV-*.pdf") or regex')
+        check.fail(key, 'needs pattern (a glob such as "INV-*.pdf"), regex, or manifest')
     return None, None, pattern, regex_text
 
 
@@ -562,6 +568,46 @@ def _delimiter(check: _Checker, section: dict[str, Any], key: Key) -> str | None
     return value
 
 
+@dataclass(frozen=True)
+class _Manifest:
+    file_column: Template
+    rows: tuple[str, ...]
+
+
+def _manifest(check: _Checker, section: dict[str, Any], key: Key) -> _Manifest | None:
+    """A manifest rule's own keys, checked; None for a rule that takes files by name."""
+    if "manifest" not in section:
+        for name in ("file_column", "manifest_rows"):
+            if name in section:
+                check.fail((*key, name), "only a manifest rule has it; set manifest")
+        return None
+    for name in ("sidecar", "attach", "marker"):
+        if name in section:
+            check.fail(
+                (*key, name),
+                "a manifest rule takes its metadata from the manifest's rows; use {row.COLUMN}",
+            )
+    rows_text = check.text(section, "manifest_rows", key) or ""
+    rows = tuple(rows_text.split(".")) if rows_text else ()
+    if any(not step for step in rows):
+        check.fail(
+            (*key, "manifest_rows"), "expected a dotted path such as Batch.Documents.Document"
+        )
+    if "file_column" not in section:
+        check.fail(
+            (*key, "file_column"),
+            'required with manifest: the document a row names, e.g. "{row.File}"',
+        )
+        return None
+    column = _template(check, section["file_column"], (*key, "file_column"))
+    if column is None:
+        return None
+    for ph in column.placeholders():
+        if ph.kind not in MANIFEST_KINDS:
+            check.fail((*key, "file_column"), f"{ph.text} cannot be used here; use {{row.COLUMN}}")
+    return _Manifest(column, rows)
+
+
 def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     section = check.mapping(raw, key, RULE_KEYS)
     if section is None:
@@ -585,8 +631,8 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     encoding = _encoding(check, section, key)
     delimiter = _delimiter(check, section, key)
     for needs_sidecar in ("sidecar_format", "sidecar_encoding"):
-        if needs_sidecar in section and sidecar is None:
-            check.warn((*key, needs_sidecar), "has no effect without sidecar")
+        if needs_sidecar in section and sidecar is None and "manifest" not in section:
+            check.warn((*key, needs_sidecar), "has no effect without sidecar or manifest")
     marker = _template(check, section["marker"], (*key, "marker")) if "marker" in section else None
     marker_timeout = check.setting(section, keys.BY_KEY["rules[].marker_timeout"], key)
     verify_format = check.setting(section, keys.BY_KEY["rules[].verify_format"], key)
@@ -594,13 +640,15 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     attach = _attachments(check, section, key)
     payload = _payload(check, section, key)
     scope = _Scope(groups, set(attach), sidecar is not None)
-    scope.check(check, event, (*key, "event"), NAME_KINDS | PLACE_KINDS | {"sidecar"})
+    manifest = _manifest(check, section, key)
+    fed_by = {"sidecar"} if manifest is None else MANIFEST_KINDS
+    scope.check(check, event, (*key, "event"), NAME_KINDS | PLACE_KINDS | fed_by)
     scope.check(check, sidecar, (*key, "sidecar"), NAME_KINDS)
     scope.check(check, marker, (*key, "marker"), NAME_KINDS)
     for attach_name, template in attach.items():
         scope.check(check, template, (*key, "attach", attach_name), NAME_KINDS)
     scope.check(
-        check, payload, (*key, "payload"), NAME_KINDS | PLACE_KINDS | {"sidecar", "file", "attach"}
+        check, payload, (*key, "payload"), NAME_KINDS | PLACE_KINDS | fed_by | {"file", "attach"}
     )
     if matcher is None or event is None:
         return None
@@ -624,6 +672,11 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         marker_timeout=marker_timeout,
         verify_format=verify_format,
         incomplete_timeout=incomplete_timeout,
+        manifest=manifest is not None,
+        manifest_format=check.setting(section, keys.BY_KEY["rules[].manifest_format"], key),
+        manifest_rows=manifest.rows if manifest else (),
+        file_column=manifest.file_column if manifest else None,
+        manifest_timeout=check.setting(section, keys.BY_KEY["rules[].manifest_timeout"], key),
     )
 
 
@@ -668,6 +721,12 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
             rule = _rule(check, raw_rule, (*key, "rules", i))
             if rule is not None:
                 rules.append(rule)
+    if unmatched == "fail" and any(rule.manifest for rule in rules):
+        check.fail(
+            (*key, "unmatched"),
+            "fail would set aside the documents a manifest names before the manifest comes; "
+            "leave it at ignore for a folder with a manifest rule",
+        )
     if not path_text:
         return None
     path = check.path(path_text, base)

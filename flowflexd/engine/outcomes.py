@@ -38,6 +38,9 @@ class Code(StrEnum):
     BAD_DESTINATION = "BAD_DESTINATION"  # a done or failed template would leave its folder
     ATTACHMENT_MISSING = "ATTACHMENT_MISSING"
     MARKER_MISSING = "MARKER_MISSING"  # the exporter never said the file was complete
+    MANIFEST_INVALID = "MANIFEST_INVALID"  # an index file that cannot be read as rows
+    MANIFEST_ROWS_BAD = "MANIFEST_ROWS_BAD"  # rows name files missing, outside, or refused
+    MANIFEST_ROWS_FAILED = "MANIFEST_ROWS_FAILED"  # some rows' events were refused
     UPLOAD_REFUSED = "UPLOAD_REFUSED"
     CHANGED_AFTER_EVENT = "CHANGED_AFTER_EVENT"
     FILE_GONE = "FILE_GONE"  # someone removed a claimed file from the work area

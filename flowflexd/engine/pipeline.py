@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -34,8 +35,19 @@ from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.inbox.completeness import Writers
 from flowflexd.inbox.reading import content_signature
+from flowflexd.inbox.replayed import sent_before
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
-from flowflexd.rules.matching import Match, Rule, event_name, match, payload, read_sidecar
+from flowflexd.rules import metadata
+from flowflexd.rules.matching import (
+    Match,
+    Rule,
+    document_name,
+    event_name,
+    match,
+    payload,
+    read_sidecar,
+)
+from flowflexd.rules.metadata import row_digest
 from flowflexd.rules.sanitize import asset_name
 from flowflexd.rules.templates import MISSING
 from flowflexd.support import crashpoints
@@ -187,7 +199,9 @@ class Pipeline:
         }
         if claim.event:
             context["event_name"] = claim.event
-        if claim.uploads:
+        if claim.rows or len(claim.uploads) > MANY_ASSETS:
+            context["rows_done"] = len(claim.rows)  # a manifest: its rows are in the journal
+        elif claim.uploads:
             context["asset_ids"] = {r: u["asset_id"] for r, u in claim.uploads.items()}
         return log.bind(**context)
 
@@ -233,6 +247,9 @@ class Pipeline:
                 return Decision(Verdict.SETTLE_AGAIN, Code.FILE_CHANGED, unsettled)
         found = self._rule(spool, claim)
         spool.destination(claim, failed=False)  # where it will go, known before anything is sent
+        if found.rule.manifest:
+            self._send_rows(spool, claim, found)
+            return None
         present = claim.present()
         missing = [
             role for role in claim.members if role.startswith("attach.") and role not in present
@@ -277,6 +294,138 @@ class Pipeline:
             return None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # ------------------------------------------------------------- manifests
+
+    def _claimed_rows(
+        self, spool: Spool, claim: Claim, found: Match
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The rows of the manifest as claimed (what is sent is what is read now)."""
+        what = f"manifest {claim.name}"
+        try:
+            raw, info = spool.read_member(claim, "file", limit=metadata.MAX_MANIFEST_BYTES)
+        except FileRejected as err:
+            raise FileRejected(f"{what} {err.message}", code=Code.MANIFEST_INVALID) from err
+        claim.seen["file"] = content_signature(info)
+        rule = found.rule
+        return metadata.manifest_rows(
+            raw,
+            what,
+            fmt=metadata.format_of(claim.name, rule.manifest_format),
+            encoding=rule.sidecar_encoding,
+            delimiter=rule.sidecar_delimiter,
+            rows_path=rule.manifest_rows,
+        )
+
+    def _send_rows(self, spool: Spool, claim: Claim, found: Match) -> None:
+        """One event per row, each under its own key, each durable in the claim once answered.
+
+        A row FlowFlex refuses for good is noted and the others go on; a
+        transient error leaves the claim to be carried again, and rows already
+        answered are not sent again. Ends with every row sent, or raises
+        MANIFEST_ROWS_FAILED naming the refused rows.
+        """
+        rows = self._claimed_rows(spool, claim, found)
+        if not claim.rows and sent_before(spool, claim, rows):
+            self._log(spool, claim).info(
+                "a replayed manifest: rows sent before are not sent again",
+                sent_before=len(claim.rows),
+            )
+        roles = {name: role for role, name in claim.members.items() if role != "file"}
+        present = claim.present()
+        for number, row in rows:
+            if str(number) in claim.rows:
+                continue
+            try:
+                name = document_name(found, number, row)
+                role = roles.get(name)
+                if role is None or role not in present:
+                    raise FileRejected(
+                        f"{name} is not in the batch (it was not there when the manifest was "
+                        "taken, or was removed from the work area)",
+                        code=Code.MANIFEST_ROWS_BAD,
+                    )
+                answer, sent = self._send_row(spool, claim, found.for_row(number, row, name), role)
+            except (FileRejected, FlowFlexError) as err:
+                decision = classify(err)
+                if decision.verdict is not Verdict.FAILED:
+                    raise
+                claim.rows[str(number)] = {
+                    "key": row_key(claim, number),
+                    "digest": row_digest(row),
+                    "failed": decision.as_record(),
+                }
+            else:
+                claim.rows[str(number)] = {
+                    **sent,
+                    "answer": keepable(answer),
+                    "sent_at": time.time(),
+                }
+            spool.save_delta(claim, rows={str(number): claim.rows[str(number)]})
+            crashpoints.reached("after_row")
+        refused = sorted((int(n) for n, r in claim.rows.items() if "failed" in r))
+        if refused:
+            listed = ", ".join(map(str, refused[:MAX_ROWS_LISTED]))
+            more = " ..." if len(refused) > MAX_ROWS_LISTED else ""
+            first = claim.rows[str(refused[0])]["failed"]
+            raise FileRejected(
+                f"{len(refused)} of {len(rows)} rows were not sent (rows {listed}{more}; row "
+                f"{refused[0]}: {first.get('code')}: {first.get('reason')}); the other "
+                f"{len(rows) - len(refused)} were; the report lists each row, and replay "
+                "sends only those not sent",
+                code=Code.MANIFEST_ROWS_FAILED,
+            )
+        claim.answer = {"rows": len(rows), "sent": len(claim.rows)}
+        claim.sent_at = time.time()
+
+    def _send_row(
+        self, spool: Spool, claim: Claim, found: Match, role: str
+    ) -> tuple[Any, dict[str, Any]]:
+        """Upload a row's document (once per document) and fire the row's event."""
+        assert found.manifest
+        number = int(found.manifest["row"])
+        event = event_name(found)
+        payload(found, assets={"file": "<file>"})  # a bad template fails before any upload
+        key = row_key(claim, number)
+        for round_ in (1, 2):
+            asset_id = self._upload_role(spool, claim, role)
+            self._unchanged(spool, claim, roles=("file", role))
+            try:
+                answer = self.client.fire_event(
+                    event, payload(found, assets={"file": asset_id}), key
+                )
+            except FlowFlexError as err:
+                if err.code == "ASSET_FILE_MISSING" and round_ == 1:
+                    claim.uploads.pop(role, None)
+                    continue
+                raise
+            if not isinstance(answer, dict | AnswerExcerpt):
+                raise FlowFlexError(
+                    f"FlowFlex answered event {event!r} with {_describe(answer)}, not a JSON "
+                    "object; it is sent again under the same idempotency key",
+                    code=Code.UNEXPECTED_ANSWER,
+                    retryable=True,
+                )
+            sent = {
+                "key": key,
+                "digest": row_digest(found.row),
+                "file": found.name,
+                "event": event,
+                "asset_id": asset_id,
+            }
+            return answer, sent
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_role(self, spool: Spool, claim: Claim, role: str) -> str:
+        """One member's assetId: uploaded now, or earlier in this claim and still fresh."""
+        done = claim.uploads.get(role)
+        if done is None or time.time() - done["uploaded_at"] >= REUPLOAD_AFTER:
+            claim.uploads[role] = self._upload_one(spool, claim, role)
+            spool.save_delta(
+                claim, uploads={role: claim.uploads[role]}, seen={role: claim.seen[role]}
+            )
+            crashpoints.reached("after_upload")
+        return str(claim.uploads[role]["asset_id"])
+
     def _upload(self, spool: Spool, claim: Claim, roles: list[str]) -> dict[str, str]:
         now = time.time()
         fresh = all(
@@ -319,9 +468,11 @@ class Pipeline:
             "size": info.st_size,
         }
 
-    def _unchanged(self, spool: Spool, claim: Claim) -> None:
-        """Raise FileChanged when a member differs from what was read, or is being written."""
+    def _unchanged(self, spool: Spool, claim: Claim, roles: tuple[str, ...] = ()) -> None:
+        """Raise FileChanged when a member (of ``roles``, or any) differs from what was read."""
         for role, was in claim.seen.items():
+            if roles and role not in roles:
+                continue
             now = spool.member_now(claim, role)
             if now is None:
                 continue  # a member gone from the work area is the claim's own trouble
@@ -417,7 +568,9 @@ class Pipeline:
 
     @staticmethod
     def _report(claim: Claim, code: str, reason: str, status: int | None = None) -> dict[str, Any]:
+        rows = {"rows": rows_report(claim)} if claim.rows else {}
         return {
+            **rows,
             "file": claim.name,
             "reason": reason,
             "code": code,
@@ -463,6 +616,7 @@ class Pipeline:
             "asset_ids": {r: u["asset_id"] for r, u in claim.uploads.items()},
             "answer": claim.answer,
             "attempts": claim.attempts,
+            **({"rows": rows_journalled(claim)} if claim.rows else {}),
         }
 
     @staticmethod
@@ -484,6 +638,43 @@ class Pipeline:
 
 
 ANSWER_KEPT = 4096  # characters of an answer kept in a claim and the journal
+MAX_ROWS_LISTED = 20  # refused rows named in a reason; the report lists all
+MANY_ASSETS = 8  # more uploads than this are counted in log lines, not listed
+
+
+def row_key(claim: Claim, number: int) -> str:
+    """A manifest row's idempotency key: derived, so a restart sends each row under its own."""
+    return str(uuid.uuid5(uuid.UUID(claim.key), f"row {number}"))
+
+
+def rows_report(claim: Claim) -> list[dict[str, Any]]:
+    """Each row tried, for the failed folder's report: sent (with its answer) or why not."""
+    out = []
+    for number in sorted(claim.rows, key=int):
+        row = claim.rows[number]
+        failed = row.get("failed")
+        entry = {"row": int(number), "sent": failed is None, "idempotency_key": row.get("key")}
+        entry.update(
+            {k: row[k] for k in ("file", "event", "asset_id", "answer", "digest") if k in row}
+        )
+        if failed:
+            entry.update(code=failed.get("code"), reason=failed.get("reason"))
+        if row.get("sent_before"):
+            entry["sent_before"] = True
+        out.append(entry)
+    return out
+
+
+def rows_journalled(claim: Claim) -> dict[str, Any]:
+    """A manifest's rows as the journal keeps them: key, assetId, and whether each was sent."""
+    return {
+        number: {
+            "key": row.get("key"),
+            "asset_id": row.get("asset_id"),
+            "sent": "failed" not in row,
+        }
+        for number, row in claim.rows.items()
+    }
 
 
 def keepable(answer: Any) -> Any:

@@ -18,7 +18,7 @@ from flowflexd.errors import FileRejected
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def open_regular(path: Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
+def open_regular(path: str | Path, *, max_bytes: int) -> tuple[int, os.stat_result]:
     """Open a file for reading only if it is what it claims to be.
 
     ``O_NOFOLLOW`` refuses a symbolic link, even one swapped in after any

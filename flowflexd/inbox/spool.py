@@ -34,6 +34,7 @@ from flowflexd.inbox.reading import open_regular, read_limited, signature
 from flowflexd.rules.matching import is_temporary_name
 from flowflexd.support import crashpoints
 from flowflexd.support.durable import (
+    TMP_PREFIX,
     fsync_dir,
     link_no_replace,
     make_folders,
@@ -44,6 +45,11 @@ from flowflexd.support.durable import (
 )
 
 SIDECAR_MAX_BYTES = 1024 * 1024
+# A claim file is our own, but read as untrusted: a manifest of 10,000 rows
+# keeps each row's answer, so its state may reach megabytes.
+CLAIM_MAX_BYTES = 64 * 1024 * 1024
+COMPACT_AT = 1024 * 1024  # a claim file past this is rewritten as its state alone
+DELTA_PARTS = ("rows", "uploads", "seen")  # what a delta line may change
 
 
 class FolderUnavailable(UserError):
@@ -80,6 +86,8 @@ class Claim:
     seen: dict[str, list[int]] = field(default_factory=dict)
     changes: int = 0  # times a member changed under us before the event fired
     below: str = ""  # the folder below the inbox it came from ("alice/2026"), "" at the top
+    # A manifest's rows by number ("1", "2" ...): each one's event, once sent or refused.
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     dir: Path = field(init=False, repr=False, compare=False)
     # Its outcome is in the journal (this run): a move retried records nothing again.
     recorded: bool = field(default=False, init=False, repr=False, compare=False)
@@ -110,13 +118,40 @@ class Claim:
 
     @classmethod
     def from_lines(cls, data: bytes) -> Claim:
-        """The state in the last whole line (a crash may have cut the one after it)."""
-        for line in reversed(data.splitlines()):
+        """The state in the last whole state line, with the delta lines after it applied.
+
+        A line a crash cut, or one that does not read, is passed over.
+        """
+        lines = data.splitlines()
+        for at in range(len(lines) - 1, -1, -1):
             try:
-                return cls.from_json(line)
+                claim = cls.from_json(lines[at])
             except ValueError:
                 continue
+            for line in lines[at + 1 :]:
+                with contextlib.suppress(ValueError):
+                    claim.apply(line)
+            return claim
         raise ValueError("no claim in the claim file")
+
+    def delta(self, **parts: dict[str, Any]) -> bytes:
+        """A line recording entries of ``rows``, ``uploads`` or ``seen`` set since the last save."""
+        return json.dumps({"delta": parts}, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+    def apply(self, line: bytes) -> None:
+        """Apply a delta line (ValueError when it is not one, or not well-typed)."""
+        raw = json.loads(line.decode("utf-8", "surrogateescape"))
+        parts = raw.get("delta") if isinstance(raw, dict) else None
+        if not isinstance(parts, dict) or not set(parts) <= set(DELTA_PARTS):
+            raise ValueError("not a delta line")
+        kinds = {"rows": dict, "uploads": dict, "seen": list}
+        for part, entries in parts.items():
+            if not isinstance(entries, dict) or not all(
+                isinstance(k, str) and isinstance(v, kinds[part]) for k, v in entries.items()
+            ):
+                raise ValueError(f"a delta line's {part} is not well-typed")
+        for part, entries in parts.items():
+            getattr(self, part).update(entries)
 
     @classmethod
     def from_json(cls, data: bytes) -> Claim:
@@ -167,6 +202,7 @@ _CLAIM_TYPES: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "seen": (dict, False),
     "changes": (int, False),
     "below": (str, False),
+    "rows": (dict, False),
 }
 
 
@@ -185,7 +221,11 @@ class Unreadable:
         except OSError:
             return []
         return sorted(
-            e.name for e in entries if e.name != CLAIM_FILE and e.is_file(follow_symlinks=False)
+            e.name
+            for e in entries
+            if e.name != CLAIM_FILE
+            and not e.name.startswith(TMP_PREFIX)
+            and e.is_file(follow_symlinks=False)
         )
 
 
@@ -393,14 +433,34 @@ class Spool:
 
     def save(self, claim: Claim) -> None:
         """Append the claim's state as a line and fsync it (its name is durable already)."""
+        self._append(claim, claim.to_json())
+
+    def save_delta(self, claim: Claim, **parts: dict[str, Any]) -> None:
+        """Append only what changed (a manifest's row, one upload) and fsync it.
+
+        A manifest of N rows saved whole after each row would write O(N^2) bytes.
+        """
+        self._append(claim, claim.delta(**parts))
+
+    def _append(self, claim: Claim, line: bytes) -> None:
         fd = os.open(
             claim.dir / CLAIM_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         )
         try:
-            write_all(fd, claim.to_json() + b"\n")
+            write_all(fd, line + b"\n")
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if size > COMPACT_AT:
+            self._compact(claim)
+
+    def _compact(self, claim: Claim) -> None:
+        """Rewrite a long claim file as the claim's state alone: new file, fsync, rename over."""
+        state = claim.to_json() + b"\n"
+        if len(state) * 2 > os.lstat(claim.dir / CLAIM_FILE).st_size:
+            return  # mostly state already: rewriting would gain little
+        write_durable(claim.dir / CLAIM_FILE, state)
 
     def pending(self) -> Iterator[Claim | Unreadable]:
         """Claims left by an earlier run (a crash, a kill, a power cut), oldest first.
@@ -593,6 +653,9 @@ class Spool:
         self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
+        for entry in os.scandir(claim.dir):
+            if entry.name.startswith(TMP_PREFIX):  # a compaction a crash cut short
+                os.unlink(entry.path)
         os.rmdir(claim.dir)
 
     # ---------------------------------------------------------------- status
@@ -631,9 +694,9 @@ class Spool:
 
 
 def _read_claim(claim_dir: Path) -> Claim:
-    fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=SIDECAR_MAX_BYTES)
+    fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=CLAIM_MAX_BYTES)
     try:
-        return Claim.from_lines(read_limited(fd, SIDECAR_MAX_BYTES, what=CLAIM_FILE))
+        return Claim.from_lines(read_limited(fd, CLAIM_MAX_BYTES, what=CLAIM_FILE))
     finally:
         os.close(fd)
 

@@ -22,6 +22,7 @@ import stat
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -38,13 +39,15 @@ from flowflexd.engine.lifecycle import (
 from flowflexd.engine.outcomes import Code, Decision, Verdict
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
-from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine
-from flowflexd.inbox.reading import describe_mode, signature
+from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine, someone_writes
+from flowflexd.inbox.reading import describe_mode, open_regular, read_limited, signature
+from flowflexd.rules import metadata
 from flowflexd.rules.matching import (
     Match,
     companion_patterns,
     companions,
     could_be_companion,
+    document_name,
     is_temporary_name,
     match,
 )
@@ -54,6 +57,7 @@ log = structlog.get_logger("flowflexd.inbox.tracker")
 
 
 EMPTY_RECHECK_SECONDS = 5.0
+MAX_ROWS_SHOWN = 20  # bad rows named in a reason; the rest are counted
 
 
 @dataclass(slots=True, eq=False)
@@ -122,6 +126,8 @@ class Tracker:
         self._offered: set[str] = set()
         self._patterns = companion_patterns(folder.rules)
         self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
+        # With a manifest rule, a file no rule takes may be a document of a manifest to come.
+        self._manifests = any(rule.manifest for rule in folder.rules)
         self.said_no_lease = False
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
@@ -131,6 +137,7 @@ class Tracker:
         self.trust_ctime = not folder.poll
         self._patterns = companion_patterns(folder.rules)
         self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
+        self._manifests = any(rule.manifest for rule in folder.rules)
         self._wanted_by.clear()
         self._wants.clear()
         for name, entry in self._entries.items():
@@ -455,9 +462,93 @@ class Tracker:
             wanted = {role: layout.join_path(folder, n) for role, n in companions(found).items()}
         except FileRejected as err:
             return self._reject(entry, rule=found.rule.name, code=err.code, reason=err.message)
+        if found.rule.manifest:
+            return self._manifest(entry, info, found, now)
         if not wanted:
             return self._take(entry, info, found, {"file": entry.name}, now)
         return self._with_companions(entry, info, found, wanted, now)
+
+    def _rows(self, entry: Entry, found: Match) -> list[tuple[int, dict[str, Any]]]:
+        rule = found.rule
+        what = f"manifest {found.name}"
+        try:
+            fd, _ = open_regular(
+                os.path.join(self.key, entry.name), max_bytes=metadata.MAX_MANIFEST_BYTES
+            )
+            try:
+                raw = read_limited(fd, metadata.MAX_MANIFEST_BYTES, what=what)
+            finally:
+                os.close(fd)
+        except FileRejected as err:
+            if err.code == Code.FILE_TOO_LARGE:
+                raise FileRejected(
+                    f"{what} is over {metadata.MAX_MANIFEST_BYTES:,} bytes; split the export",
+                    code=Code.MANIFEST_INVALID,
+                ) from err
+            raise FileRejected(f"{what} {err.message}", code=err.code) from err
+        return metadata.manifest_rows(
+            raw,
+            what,
+            fmt=metadata.format_of(found.name, rule.manifest_format),
+            encoding=rule.sidecar_encoding,
+            delimiter=rule.sidecar_delimiter,
+            rows_path=rule.manifest_rows,
+        )
+
+    def _manifest(
+        self, entry: Entry, info: os.stat_result, found: Match, now: float
+    ) -> Ready | None:
+        """A manifest is taken with every document its rows name, once each is there and still.
+
+        A row naming a file that is not there, a path out of the folder, or a
+        type FlowFlex refuses keeps the whole batch waiting, for the export
+        to finish or be fixed, until ``manifest_timeout``; then the manifest
+        and the documents that are there go to failed with each bad row named.
+        """
+        rule = found.rule
+        if someone_writes(os.path.join(self.key, entry.name)):
+            self._set(entry, Stage.INCOMPLETE)  # still being exported: read it once it is whole
+            self._schedule(entry, now + max(self.settle, 1.0))
+            return None
+        try:
+            rows = self._rows(entry, found)
+        except FileRejected as err:
+            return self._reject(entry, rule=rule.name, code=err.code, reason=err.message)
+        documents, bad, still_until = self._documents(entry, found, rows, now)
+        if entry.complete_at is None:
+            entry.complete_at = now
+        deadline = entry.complete_at + rule.manifest_timeout
+        members = {"file": entry.name, **{role: path for path, role in documents.items()}}
+        if still_until > now:
+            self._set(entry, Stage.WAITING)
+            self._schedule(entry, still_until if not bad else min(still_until, deadline))
+            return None
+        if not bad:
+            return self._take(entry, info, found, members, now)
+        if now >= deadline:
+            shown = "; ".join(bad[:MAX_ROWS_SHOWN])
+            more = f"; and {len(bad) - MAX_ROWS_SHOWN} more" if len(bad) > MAX_ROWS_SHOWN else ""
+            return self._reject(
+                entry,
+                rule=rule.name,
+                code=Code.MANIFEST_ROWS_BAD,
+                reason=f"{len(bad)} of {len(rows)} rows cannot be sent after "
+                f"{rule.manifest_timeout:g} s (manifest_timeout), so none was: {shown}{more}",
+                members=members,
+            )
+        self._set(entry, Stage.WAITING)
+        if entry.say_once("manifest-waiting"):
+            log.info(
+                "a manifest waits for the documents its rows name",
+                folder=str(self.inbox),
+                file=entry.name,
+                rule=rule.name,
+                rows=len(rows),
+                not_ready=bad[:MAX_ROWS_SHOWN],
+                timeout_s=rule.manifest_timeout,
+            )
+        self._schedule(entry, deadline)
+        return None
 
     def _with_companions(
         self, entry: Entry, info: os.stat_result, found: Match, wanted: dict[str, str], now: float
@@ -518,6 +609,43 @@ class Tracker:
             )
         self._schedule(entry, deadline)
         return None
+
+    def _documents(
+        self, entry: Entry, found: Match, rows: list[tuple[int, dict[str, Any]]], now: float
+    ) -> tuple[dict[str, str], list[str], float]:
+        """A manifest's documents (path -> role), its bad rows, and when all are settled."""
+        folder = layout.split_path(entry.name)[0]
+        documents: dict[str, str] = {}  # path below the inbox -> role
+        bad: list[str] = []
+        still_until = 0.0
+        for number, row in rows:
+            try:
+                name = document_name(found, number, row)
+            except FileRejected as err:
+                bad.append(f"row {number}: {err.message}")
+                continue
+            if mime_for_name(asset_name(name)) is None:
+                bad.append(f"row {number}: {name} is a type FlowFlex does not take")
+                continue
+            path = self._spelled_here(layout.join_path(folder, name))
+            if path in documents:
+                continue
+            self._wanted_by[path] = entry.name
+            self._wants.setdefault(entry.name, set()).add(path)
+            looked = self._look(path, now)
+            if looked is None or (stat.S_ISREG(looked[1].st_mode) and looked[1].st_size == 0):
+                bad.append(f"row {number}: {name} is not in the folder")
+                continue
+            if not stat.S_ISREG(looked[1].st_mode):
+                kind = describe_mode(looked[1].st_mode)
+                bad.append(f"row {number}: {name} is a {kind}, not a regular file; never read")
+                continue
+            document, _ = looked
+            if document.stage in OBSERVED:
+                self._set(document, Stage.COMPANION)
+            documents[path] = f"doc.{len(documents) + 1}"
+            still_until = max(still_until, document.still_since + self.settle)
+        return documents, bad, still_until
 
     def _take(
         self,
@@ -619,7 +747,7 @@ class Tracker:
             reason = f"no rule takes this name (tried: {tried})"
             return self._reject(entry, rule="", code=Code.UNMATCHED, reason=reason)
         self._set(entry, Stage.IGNORED)
-        if entry.say_once("unmatched"):
+        if entry.say_once("unmatched") and not self._manifests:
             log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)
         return None
 

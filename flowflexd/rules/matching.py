@@ -53,6 +53,11 @@ class Rule:
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
     marker: Template | None = None  # a file whose arrival says the export is complete
     marker_timeout: float = default("rules[].marker_timeout")
+    manifest: bool = False  # the rule takes index files: one event per row
+    manifest_format: str | None = None  # json, xml or csv; None: by the manifest's extension
+    manifest_rows: tuple[str, ...] = ()  # where the rows are in an XML or JSON manifest
+    file_column: Template | None = None  # the document a row names
+    manifest_timeout: float = default("rules[].manifest_timeout")
     verify_format: bool = default("rules[].verify_format")  # the format's trailer is checked
     incomplete_timeout: float = default("rules[].incomplete_timeout")  # then INCOMPLETE_FILE
 
@@ -75,6 +80,9 @@ class Match:
     dir: str = ""  # the folder below the inbox the file is in
     claimed_at: float | None = None
 
+    row: Any = MISSING  # for a manifest rule: the row, and which manifest it is in
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
     def context(
         self, *, sidecar: Any = MISSING, assets: Mapping[str, str] | None = None
     ) -> Context:
@@ -88,7 +96,15 @@ class Match:
             assets=assets or {},
             dir=self.dir,
             claimed_at=self.claimed_at,
+            row=self.row,
+            manifest=self.manifest,
         )
+
+    def for_row(self, number: int, row: dict[str, Any], document: str = "") -> Match:
+        """A manifest's match narrowed to one row: ``{name}`` is then the row's document."""
+        stem = split_name(self.name)[0]
+        about = {"name": self.name, "stem": stem, "row": number}
+        return Match(self.rule, document or self.name, {}, self.dir, self.claimed_at, row, about)
 
 
 def glob_matcher(pattern: str) -> re.Pattern[str]:
@@ -178,6 +194,22 @@ def read_sidecar(rule: Rule, raw: bytes, name: str) -> dict[str, Any]:
     )
 
 
+def document_name(found: Match, number: int, row: dict[str, Any]) -> str:
+    """The document a manifest's row names (FileRejected MANIFEST_ROWS_BAD when it cannot be)."""
+    assert found.rule.file_column is not None
+    name = render_text(found.rule.file_column, found.for_row(number, row).context()).strip()
+    try:
+        check_plain_name(name, what="the document")
+    except FileRejected as err:
+        raise FileRejected(
+            f"{err.message}; a row names a file in the manifest's own folder",
+            code=Code.MANIFEST_ROWS_BAD,
+        ) from err
+    if name == found.name:
+        raise FileRejected("it names the manifest itself", code=Code.MANIFEST_ROWS_BAD)
+    return name
+
+
 def event_name(found: Match, *, sidecar: Any = MISSING) -> str:
     name = render_text(found.rule.event, found.context(sidecar=sidecar))
     if not name.strip():
@@ -194,7 +226,11 @@ def payload(found: Match, *, sidecar: Any = MISSING, assets: Mapping[str, str]) 
     ctx = found.context(sidecar=sidecar, assets=assets)
     if found.rule.payload is not None:
         return render_tree(found.rule.payload, ctx)
-    body: dict[str, Any] = dict(sidecar) if isinstance(sidecar, dict) else {}
+    if found.rule.manifest:
+        body = dict(found.row) if isinstance(found.row, dict) else {}
+        body["assetId"] = assets["file"]
+        return body
+    body = dict(sidecar) if isinstance(sidecar, dict) else {}
     body["assetId"] = assets["file"]
     for attach_name in found.rule.attach:
         body[attach_name] = assets[f"attach.{attach_name}"]

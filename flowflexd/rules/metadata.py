@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -245,3 +246,101 @@ def parse(
     if not isinstance(value, dict):
         raise _invalid(what, f"holds {type(value).__name__}, not a JSON object")
     return value
+
+
+# ------------------------------------------------------------------ manifests
+
+MAX_ROWS = 10_000
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def row_digest(row: Any) -> str:
+    """What a row says, as a digest: a replayed manifest's rows are known again by it."""
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _manifest_invalid(what: str, problem: str) -> FileRejected:
+    return FileRejected(f"{what} {problem}", code=Code.MANIFEST_INVALID)
+
+
+def _rows_at(document: Any, path: tuple[str, ...], what: str) -> list[Any]:
+    """The list of rows in a parsed XML or JSON manifest.
+
+    With ``path`` (``manifest_rows: Batch.Documents.Document``), the value
+    there. Without, the rows are found by going down while there is one way
+    down: through an object's only member (attributes aside) until a list,
+    or an object of text values, which is a manifest of one row.
+    """
+    value = document
+    if path:
+        for step in path:
+            if not isinstance(value, dict) or step not in value:
+                keys = ", ".join(sorted(value)[:8]) if isinstance(value, dict) else "none"
+                raise _manifest_invalid(
+                    what, f"has nothing at {'.'.join(path)} (stopped at {step!r}; keys: {keys})"
+                )
+            value = value[step]
+        return value if isinstance(value, list) else [value]
+    while True:
+        if isinstance(value, list):
+            return value
+        if not isinstance(value, dict):
+            raise _manifest_invalid(what, "holds no rows")
+        members = [k for k in value if not k.startswith(("@", "#"))]
+        if len(members) == 1 and isinstance(value[members[0]], dict | list):
+            value = value[members[0]]
+            continue
+        if members and all(not isinstance(value[k], dict | list) for k in members):
+            return [value]  # one row
+        raise _manifest_invalid(
+            what,
+            f"has several lists or objects ({', '.join(members[:8])}); say which holds the rows "
+            "with manifest_rows, e.g. Batch.Documents.Document",
+        )
+
+
+def manifest_rows(
+    raw: bytes,
+    what: str,
+    *,
+    fmt: str,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    rows_path: tuple[str, ...] = (),
+) -> list[tuple[int, dict[str, Any]]]:
+    """A manifest's rows, numbered from 1, each a JSON object; FileRejected when it has none.
+
+    A CSV is a header and one row per document; an XML or JSON manifest holds
+    a list of objects (see ``_rows_at``). Parse errors are MANIFEST_INVALID.
+    """
+    try:
+        if fmt == "csv":
+            found: list[Any] = []
+            for _, row in csv_rows(decode(raw, what, encoding), what, delimiter):
+                found.append(row)
+                if len(found) > MAX_ROWS:
+                    break
+        else:
+            if fmt == "xml" and encoding is None:
+                document: Any = parse_xml(raw, what)
+            else:
+                text = decode(raw, what, encoding)
+                document = parse_xml(text, what) if fmt == "xml" else parse_json(text, what)
+            found = _rows_at(document, rows_path, what)
+    except FileRejected as err:
+        if err.code == Code.MANIFEST_INVALID:
+            raise
+        raise FileRejected(err.message, code=Code.MANIFEST_INVALID) from err
+    if not found:
+        raise _manifest_invalid(what, "lists no documents")
+    if len(found) > MAX_ROWS:
+        raise _manifest_invalid(
+            what, f"has more than {MAX_ROWS:,} rows; split the export into smaller batches"
+        )
+    rows = []
+    for number, row in enumerate(found, 1):
+        if not isinstance(row, dict):
+            raise _manifest_invalid(what, f"row {number} is {type(row).__name__}, not an object")
+        rows.append((number, row))
+    return rows

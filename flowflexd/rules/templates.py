@@ -23,13 +23,17 @@ from flowflexd.errors import FileRejected
 
 KNOWN = (
     "{file} {attach.NAME} {name} {stem} {ext} {match.NAME} {sidecar} {sidecar.PATH} "
-    "{dir} {dir[N]} {path} {date:FORMAT}"
+    "{dir} {dir[N]} {path} {date:FORMAT}; in manifest rules {row} {row.PATH} "
+    "{manifest.name} {manifest.stem} {manifest.row}"
 )
 NAME_KINDS = frozenset({"name", "stem", "ext", "match"})
 #: What a file's place and claim add, for its event and payload (not companion names).
 PLACE_KINDS = frozenset({"dir", "path", "date"})
+#: What a manifest rule's templates add: the row, and the manifest it is in.
+MANIFEST_KINDS = frozenset({"row", "manifest"})
+MANIFEST_KEYS = ("name", "stem", "row")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_PATH_STEP = re.compile(r"\.([^.\[\]{}]+)|\[(\d+)\]")
+_PATH_STEP = re.compile(r"\.([^.\[\]{}]+)|\[(\d+)\]|(@[^.\[\]{}@]+)")
 
 
 class TemplateError(ValueError):
@@ -46,7 +50,7 @@ MISSING: Any = _Missing()
 
 @dataclass(frozen=True)
 class Placeholder:
-    kind: str  # file, attach, name, stem, ext, match, sidecar, dir, path, date
+    kind: str  # file, attach, name, stem, ext, match, sidecar, row, manifest, dir, path, date
     key: str | None = None  # attach NAME, match NAME, or a date's strftime format
     index: int | None = None  # {dir[N]}: one folder of the path
     path: tuple[str | int, ...] = ()  # steps into the sidecar
@@ -88,6 +92,8 @@ class Context:
     assets: Mapping[str, str] = field(default_factory=dict)  # "file", "attach.NAME" -> assetId
     dir: str = ""  # the folder below the inbox, "/"-separated; "" at the top
     claimed_at: float | None = None  # wall clock; {date:...} renders it (now when unset)
+    row: Any = MISSING  # a manifest's row, for the document it names
+    manifest: Mapping[str, Any] = field(default_factory=dict)  # name, stem, row (its number)
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -118,21 +124,35 @@ def _placeholder(body: str) -> Placeholder:
         if not _IDENT.fullmatch(rest):
             raise TemplateError(f"{text}: {head} needs a name such as {{{head}.label}}")
         return Placeholder(head, key=rest, text=text)
-    if body == "sidecar" or body.startswith(("sidecar.", "sidecar[")):
-        tail = body[len("sidecar") :]
-        steps: list[str | int] = []
-        pos = 0
-        while pos < len(tail):
-            step = _PATH_STEP.match(tail, pos)
-            if step is None:
-                raise TemplateError(
-                    f"{text}: cannot read the path after 'sidecar' at {tail[pos:]!r}; "
-                    "write it as {sidecar.a.b} or {sidecar.items[0].sku}"
-                )
-            steps.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
-            pos = step.end()
-        return Placeholder("sidecar", path=tuple(steps), text=text)
+    if head == "manifest" and dot:
+        if rest not in MANIFEST_KEYS:
+            raise TemplateError(
+                f"{text}: known are {{manifest.name}} {{manifest.stem}} {{manifest.row}}"
+            )
+        return Placeholder("manifest", key=rest, text=text)
+    for root in ("sidecar", "row"):
+        if body == root or body.startswith((f"{root}.", f"{root}[", f"{root}@")):
+            return Placeholder(root, path=_steps(body[len(root) :], text, root), text=text)
     raise TemplateError(f"unknown placeholder {text}; known: {KNOWN}")
+
+
+def _steps(tail: str, text: str, root: str) -> tuple[str | int, ...]:
+    """``.a.b[0].c`` as ("a", "b", 0, "c")."""
+    steps: list[str | int] = []
+    pos = 0
+    while pos < len(tail):
+        step = _PATH_STEP.match(tail, pos)
+        if step is None:
+            raise TemplateError(
+                f"{text}: cannot read the path after {root!r} at {tail[pos:]!r}; "
+                f"write it as {{{root}.a.b}} or {{{root}.items[0].sku}}"
+            )
+        if step.group(2) is not None:
+            steps.append(int(step.group(2)))
+        else:
+            steps.append(step.group(1) or step.group(3))
+        pos = step.end()
+    return tuple(steps)
 
 
 def parse(source: str) -> Template:
@@ -268,9 +288,13 @@ def _keys_hint(value: Any) -> str:
 
 
 def _no_value(ph: Placeholder, walked: str, value: Any, hint: str) -> FileRejected:
+    what, code = (
+        ("the sidecar", Code.SIDECAR_PATH_MISSING)
+        if ph.kind == "sidecar"
+        else ("the manifest's row", Code.MANIFEST_ROWS_BAD)
+    )
     return FileRejected(
-        f"the sidecar has no value at {ph.path_text} ({walked} is {_kind(value)}{hint})",
-        code=Code.SIDECAR_PATH_MISSING,
+        f"{what} has no value at {ph.path_text} ({walked} is {_kind(value)}{hint})", code=code
     )
 
 
@@ -299,6 +323,10 @@ def lookup(ph: Placeholder, ctx: Context) -> Any:
     if ph.kind == "date":
         when = time.time() if ctx.claimed_at is None else ctx.claimed_at
         return time.strftime(ph.key or "", time.localtime(when))
+    if ph.kind == "manifest":
+        return ctx.manifest[ph.key or ""]
+    if ph.kind == "row":
+        return walk(ctx.row, ph, "row")
     return _walk_sidecar(ctx.sidecar, ph)
 
 

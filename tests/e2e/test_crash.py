@@ -302,3 +302,55 @@ def test_a_claim_from_a_subfolder_resumes_after_a_kill(
     [event] = emulator.events()
     assert event["idempotency_key"] == claim["key"]
     assert files_in(tmp_path / "inbox" / "scanner-3") == set()
+
+
+def test_a_kill_in_the_middle_of_a_200_row_manifest_sends_each_row_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rule = {
+        "name": "batch",
+        "manifest": "*.idx.csv",
+        "file_column": "{row.File}",
+        "event": "document.indexed",
+        "payload": {"assetId": "{file}", "row": "{manifest.row}"},
+    }
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        folders=[
+            {
+                "path": str(inbox),
+                "done": str(tmp_path / "done"),
+                "failed": str(tmp_path / "failed"),
+                "rules": [rule],
+            }
+        ],
+    )
+    names = [f"doc-{i:03}.pdf" for i in range(200)]
+    for name in names:
+        drop(inbox, name, b"%PDF " + name.encode() + b"\n%%EOF")
+    drop(inbox, "B.idx.csv", ("File\n" + "\n".join(names) + "\n").encode())
+    emulator.set_faults(latency_ms=5)  # slow enough to be killed part-way
+
+    proc = run_daemon(config)
+    try:
+        wait_until(lambda: len(emulator.events()) >= 60, timeout=60)
+        proc.proc.kill()  # SIGKILL, in the middle of the batch
+        assert proc.wait_exit() == -9
+    finally:
+        proc.stop()
+    sent_before_kill = len(emulator.events())
+    assert 60 <= sent_before_kill < 200
+    [claim] = claims(tmp_path)
+
+    emulator.set_faults(latency_ms=0)
+    run_until(config, lambda: len(files_in(tmp_path / "done")) == 201)
+
+    events = emulator.events()
+    assert sorted(e["payload"]["row"] for e in events) == list(range(1, 201))  # once each
+    assert len({e["idempotency_key"] for e in events}) == 200
+    assert all(e["idempotency_key"] != claim["key"] for e in events)  # each row its own key
+    assert files_in(inbox) == set()
+    assert claims(tmp_path) == []

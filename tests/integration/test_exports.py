@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ from support import (
     wait_until,
 )
 
+from flowflexd.commands.replay import replay_one
+from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
+from flowflexd.emulator.state import error
 from flowflexd.engine.lifecycle import Stage
 
 MARKED = {"name": "inv", "pattern": "INV-*.pdf", "event": "invoice", "marker": "{name}.ok"}
@@ -204,3 +208,177 @@ def test_a_csv_sidecar_of_30000_rows_is_refused_unsent(layout: Folders, emulator
     assert "more than one data row (another on line 3)" in report["reason"]
     assert files_in(layout.failed) == {"big.pdf", "big.csv", "big.pdf.error.json"}
     assert emulator.events() == []
+
+
+# ---------------------------------------------------------------------- manifests
+
+CSV_MANIFEST_RULE = {
+    "name": "batch",
+    "manifest": "*.idx.csv",
+    "file_column": "{row.File}",
+    "event": "document.indexed",
+    "sidecar_encoding": "cp1252",
+    "payload": {
+        "assetId": "{file}",
+        "doc_type": "{row.DocType}",
+        "batch": "{manifest.stem}",
+        "row": "{manifest.row}",
+    },
+}
+
+
+def csv_manifest(rows: list[tuple[str, str]]) -> bytes:
+    """An index as Docsvault-style exports write it: cp1252, ';', CRLF, a header."""
+    lines = ["File;DocType;Customer"] + [f"{f};{t};Müller" for f, t in rows]
+    return ("\r\n".join(lines) + "\r\n").encode("cp1252")
+
+
+def test_a_csv_manifest_of_200_rows_sends_one_event_per_row(
+    layout: Folders, emulator: Emulator
+) -> None:
+    rule = CSV_MANIFEST_RULE
+    names = [f"scan-{i:03}.pdf" for i in range(200)]
+    with RunningDaemon(layout.config(emulator, [rule])):
+        for name in names:
+            drop(layout.inbox, name, pdf(name.encode()))
+        drop(layout.inbox, "unlisted.pdf", pdf(b"named by no row"))
+        drop(layout.inbox, "B-17.idx.csv", csv_manifest([(n, "invoice") for n in names]))
+        wait_until(lambda: len(files_in(layout.done)) == 201, timeout=60)
+
+    assert files_in(layout.done) == {*names, "B-17.idx.csv"}
+    assert files_in(layout.inbox) == {"unlisted.pdf"}  # named by no row: stays
+    events = emulator.events()
+    assert len(events) == 200
+    assert len({e["idempotency_key"] for e in events}) == 200
+    by_row = {e["payload"]["row"]: e for e in events}
+    assert sorted(by_row) == list(range(1, 201))
+    assert by_row[7]["payload"]["doc_type"] == "invoice"
+    assert by_row[7]["payload"]["batch"] == "B-17.idx"
+    [asset] = by_row[7]["assets"].values()
+    assert asset["filename"] == "scan-006.pdf"
+
+
+THREE_LEVEL_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<ImportBatch xmlns="http://www.kofax.com/ascent/release" BatchName="B-9">
+  <Documents>
+    <Document DocType="invoice">
+      <Files><File>a.pdf</File></Files>
+      <Index Name="Amount">10</Index>
+    </Document>
+    <Document DocType="receipt">
+      <Files><File>b.pdf</File></Files>
+      <Index Name="Amount">20</Index>
+    </Document>
+    <Document DocType="invoice">
+      <Files><File>c.pdf</File></Files>
+      <Index Name="Amount">30</Index>
+    </Document>
+  </Documents>
+</ImportBatch>
+"""
+
+
+def test_a_three_level_xml_manifest(layout: Folders, emulator: Emulator) -> None:
+    rule = {
+        "name": "kofax",
+        "manifest": "*.xml",
+        "file_column": "{row.Files.File}",
+        "event": "document.{row@DocType}",
+        "payload": {"assetId": "{file}", "amount": "{row.Index}", "name": "{name}"},
+    }
+    with RunningDaemon(layout.config(emulator, [rule])):
+        for name in ("a.pdf", "b.pdf", "c.pdf"):
+            drop(layout.inbox, name, pdf(name.encode()))
+        drop(layout.inbox, "release.xml", THREE_LEVEL_XML.encode())
+        wait_until(lambda: len(files_in(layout.done)) == 4)
+
+    events = sorted(emulator.events(), key=lambda e: e["payload"]["name"])
+    assert [e["event"] for e in events] == [
+        "document.invoice",
+        "document.receipt",
+        "document.invoice",
+    ]
+    assert [e["payload"]["amount"] for e in events] == ["10", "20", "30"]
+
+
+def test_bad_rows_hold_the_batch_then_fail_it_naming_each_row(
+    layout: Folders, emulator: Emulator
+) -> None:
+    rule = {**CSV_MANIFEST_RULE, "manifest_timeout": 1}
+    rows = [
+        ("good.pdf", "invoice"),
+        ("../../etc/passwd", "invoice"),  # leaves the folder
+        ("/etc/shadow", "invoice"),  # so does an absolute path
+        ("missing.pdf", "invoice"),
+        ("tool.exe", "invoice"),  # a type FlowFlex refuses
+    ]
+    with RunningDaemon(layout.config(emulator, [rule])):
+        drop(layout.inbox, "good.pdf", pdf(b"good"))
+        drop(layout.inbox, "tool.exe", b"MZ not a document")
+        drop(layout.inbox, "other.pdf", pdf(b"named by no row"))
+        drop(layout.inbox, "B-1.idx.csv", csv_manifest(rows))
+        wait_until(lambda: "B-1.idx.csv.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "B-1.idx.csv")
+    assert report["code"] == "MANIFEST_ROWS_BAD"
+    reason = report["reason"]
+    assert reason.startswith("4 of 5 rows cannot be sent after 1 s (manifest_timeout), so none was")
+    assert "row 2: the document '../../etc/passwd' contains '/'" in reason
+    assert "row 3: the document '/etc/shadow' contains '/'" in reason
+    assert "row 4: missing.pdf is not in the folder" in reason
+    assert "row 5: tool.exe is a type FlowFlex does not take" in reason
+    # The manifest and the document it names rightly go with it; the rest stays.
+    assert files_in(layout.failed) == {"B-1.idx.csv", "B-1.idx.csv.error.json", "good.pdf"}
+    assert files_in(layout.inbox) == {"tool.exe", "other.pdf"}
+    assert "root:" not in json.dumps(report)
+    assert emulator.events() == []
+
+
+def test_a_manifest_of_30000_rows_is_refused_and_its_documents_stay(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [CSV_MANIFEST_RULE])):
+        drop(layout.inbox, "a.pdf", pdf(b"a"))
+        drop(layout.inbox, "huge.idx.csv", csv_manifest([("a.pdf", "x")] * 30_000))
+        wait_until(lambda: "huge.idx.csv.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "huge.idx.csv")
+    assert report["code"] == "MANIFEST_INVALID"
+    assert "more than 10,000 rows; split the export" in report["reason"]
+    assert files_in(layout.inbox) == {"a.pdf"}
+    assert emulator.events() == []
+
+
+def test_rows_refused_after_others_were_sent_fail_the_batch_and_replay_sends_only_those(
+    layout: Folders, emulator: Emulator
+) -> None:
+    config = layout.config(emulator, [CSV_MANIFEST_RULE])
+    names = ["d1.pdf", "d2.pdf", "d3.pdf", "d4.pdf"]
+    with RunningDaemon(config):
+        for name in names:
+            drop(layout.inbox, name, pdf(name.encode()))
+        # Rows go in order: the first event FlowFlex sees (row 1) is refused for good.
+        refused = error(422, "INVALID_PAYLOAD", "doc_type is not known to this flow")
+        emulator.answer_next(1, refused, only="event")
+        drop(layout.inbox, "B-2.idx.csv", csv_manifest([(n, "invoice") for n in names]))
+        wait_until(lambda: "B-2.idx.csv.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "B-2.idx.csv")
+    assert report["code"] == "MANIFEST_ROWS_FAILED"
+    assert report["reason"].startswith("1 of 4 rows were not sent (rows 1; row 1: INVALID_PAYLOAD")
+    rows = {r["row"]: r for r in report["rows"]}
+    assert rows[1]["sent"] is False and rows[1]["code"] == "INVALID_PAYLOAD"
+    assert [rows[n]["sent"] for n in (2, 3, 4)] == [True, True, True]
+    assert all(rows[n]["asset_id"] and rows[n]["answer"]["ok"] for n in (2, 3, 4))
+    assert files_in(layout.failed) == {*names, "B-2.idx.csv", "B-2.idx.csv.error.json"}
+    sent_first = {e["payload"]["row"] for e in emulator.events()}
+    assert sent_first == {2, 3, 4}
+
+    replay_one(load(config), layout.failed / "B-2.idx.csv")
+    with RunningDaemon(config):
+        wait_until(lambda: files_in(layout.done) == {*names, "B-2.idx.csv"})
+
+    events = emulator.events()
+    assert sorted(e["payload"]["row"] for e in events) == [1, 2, 3, 4]  # row 1 once, now
+    assert emulator.stats()["event_replays"] == 0  # the sent rows were not even resent
+    assert files_in(layout.failed) == set()
