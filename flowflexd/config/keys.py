@@ -310,11 +310,23 @@ SETTINGS: tuple[Setting, ...] = (
         ),
     ),
     Setting(
+        "rules[].folder_marker",
+        shown="",
+        meaning=(
+            "a file such as `READY` whose arrival says a whole folder's export is complete: the "
+            "rule's files in that folder (the inbox, or each subfolder with `recursive`) are "
+            "taken once it is there, and it moves to done after the last of them"
+        ),
+    ),
+    Setting(
         "rules[].marker_timeout",
         shown="3600",
         default=3600.0,
         minimum=0,
-        meaning="seconds a complete file waits for its marker; then it fails as `MARKER_MISSING`",
+        meaning=(
+            "seconds a complete file waits for its marker or folder marker; then it fails as "
+            "`MARKER_MISSING`"
+        ),
     ),
     Setting(
         "rules[].manifest",

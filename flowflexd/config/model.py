@@ -608,6 +608,18 @@ def _manifest(check: _Checker, section: dict[str, Any], key: Key) -> _Manifest |
     return _Manifest(column, rows)
 
 
+def _folder_marker(check: _Checker, section: dict[str, Any], key: Key) -> str | None:
+    name = check.text(section, "folder_marker", key)
+    if name is None:
+        return None
+    if "marker" in section:
+        check.fail((*key, "folder_marker"), "give marker (per file) or folder_marker, not both")
+    if not name or "/" in name or name in (".", "..") or "{" in name:
+        check.fail((*key, "folder_marker"), "expected a plain file name such as READY")
+        return None
+    return name
+
+
 def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
     section = check.mapping(raw, key, RULE_KEYS)
     if section is None:
@@ -635,6 +647,7 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
             check.warn((*key, needs_sidecar), "has no effect without sidecar or manifest")
     marker = _template(check, section["marker"], (*key, "marker")) if "marker" in section else None
     marker_timeout = check.setting(section, keys.BY_KEY["rules[].marker_timeout"], key)
+    folder_marker = _folder_marker(check, section, key)
     verify_format = check.setting(section, keys.BY_KEY["rules[].verify_format"], key)
     incomplete_timeout = check.setting(section, keys.BY_KEY["rules[].incomplete_timeout"], key)
     attach = _attachments(check, section, key)
@@ -670,6 +683,7 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         payload=payload,
         marker=marker,
         marker_timeout=marker_timeout,
+        folder_marker=folder_marker,
         verify_format=verify_format,
         incomplete_timeout=incomplete_timeout,
         manifest=manifest is not None,

@@ -38,6 +38,8 @@ class Code(StrEnum):
     BAD_DESTINATION = "BAD_DESTINATION"  # a done or failed template would leave its folder
     ATTACHMENT_MISSING = "ATTACHMENT_MISSING"
     MARKER_MISSING = "MARKER_MISSING"  # the exporter never said the file was complete
+    # Not a failure: a folder marker whose batch is finished moves to done, no event.
+    FOLDER_MARKER = "FOLDER_MARKER"
     MANIFEST_INVALID = "MANIFEST_INVALID"  # an index file that cannot be read as rows
     MANIFEST_ROWS_BAD = "MANIFEST_ROWS_BAD"  # rows name files missing, outside, or refused
     MANIFEST_ROWS_FAILED = "MANIFEST_ROWS_FAILED"  # some rows' events were refused

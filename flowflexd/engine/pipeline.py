@@ -140,6 +140,9 @@ class Pipeline:
 
     def _attempt(self, spool: Spool, claim: Claim, started: float) -> Outcome:
         if claim.answer is None:
+            if claim.reject and claim.reject.get("code") == Code.FOLDER_MARKER:
+                claim.answer = {"folder_marker": "its batch is finished"}  # nothing to send
+                return self._done(spool, claim, started)
             if claim.reject:
                 raise Decision.from_record(claim.reject).rejection()
             if "file" not in claim.present():

@@ -128,6 +128,9 @@ class Tracker:
         self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
         # With a manifest rule, a file no rule takes may be a document of a manifest to come.
         self._manifests = any(rule.manifest for rule in folder.rules)
+        self._folder_markers = _folder_markers(folder)
+        self._batches: dict[str, set[str]] = {}  # folder marker path -> files waiting on it
+        self._batch_of: dict[str, str] = {}  # file -> the folder marker it waits on
         self.said_no_lease = False
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float) -> None:
@@ -138,6 +141,9 @@ class Tracker:
         self._patterns = companion_patterns(folder.rules)
         self._skip = layout.owned_names(folder.path, folder.done, folder.failed)
         self._manifests = any(rule.manifest for rule in folder.rules)
+        self._folder_markers = _folder_markers(folder)
+        self._batches.clear()
+        self._batch_of.clear()
         self._wanted_by.clear()
         self._wants.clear()
         for name, entry in self._entries.items():
@@ -217,10 +223,15 @@ class Tracker:
             self._pending.add(heapq.heappop(self._later)[1])
         ready: list[Ready] = []
         while self._pending:
-            name = self._pending.pop()
-            found = self._observe(name, now)
-            if found is not None:
-                ready.append(found)
+            # Folder markers after the files beside them: a marker judged first would
+            # see no batch and move on before the files it completes were looked at.
+            markers = [n for n in self._pending if self._is_folder_marker(n)]
+            names = [n for n in self._pending if n not in markers] if markers else self._pending
+            self._pending = set()
+            for name in (*names, *markers):
+                found = self._observe(name, now)
+                if found is not None:
+                    ready.append(found)
         if len(ready) > 1:
             # The order they are queued in: a backlog drains oldest first (or by name).
             if self.folder.order == "name":
@@ -267,6 +278,17 @@ class Tracker:
         entry = self._entries.pop(name, None)
         if entry is not None and entry.stage in OBSERVED:
             self.ledger.finish(entry)
+        marker = self._batch_of.pop(name, None)
+        if marker is not None:
+            batch = self._batches.get(marker, set())
+            batch.discard(name)
+            if not batch:
+                # The last file of its batch is gone: the folder marker can follow it.
+                self._batches.pop(marker, None)
+                self._pending.add(marker)
+
+    def _is_folder_marker(self, name: str) -> bool:
+        return bool(self._folder_markers) and os.path.basename(name) in self._folder_markers
 
     def _forget(self, name: str) -> None:
         self._drop(name)
@@ -392,7 +414,7 @@ class Tracker:
         entry, info = looked
         if self._a_folder(name, entry, info):
             return None
-        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0 and not self._is_folder_marker(name):
             # A placeholder; look again now and then, as a writer may fill it
             # without closing it (no event says so).
             self._set(entry, Stage.EMPTY)
@@ -454,9 +476,13 @@ class Tracker:
             reason = f"is a {kind}, not a regular file; set aside unread"
             return self._reject(entry, rule="", code=code, reason=reason)
         folder, name = layout.split_path(entry.name)
+        if self._is_folder_marker(entry.name):
+            return self._folder_marker(entry, now)
         found = match(self.folder.rules, name, folder)
         if found is None:
             return self._unmatched(entry, info, now)
+        if found.rule.folder_marker is not None and not self._batch_open(entry, found, now):
+            return self._marker_missing(entry, found, now)
         try:
             # Companions are looked for beside the file, in its own folder.
             wanted = {role: layout.join_path(folder, n) for role, n in companions(found).items()}
@@ -550,6 +576,66 @@ class Tracker:
         self._schedule(entry, deadline)
         return None
 
+    def _batch_open(self, entry: Entry, found: Match, now: float) -> bool:
+        """Join the batch of this file's folder marker; True once the marker is there."""
+        assert found.rule.folder_marker is not None
+        marker = layout.join_path(found.dir, found.rule.folder_marker)
+        self._batches.setdefault(marker, set()).add(entry.name)
+        self._batch_of[entry.name] = marker
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self.key, marker)).st_mode)
+        except OSError:
+            return False
+
+    def _marker_missing(self, entry: Entry, found: Match, now: float) -> Ready | None:
+        """A file waits for its folder's marker, until ``marker_timeout``."""
+        rule = found.rule
+        if entry.complete_at is None:
+            entry.complete_at = now
+        deadline = entry.complete_at + rule.marker_timeout
+        marker = layout.join_path(found.dir, rule.folder_marker or "")
+        if now >= deadline:
+            return self._reject(
+                entry,
+                rule=rule.name,
+                code=Code.MARKER_MISSING,
+                reason=f"the folder marker {marker} did not arrive within "
+                f"{rule.marker_timeout:g} s (or is not a regular file)",
+            )
+        self._set(entry, Stage.WAITING)
+        if entry.say_once("folder-marker"):
+            log.info(
+                "waiting for the folder marker",
+                folder=str(self.inbox),
+                file=entry.name,
+                rule=rule.name,
+                marker=marker,
+                timeout_s=rule.marker_timeout,
+            )
+        self._schedule(entry, deadline)
+        return None
+
+    def _folder_marker(self, entry: Entry, now: float) -> Ready | None:
+        """A settled folder marker: its files go now; it goes to done once they are all gone."""
+        batch = self._batches.get(entry.name)
+        if batch:
+            self._pending.update(
+                n for n in batch if n in self._entries and self._entries[n].stage not in HANDED_OVER
+            )
+            self._set(entry, Stage.COMPANION)
+            return None
+        base = os.path.basename(entry.name)
+        rule = next(r for r in self.folder.rules if r.folder_marker == base)
+        return self._ready(
+            entry,
+            rule.name,
+            reject=Decision(
+                Verdict.DONE,
+                Code.FOLDER_MARKER,
+                "a folder marker: its batch is finished, so it moves to done (no event)",
+            ),
+        )
+
     def _with_companions(
         self, entry: Entry, info: os.stat_result, found: Match, wanted: dict[str, str], now: float
     ) -> Ready | None:
@@ -568,7 +654,17 @@ class Tracker:
             ):
                 missing.append(role)
                 continue
-            companion, _ = looked
+            companion, seen = looked
+            if role == "marker" and not stat.S_ISREG(seen.st_mode):
+                kind = describe_mode(seen.st_mode)
+                return self._reject(
+                    entry,
+                    rule=found.rule.name,
+                    code=Code.SYMLINK if stat.S_ISLNK(seen.st_mode) else Code.NOT_A_REGULAR_FILE,
+                    reason=f"its marker {cname} is a {kind}, not a regular file; both are set "
+                    "aside unread",
+                    members={"file": entry.name, "marker": cname},
+                )
             if companion.stage in OBSERVED:
                 self._set(companion, Stage.COMPANION)
             present[role] = cname
@@ -750,6 +846,10 @@ class Tracker:
         if entry.say_once("unmatched") and not self._manifests:
             log.info("no rule takes this file; it stays", folder=str(self.inbox), file=entry.name)
         return None
+
+
+def _folder_markers(folder: Folder) -> frozenset[str]:
+    return frozenset(r.folder_marker for r in folder.rules if r.folder_marker)
 
 
 def _refused_anyway(info: os.stat_result) -> bool:

@@ -52,6 +52,7 @@ class Rule:
     attach: Mapping[str, Template] = field(default_factory=dict)
     payload: Any = None  # a compiled tree (see templates.compile_tree), or None
     marker: Template | None = None  # a file whose arrival says the export is complete
+    folder_marker: str | None = None  # a name whose arrival completes the whole folder
     marker_timeout: float = default("rules[].marker_timeout")
     manifest: bool = False  # the rule takes index files: one event per row
     manifest_format: str | None = None  # json, xml or csv; None: by the manifest's extension

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import yaml
 from support import (
     PDF_END,
     Folders,
@@ -382,3 +384,88 @@ def test_rows_refused_after_others_were_sent_fail_the_batch_and_replay_sends_onl
     assert sorted(e["payload"]["row"] for e in events) == [1, 2, 3, 4]  # row 1 once, now
     assert emulator.stats()["event_replays"] == 0  # the sent rows were not even resent
     assert files_in(layout.failed) == set()
+
+
+# ------------------------------------------------------------------- folder markers
+
+BATCHED = {"name": "scans", "pattern": "*.pdf", "event": "scan", "folder_marker": "READY"}
+
+
+def test_a_folder_marker_releases_the_folder_as_one_batch_and_follows_it(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [BATCHED])) as running:
+        for i in range(5):
+            drop(layout.inbox, f"scan-{i}.pdf", pdf(b"scan %d" % i))
+        wait_until(lambda: running.daemon.ledger.count(Stage.WAITING) == 5)
+        assert emulator.events() == []
+        drop(layout.inbox, "READY", b"")
+        wait_until(lambda: len(files_in(layout.done)) == 6)
+
+    assert files_in(layout.done) == {*(f"scan-{i}.pdf" for i in range(5)), "READY"}
+    assert len(emulator.events()) == 5  # one per file; none for the marker
+    assert files_in(layout.inbox) == set()
+
+
+def test_folder_markers_count_per_subfolder_in_a_tree(layout: Folders, emulator: Emulator) -> None:
+    config = layout.config(emulator, [BATCHED])
+    spec = yaml.safe_load(config.read_text())
+    spec["folders"][0]["recursive"] = True
+    config.write_text(yaml.safe_dump(spec))
+    with RunningDaemon(config):
+        for part in ("north", "south"):
+            (layout.inbox / part).mkdir()
+            drop(layout.inbox / part, "a.pdf", pdf(part.encode()))
+        drop(layout.inbox / "north", "READY", b"export finished 12:00\n")
+        wait_until(lambda: {"a.pdf", "READY"} <= files_in(layout.done))
+        assert files_in(layout.inbox / "south") == {"a.pdf"}  # its folder has no marker yet
+
+    assert len(emulator.events()) == 1
+
+
+def test_a_folder_marker_that_never_comes_fails_the_files_unsent(
+    layout: Folders, emulator: Emulator
+) -> None:
+    with RunningDaemon(layout.config(emulator, [{**BATCHED, "marker_timeout": 0.5}])):
+        drop(layout.inbox, "lonely.pdf", pdf(b"lonely"))
+        wait_until(lambda: "lonely.pdf.error.json" in files_in(layout.failed))
+
+    report = read_report(layout.failed, "lonely.pdf")
+    assert report["code"] == "MARKER_MISSING"
+    assert "the folder marker READY did not arrive within 0.5 s" in report["reason"]
+    assert emulator.events() == []
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_marker_that_is_a_link_or_a_fifo_is_never_trusted_or_read(
+    layout: Folders, emulator: Emulator, tmp_path: Path, kind: str
+) -> None:
+    outside = tmp_path / "outside-secret"
+    outside.write_bytes(b"secret")
+    with RunningDaemon(
+        layout.config(emulator, [MARKED, {**BATCHED, "pattern": "B-*.pdf", "marker_timeout": 1}])
+    ):
+        drop(layout.inbox, "INV-1.pdf", pdf(b"invoice"))
+        drop(layout.inbox, "B-1.pdf", pdf(b"batch"))
+        for name in ("INV-1.pdf.ok", "READY"):
+            if kind == "symlink":
+                (layout.inbox / name).symlink_to(outside)
+            else:
+                os.mkfifo(layout.inbox / name)
+        wait_until(
+            lambda: (
+                {"INV-1.pdf.error.json", "B-1.pdf.error.json", "READY.error.json"}
+                <= files_in(layout.failed)
+                | {p.name for p in layout.failed.iterdir() if p.is_fifo()}
+            )
+        )
+
+    code = "SYMLINK" if kind == "symlink" else "NOT_A_REGULAR_FILE"
+    per_file = read_report(layout.failed, "INV-1.pdf")
+    assert per_file["code"] == code
+    assert "its marker INV-1.pdf.ok is a" in per_file["reason"]
+    assert read_report(layout.failed, "READY")["code"] == code  # the folder marker itself
+    assert read_report(layout.failed, "B-1.pdf")["code"] == "MARKER_MISSING"
+    assert outside.read_bytes() == b"secret"  # the target untouched
+    assert emulator.events() == []
+    assert os.listdir(layout.inbox) == [".flowflexd"]  # nothing lost: all in failed

@@ -258,6 +258,21 @@ def test_missing_folders_and_flowflex(tmp_path: Path) -> None:
             '{pattern: "*.pdf", event: e, sidecar_timeout: -1}',
             "sidecar_timeout: expected a number 0 or more",
         ),
+        ('{manifest: "*.csv", event: e}', "file_column: required with manifest"),
+        ('{manifest: "*.csv", pattern: "*.pdf", event: e, file_column: "{row.F}"}', "one of them"),
+        (
+            '{manifest: "*.csv", event: e, file_column: "{row.F}", sidecar: "{stem}.json"}',
+            "a manifest rule takes its metadata from the manifest's rows",
+        ),
+        ('{manifest: "*.csv", event: e, file_column: "{name}"}', "use {row.COLUMN}"),
+        ('{pattern: "*.pdf", event: "{row.x}"}', "{row.x} cannot be used here"),
+        ('{pattern: "*.pdf", event: e, file_column: "{row.F}"}', "only a manifest rule has it"),
+        ('{manifest: "*.csv", event: "{manifest.size}", file_column: "{row.F}"}', "known are"),
+        ('{pattern: "*.pdf", event: e, marker: x, folder_marker: READY}', "not both"),
+        ('{pattern: "*.pdf", event: e, folder_marker: "a/READY"}', "a plain file name"),
+        ('{pattern: "*.pdf", event: e, sidecar: x, sidecar_encoding: klingon}', "unknown encoding"),
+        ('{pattern: "*.pdf", event: e, sidecar: x, sidecar_delimiter: ";;"}', "one character"),
+        ('{pattern: "*.pdf", event: e, sidecar: x, sidecar_format: yaml}', "json | xml | csv"),
     ],
 )
 def test_rule_problems(tmp_path: Path, rule: str, message: str) -> None:
@@ -496,3 +511,14 @@ def test_a_done_template_that_cannot_work_is_refused_at_load(
     )
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load(path, environ=ENV)
+
+
+def test_a_folder_with_a_manifest_rule_cannot_fail_unmatched_files(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        '      - pattern: "*.pdf"\n        event: doc\n',
+        '      - {manifest: "*.csv", event: e, file_column: "{row.F}"}\n',
+    ).replace("    rules:\n", "    unmatched: fail\n    rules:\n")
+
+    found = problems(tmp_path, text)
+
+    assert any("unmatched: fail would set aside the documents a manifest names" in p for p in found)

@@ -6,7 +6,7 @@ import pytest
 
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
-from flowflexd.rules.metadata import format_of, parse
+from flowflexd.rules.metadata import format_of, manifest_rows, parse, row_digest
 from flowflexd.rules.templates import Context, render_value
 from flowflexd.rules.templates import parse as parse_template
 
@@ -164,3 +164,56 @@ def test_the_format_follows_the_rule_then_the_extension(
     name: str, configured: str | None, fmt: str
 ) -> None:
     assert format_of(name, configured) == fmt
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+def rows_of(raw: bytes, fmt: str, **options: object) -> list[tuple[int, dict[str, object]]]:
+    return manifest_rows(raw, "manifest m", fmt=fmt, **options)  # type: ignore[arg-type]
+
+
+def test_xml_manifest_rows_are_found_down_the_one_path() -> None:
+    xml = b"""<Batch id="7"><Documents>
+      <Document><File>a.pdf</File></Document>
+      <Document><File>b.pdf</File></Document>
+    </Documents></Batch>"""
+    assert rows_of(xml, "xml") == [(1, {"File": "a.pdf"}), (2, {"File": "b.pdf"})]
+
+
+def test_a_manifest_of_one_document_is_one_row() -> None:
+    xml = b"<Batch><Documents><Document><File>a.pdf</File><Type>x</Type></Document></Documents>"
+    xml += b"</Batch>"
+    assert rows_of(xml, "xml") == [(1, {"File": "a.pdf", "Type": "x"})]
+
+
+def test_where_two_lists_could_be_rows_manifest_rows_says_which() -> None:
+    xml = b"""<Batch><Pages><Page>1</Page><Page>2</Page></Pages>
+      <Docs><Doc><F>a.pdf</F></Doc><Doc><F>b.pdf</F></Doc></Docs></Batch>"""
+    with pytest.raises(FileRejected, match="say which holds the rows with manifest_rows"):
+        rows_of(xml, "xml")
+    rows = rows_of(xml, "xml", rows_path=("Batch", "Docs", "Doc"))
+    assert [row["F"] for _, row in rows] == ["a.pdf", "b.pdf"]
+    with pytest.raises(FileRejected, match=r"has nothing at Batch\.Nope"):
+        rows_of(xml, "xml", rows_path=("Batch", "Nope"))
+
+
+def test_json_manifests_are_a_list_of_objects() -> None:
+    assert rows_of(b'[{"File": "a.pdf"}]', "json") == [(1, {"File": "a.pdf"})]
+    assert rows_of(b'{"documents": [{"File": "a.pdf"}]}', "json") == [(1, {"File": "a.pdf"})]
+    with pytest.raises(FileRejected, match="row 2 is str, not an object"):
+        rows_of(b'[{"File": "a.pdf"}, "b.pdf"]', "json")
+    with pytest.raises(FileRejected, match="lists no documents"):
+        rows_of(b"[]", "json")
+
+
+def test_manifest_errors_are_manifest_invalid() -> None:
+    with pytest.raises(FileRejected) as err:
+        rows_of(b"<x><y></x>", "xml")
+    assert err.value.code == Code.MANIFEST_INVALID
+    assert "line 1" in err.value.message
+
+
+def test_a_row_digest_ignores_key_order() -> None:
+    assert row_digest({"a": "1", "b": "2"}) == row_digest({"b": "2", "a": "1"})
+    assert row_digest({"a": "1"}) != row_digest({"a": "2"})
