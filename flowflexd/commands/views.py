@@ -19,12 +19,14 @@ from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
 from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
+from flowflexd.rules import metadata
 from flowflexd.rules.matching import (
     Match,
     Rule,
     companion_patterns,
     companions,
     could_be_companion,
+    document_name,
     event_name,
     is_temporary_name,
     match,
@@ -89,12 +91,9 @@ def explain(folder: Folder, path: Path) -> list[str]:
             f"  no rule takes it (tried: {tried}); it {fate} (unmatched: {folder.unmatched})",
         ]
     rule = found.rule
-    how = f"regex {rule.regex}" if rule.regex else f"pattern {rule.pattern}"
-    out.append(f"  rule: {rule.name} ({how})")
-    if found.groups:
-        out.append(f"  groups: {json.dumps(dict(found.groups), ensure_ascii=False)}")
-    if info is not None and info.st_size > 0:
-        out.extend(_wholeness(path, rule))
+    out.extend(_about_rule(found, path, info))
+    if rule.manifest:
+        return [*out, *_manifest(found, path)]
     try:
         wanted = companions(found)
         sidecar: Any = MISSING
@@ -119,6 +118,71 @@ def explain(folder: Folder, path: Path) -> list[str]:
     out.append("  payload:")
     text = json.dumps(body, indent=2, ensure_ascii=False)
     out.extend(f"    {line}" for line in text.splitlines())
+    return out
+
+
+ROWS_SHOWN = 5
+
+
+def _about_rule(found: Match, path: Path, info: os.stat_result | None) -> list[str]:
+    """The rule that takes a file, and the checks it must pass before it is taken."""
+    out: list[str] = []
+    rule = found.rule
+    how = f"regex {rule.regex}" if rule.regex else f"pattern {rule.pattern}"
+    if rule.manifest:
+        how = f"manifest {rule.pattern}"
+    out.append(f"  rule: {rule.name} ({how})")
+    if found.groups:
+        out.append(f"  groups: {json.dumps(dict(found.groups), ensure_ascii=False)}")
+    if info is not None and info.st_size > 0:
+        out.extend(_wholeness(path, rule))
+    if rule.folder_marker is not None:
+        there = (path.parent / rule.folder_marker).is_file()
+        out.append(
+            f"  folder marker: {printable(rule.folder_marker)} "
+            f"({'present' if there else 'not there yet'}; waits up to {rule.marker_timeout:g} s)"
+        )
+    return out
+
+
+def _manifest(found: Match, path: Path) -> list[str]:
+    """A manifest's rows: the document each names, and what the first one's event would be."""
+    rule = found.rule
+    try:
+        fd, _ = open_regular(path, max_bytes=metadata.MAX_MANIFEST_BYTES)
+        try:
+            raw = read_limited(fd, metadata.MAX_MANIFEST_BYTES, what=f"manifest {path.name}")
+        finally:
+            os.close(fd)
+        rows = metadata.manifest_rows(
+            raw,
+            f"manifest {path.name}",
+            fmt=metadata.format_of(path.name, rule.manifest_format),
+            encoding=rule.sidecar_encoding,
+            delimiter=rule.sidecar_delimiter,
+            rows_path=rule.manifest_rows,
+        )
+    except FileRejected as err:
+        return [f"  would fail: {err.code}: {err.message}"]
+    except FileNotFoundError:
+        return ["  a manifest: its rows are read once it is there"]
+    out = [f"  a manifest of {len(rows)} rows, one event each (up to {ROWS_SHOWN} shown):"]
+    for number, row in rows[:ROWS_SHOWN]:
+        try:
+            name = document_name(found, number, row)
+        except FileRejected as err:
+            out.append(f"    row {number}: bad: {err.message}")
+            continue
+        there = "present" if (path.parent / name).is_file() else "not there yet"
+        out.append(f"    row {number}: {printable(name)} ({there})")
+        if number == 1:
+            one = found.for_row(number, row, name)
+            try:
+                body = payload(one, assets={"file": f"<assetId of {printable(name)}>"})
+                out.append(f"    row 1's event: {printable(event_name(one))}")
+                out.extend(f"      {line}" for line in json.dumps(body, indent=2).splitlines())
+            except FileRejected as err:
+                out.append(f"    row 1 would fail: {err.code}: {err.message}")
     return out
 
 

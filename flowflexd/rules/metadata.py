@@ -269,8 +269,9 @@ def _rows_at(document: Any, path: tuple[str, ...], what: str) -> list[Any]:
 
     With ``path`` (``manifest_rows: Batch.Documents.Document``), the value
     there. Without, the rows are found by going down while there is one way
-    down: through an object's only member (attributes aside) until a list,
-    or an object of text values, which is a manifest of one row.
+    down: through an object's only member that is a list or an object (text
+    and attributes beside it belong to the batch) until a list, or an object
+    of text values, which is a manifest of one row.
     """
     value = document
     if path:
@@ -288,15 +289,16 @@ def _rows_at(document: Any, path: tuple[str, ...], what: str) -> list[Any]:
         if not isinstance(value, dict):
             raise _manifest_invalid(what, "holds no rows")
         members = [k for k in value if not k.startswith(("@", "#"))]
-        if len(members) == 1 and isinstance(value[members[0]], dict | list):
-            value = value[members[0]]
+        nested = [k for k in members if isinstance(value[k], dict | list)]
+        if len(nested) == 1:  # the one way down; text beside it is the batch's own
+            value = value[nested[0]]
             continue
-        if members and all(not isinstance(value[k], dict | list) for k in members):
+        if members and not nested:
             return [value]  # one row
         raise _manifest_invalid(
             what,
-            f"has several lists or objects ({', '.join(members[:8])}); say which holds the rows "
-            "with manifest_rows, e.g. Batch.Documents.Document",
+            f"has several lists or objects ({', '.join(nested[:8]) or 'none'}); say which holds "
+            "the rows with manifest_rows, e.g. Batch.Documents.Document",
         )
 
 

@@ -21,6 +21,7 @@ from support import (
 )
 
 from flowflexd.commands.replay import replay_one
+from flowflexd.commands.views import explain
 from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
 from flowflexd.emulator.state import error
@@ -303,6 +304,33 @@ def test_a_three_level_xml_manifest(layout: Folders, emulator: Emulator) -> None
     assert [e["payload"]["amount"] for e in events] == ["10", "20", "30"]
 
 
+def test_a_json_manifest(layout: Folders, emulator: Emulator) -> None:
+    rule = {
+        "name": "json",
+        "manifest": "*.manifest.json",
+        "file_column": "{row.document.file}",
+        "event": "doc.{row.kind}",
+    }
+    manifest = {
+        "batch": "B-4",
+        "documents": [
+            {"document": {"file": "x.pdf"}, "kind": "invoice", "amount": 12.5},
+            {"document": {"file": "y.pdf"}, "kind": "memo", "amount": 3},
+        ],
+    }
+    with RunningDaemon(layout.config(emulator, [rule])):
+        drop(layout.inbox, "x.pdf", pdf(b"x"))
+        drop(layout.inbox, "y.pdf", pdf(b"y"))
+        drop(layout.inbox, "B-4.manifest.json", json.dumps(manifest).encode())
+        wait_until(lambda: len(files_in(layout.done)) == 3)
+
+    events = sorted(emulator.events(), key=lambda e: e["event"])
+    assert [e["event"] for e in events] == ["doc.invoice", "doc.memo"]
+    # Without a payload: the row as it is, plus the document's assetId.
+    assert events[0]["payload"]["amount"] == 12.5
+    assert events[0]["payload"]["assetId"] in events[0]["assets"]
+
+
 def test_bad_rows_hold_the_batch_then_fail_it_naming_each_row(
     layout: Folders, emulator: Emulator
 ) -> None:
@@ -469,3 +497,20 @@ def test_a_marker_that_is_a_link_or_a_fifo_is_never_trusted_or_read(
     assert outside.read_bytes() == b"secret"  # the target untouched
     assert emulator.events() == []
     assert os.listdir(layout.inbox) == [".flowflexd"]  # nothing lost: all in failed
+
+
+def test_explain_reads_a_manifest_row_by_row(layout: Folders, emulator: Emulator) -> None:
+    config = load(layout.config(emulator, [CSV_MANIFEST_RULE]))
+    drop(layout.inbox, "a.pdf", pdf(b"a"))
+    manifest = drop(
+        layout.inbox, "B-3.idx.csv", csv_manifest([("a.pdf", "invoice"), ("../x.pdf", "memo")])
+    )
+
+    lines = explain(config.folders[0], manifest)
+
+    assert "  rule: batch (manifest *.idx.csv)" in lines
+    assert "  a manifest of 2 rows, one event each (up to 5 shown):" in lines
+    assert "    row 1: a.pdf (present)" in lines
+    assert any(line.startswith("    row 2: bad: the document '../x.pdf'") for line in lines)
+    assert "    row 1's event: document.indexed" in lines
+    assert '        "doc_type": "invoice",' in lines

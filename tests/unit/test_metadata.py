@@ -110,6 +110,14 @@ def test_the_delimiter_is_sniffed_from_the_header(text: str, expected: dict[str,
     assert parse(text.encode(), "s", fmt="csv") == expected
 
 
+def test_a_configured_delimiter_wins_over_the_sniffed_one() -> None:
+    raw = b"name;amount,currency\nMuller;12,50 EUR\n"  # more commas than semicolons
+    assert parse(raw, "s", fmt="csv", delimiter=";") == {
+        "name": "Muller",
+        "amount,currency": "12,50 EUR",
+    }
+
+
 def test_a_bom_wins_over_the_configured_encoding() -> None:
     raw = "name,city\nZoë,Köln\n".encode("utf-16")  # with its byte order mark
     assert parse(raw, "s", fmt="csv", encoding="cp1252") == {"name": "Zoë", "city": "Köln"}
