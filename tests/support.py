@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 
 from flowflexd.client import FlowFlex
@@ -37,6 +38,25 @@ def readme_block(marker: str) -> str:
     """The shell block under ``<!-- marker -->`` in the README, as a reader copies it."""
     text = (ROOT / "README.md").read_text()
     found = re.search(rf"<!-- {marker} -->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert found, f"README has no {marker} block"
+    return found.group(1)
+
+
+def need(*programs: str) -> None:
+    """Skip (fail in CI, where .ci/run installs them) when a program is missing."""
+    missing = [p for p in programs if shutil.which(p) is None and not Path(p).exists()]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed (Debian: see .ci/run for the packages)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def readme_yaml(marker: str) -> str:
+    """The YAML block under ``<!-- marker -->`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- {marker} -->\n```yaml\n(.*?)```", text, re.DOTALL)
     assert found, f"README has no {marker} block"
     return found.group(1)
 

@@ -542,6 +542,8 @@ class FlowFlex:
         self._max_retry_after = float(max_retry_after_seconds)
         self._cancel = cancel_event or threading.Event()
         self._random = random.Random()  # noqa: S311 -- jitter, not cryptography
+        # The daemon counts answers for its metrics: (call, HTTP status or None).
+        self.on_answer: Callable[[str, int | None], None] | None = None
         token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
         self._auth_header = _Secret(f"Basic {token}")
         self._redactor = _Redactor(api_secret, token)
@@ -675,12 +677,34 @@ class FlowFlex:
         ceiling = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
         return self._random.uniform(0, ceiling)
 
+    def _noted(
+        self, call: str, send: Callable[[], requests.Response]
+    ) -> Callable[[], requests.Response]:
+        """``send``, telling ``on_answer`` each status (None: no answer: network, timeout, TLS)."""
+        on_answer = self.on_answer
+        if on_answer is None:
+            return send
+
+        def noted() -> requests.Response:
+            try:
+                res = send()
+            except requests.RequestException:
+                on_answer(call, None)
+                raise
+            on_answer(call, res.status_code)
+            return res
+
+        return noted
+
     def _with_retries(
         self,
         what: str,
         send: Callable[[], requests.Response],
         error_class: type[FlowFlexError] = FlowFlexError,
+        *,
+        call: str = "api",
     ) -> requests.Response:
+        send = self._noted(call, send)
         attempt = 0
         while True:
             attempt += 1
@@ -743,7 +767,7 @@ class FlowFlex:
             if self._cancel.wait(delay):
                 raise error from cause
 
-    def _api(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+    def _api(self, method: str, path: str, what: str, *, call: str = "api", **kwargs: Any) -> Any:
         url = f"{self._base_url}{path}"
         headers = {
             "Authorization": self._auth_header.reveal(),
@@ -767,7 +791,7 @@ class FlowFlex:
         def send() -> requests.Response:
             return self._exchange(method, url, headers, body, settings=settings)
 
-        return self._parse_body(self._with_retries(what, send))
+        return self._parse_body(self._with_retries(what, send, call=call))
 
     def _exchange(
         self,
@@ -838,7 +862,9 @@ class FlowFlex:
         body: dict[str, Any] = {"filename": filename, "mime": mime}
         if size is not None:
             body["size"] = size
-        return self._api("POST", "/v1/assets/upload-url", "upload-url request", json=body)
+        return self._api(
+            "POST", "/v1/assets/upload-url", "upload-url request", json=body, call="upload-url"
+        )
 
     def upload_file(self, ref: FileRef) -> str:
         """Upload one file and return its assetId; checks type and size first."""
@@ -894,7 +920,7 @@ class FlowFlex:
                     settings=settings,
                 )
 
-        self._with_retries(what, send, FlowFlexUploadError)
+        self._with_retries(what, send, FlowFlexUploadError, call="upload")
 
     # ----------------------------------------------------------------- events
 
@@ -981,6 +1007,7 @@ class FlowFlex:
                 f"/v1/events/{quote(self._integration_code, safe='')}",
                 "checking the credentials and integration code",
                 json={},
+                call="verify",
             )
         except FlowFlexError as err:
             if err.status == 400:
@@ -1002,4 +1029,5 @@ class FlowFlex:
             f'event "{event}"',
             headers={"x-event": event, "x-idempotency-key": idempotency_key},
             json=payload,
+            call="event",
         )

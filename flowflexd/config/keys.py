@@ -128,6 +128,14 @@ SETTINGS: tuple[Setting, ...] = (
         ),
     ),
     Setting(
+        "metrics.listen",
+        shown="off",
+        meaning=(
+            "`host:port` to serve Prometheus `/metrics` and `/healthz` on, e.g. "
+            "`127.0.0.1:9464` (see Metrics and health)"
+        ),
+    ),
+    Setting(
         "folders[].path",
         shown="required",
         required=True,
@@ -393,7 +401,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 # Sections nested in the top level: keys there, but no row of their own.
-_CONTAINERS = {"": ("flowflex", "folders")}
+_CONTAINERS = {"": ("flowflex", "metrics", "folders")}
 
 
 def names(section: str) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ _ATTACH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 TOP_KEYS = keys.names("")
 API_KEYS = keys.names("flowflex")
+METRICS_KEYS = keys.names("metrics")
 FOLDER_KEYS = keys.names("folders[]")
 RULE_KEYS = keys.names("rules[]")
 STATE_FILE = "daemon.json"  # in state_dir: the running daemon's pid and pause, for status
@@ -88,6 +89,7 @@ class Config:
     settle_seconds: float = default("settle_seconds")
     rescan_seconds: float = default("rescan_seconds")
     shutdown_grace_seconds: float = default("shutdown_grace_seconds")
+    metrics_listen: tuple[str, int] | None = None  # host, port; None: no metrics served
     warnings: tuple[str, ...] = ()
 
 
@@ -883,6 +885,7 @@ def load(
     settle = check.setting(top, keys.BY_KEY["settle_seconds"], ())
     rescan = check.setting(top, keys.BY_KEY["rescan_seconds"], ())
     grace = check.setting(top, keys.BY_KEY["shutdown_grace_seconds"], ())
+    metrics_listen = _listen(check, top.get("metrics"))
     state_text = check.text(top, "state_dir", ())
     state_dir = check.path(state_text, base) if state_text else default_state_dir(environ)
     folders: list[Folder] = []
@@ -912,8 +915,29 @@ def load(
         settle_seconds=settle,
         rescan_seconds=rescan,
         shutdown_grace_seconds=grace,
+        metrics_listen=metrics_listen,
         warnings=tuple(check.warnings),
     )
+
+
+def _listen(check: _Checker, raw: Any) -> tuple[str, int] | None:
+    """``metrics.listen`` as (host, port): ``127.0.0.1:9464``, ``[::1]:9464``, ``:9464``."""
+    if raw is None:
+        return None
+    section = check.mapping(raw, ("metrics",), METRICS_KEYS)
+    if section is None:
+        return None
+    text = check.text(section, "listen", ("metrics",), required=True)
+    if not text:
+        return None
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        check.fail(
+            ("metrics", "listen"), f"expected host:port such as 127.0.0.1:9464, got {text!r}"
+        )
+        return None
+    return host or "0.0.0.0", int(port)  # noqa: S104 -- ":9464" asks for every address
 
 
 def with_api(config: Config, api: ApiSettings) -> Config:

@@ -26,11 +26,12 @@ from flowflexd.engine import journal
 from flowflexd.engine.breaker import Gate
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.lifecycle import HANDED_OVER, WAITING_TO_GO, Ledger, Stage
+from flowflexd.engine.metrics import Health, Metrics, MetricsServer
 from flowflexd.engine.notify import Notifier
 from flowflexd.engine.outcomes import Code
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
-from flowflexd.engine.snapshot import Pause, Snapshot
+from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.runtime import Inbox, NameHint
@@ -121,6 +122,12 @@ class Daemon:
         self._published = 0.0
         self._published_from: tuple[object, ...] = ()
         self._next_sweep = 0.0
+        self.metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
+        if config.metrics_listen is not None:
+            self.metrics = Metrics(lambda: self.snapshot, self.health, str(self.journal.path))
+            client.on_answer = self.metrics.answered
+            self.pipeline.timed = self.metrics.timed
 
     # ------------------------------------------------------- other threads
 
@@ -227,6 +234,7 @@ class Daemon:
         try:
             for folder in self.config.folders:
                 self._start_inbox(folder, now)
+            self._serve_metrics()
         except UserError:
             self._close_inboxes()
             raise
@@ -247,12 +255,42 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self._publish(force=True)
+            if self._metrics_server is not None:
+                self._metrics_server.stop()
             self.scheduler.pool.stop()
             self._close_inboxes()
             self.journal.close()
             self._write_state(running=False)
         log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
         return 0
+
+    def _serve_metrics(self) -> None:
+        if self.metrics is None or self.config.metrics_listen is None:
+            return
+        host, port = self.config.metrics_listen
+        try:
+            self._metrics_server = MetricsServer(self.metrics, host, port)
+        except OSError as err:
+            raise UserError(
+                f"cannot serve metrics on {host}:{port}: {err.strerror}",
+                hint="free that port, or set metrics.listen to another address",
+            ) from err
+        self._metrics_server.start()
+        log.info("serving /metrics and /healthz", listen=self._metrics_server.address)
+
+    def health(self) -> Health:
+        """What /healthz answers: workers, observers, and whether FlowFlex takes our credentials."""
+        if not self.ready.is_set():
+            return Health(False, "starting")
+        if self._stopping:
+            return Health(False, "stopping")
+        if not self.healthy():
+            return Health(False, "a worker or a folder observer stopped")
+        if self.gate.kind is Pause.CONFIG:
+            return Health(False, f"paused: FlowFlex refuses our configuration: {self.gate.reason}")
+        if self.gate.kind is Pause.OUTAGE:
+            return Health(True, "FlowFlex is unreachable; files wait and go when it answers")
+        return Health(True, "sending")
 
     def healthy(self) -> bool:
         """Workers and observers are all running (the heartbeat's condition)."""
@@ -313,6 +351,11 @@ class Daemon:
             case Hint(inbox, str(name)):
                 inbox.tracker.note(name)
             case Finished(job, outcome):
+                if self.metrics is not None and job.prefetch is None:
+                    rule = (
+                        outcome.claim.rule if outcome.claim else job.ready.rule if job.ready else ""
+                    )
+                    self.metrics.finished(str(job.inbox.path), rule, outcome.verdict, outcome.code)
                 self.scheduler.finished(job, outcome)
             case Refused(reason):
                 self.gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
@@ -490,6 +533,15 @@ class Daemon:
                 oldest_waiting_since=self.ledger.oldest_waiting(),
                 paused=self.gate.kind,
                 offline=offline,
+                by_folder=tuple(
+                    FolderCounts(
+                        str(i.path),
+                        waiting=count(*WAITING_TO_GO, folder=i.tracker.key),
+                        settling=count(Stage.SETTLING, folder=i.tracker.key),
+                        in_flight=count(*HANDED_OVER - {Stage.READY}, folder=i.tracker.key),
+                    )
+                    for i in self.inboxes
+                ),
             )
         self.notifier.status(self.snapshot.text())
 

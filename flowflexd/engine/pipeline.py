@@ -21,6 +21,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -74,6 +75,7 @@ class Pipeline:
         self.journal = journal
         self.settle_seconds = settle_seconds
         self.urls = UrlCache()
+        self.timed: Callable[[str, float], None] = lambda call, seconds: None  # for metrics
 
     def prefetch(self, spool: Spool, name: str, inode: int) -> None:
         """Ask for the upload URL of a file that is still settling (see prefetch.py)."""
@@ -269,7 +271,7 @@ class Pipeline:
                 assets = self._upload(spool, claim, roles)
                 self._unchanged(spool, claim)
                 body = payload(found, sidecar=sidecar, assets=assets)
-                answer = self.client.fire_event(event, body, claim.key)
+                answer = self._fire(event, body, claim.key)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
@@ -393,9 +395,7 @@ class Pipeline:
             asset_id = self._upload_role(spool, claim, role)
             self._unchanged(spool, claim, roles=("file", role))
             try:
-                answer = self.client.fire_event(
-                    event, payload(found, assets={"file": asset_id}), key
-                )
+                answer = self._fire(event, payload(found, assets={"file": asset_id}), key)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     claim.uploads.pop(role, None)
@@ -417,6 +417,12 @@ class Pipeline:
             }
             return answer, sent
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fire(self, event: str, body: Any, key: str) -> Any:
+        started = time.monotonic()
+        answer = self.client.fire_event(event, body, key)
+        self.timed("event", time.monotonic() - started)
+        return answer
 
     def _upload_role(self, spool: Spool, claim: Claim, role: str) -> str:
         """One member's assetId: uploaded now, or earlier in this claim and still fresh."""
@@ -452,9 +458,11 @@ class Pipeline:
                 cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size
             )
             prefetched = self.urls.take((str(spool.inbox), claim.source(role), info.st_ino))
+            started = time.monotonic()
             asset_id = self._put_prefetched(ref, prefetched) if prefetched else None
             if asset_id is None:
                 asset_id = self.client.upload_file(ref)
+            self.timed("upload", time.monotonic() - started)
             digest = reader.sha256 or sha256_of(stream)
             after = os.fstat(stream.fileno())
         name = claim.members[role]

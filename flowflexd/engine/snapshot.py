@@ -13,6 +13,14 @@ class Pause(Enum):
 
 
 @dataclass(frozen=True)
+class FolderCounts:
+    folder: str
+    waiting: int
+    settling: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Live counts, replaced whole by the scheduler; safe to read from any thread."""
 
@@ -28,6 +36,7 @@ class Snapshot:
     oldest_waiting_since: float | None = None  # wall clock
     paused: Pause | None = None
     offline: tuple[str, ...] = ()
+    by_folder: tuple[FolderCounts, ...] = ()
 
     def oldest_waiting_s(self, now: float | None = None) -> int:
         if self.oldest_waiting_since is None:

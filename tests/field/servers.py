@@ -19,20 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import need
 
 FIELD_USER = "ffield"
 FIELD_PASSWORD = "field-Pass-7"  # a throwaway local test account's, on loopback only
-
-
-def need(*programs: str) -> None:
-    """Skip (fail in CI, where .ci/run installs them) when a program is missing."""
-    missing = [p for p in programs if shutil.which(p) is None and not Path(p).exists()]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not installed (Debian: see .ci/run for the packages)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def free_port() -> int:
