@@ -207,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier=Notifier(),
         reload_config=reload_config,
         make_client=lambda fresh: make_client(fresh, cancel),
+        standby=args.standby,
     )
 
     def stop(count: int) -> None:
@@ -478,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--emulator",
         action="store_true",
         help="start the built-in FlowFlex emulator and send to it instead of FlowFlex",
+    )
+    run.add_argument(
+        "--standby",
+        action="store_true",
+        help="where another flowflexd holds an inbox, wait and take over when it stops",
     )
     once = command(
         "once",

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -35,7 +36,7 @@ from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.runtime import Inbox, NameHint
-from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable
+from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
 
@@ -43,6 +44,7 @@ log = structlog.get_logger("flowflexd")
 
 ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
+STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
 
 
 def _iso(wall: float) -> str:
@@ -90,16 +92,19 @@ class Daemon:
         notifier: Notifier | None = None,
         reload_config: Callable[[], Config] | None = None,
         make_client: Callable[[Config], FlowFlex] | None = None,
+        standby: bool = False,
     ) -> None:
         self.config = config
         self.client = client
         self.once = once
+        self.standby = standby  # wait for the daemon holding an inbox, then take over
         self.notifier = notifier or Notifier({})
         self._reload_config = reload_config
         self._make_client = make_client
         self._next_heartbeat = 0.0
         self.heartbeats_withheld = 0
-        self.journal = Journal(config.state_dir)
+        self.journal = Journal(config.state_dir, defer=standby)
+        self._adopted: dict[Path, int] = {}  # inbox -> its lock, taken by the standby's wait
         self.ledger = Ledger()
         self.carried = Carried()  # claims this daemon carries, over all its inboxes
         self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
@@ -164,6 +169,9 @@ class Daemon:
 
     def _start_inbox(self, folder: Folder, now: float) -> Inbox:
         inbox = self._new_inbox(folder)
+        held = self._adopted.pop(folder.path, None)
+        if held is not None:
+            inbox.spool.adopt_lock(held)
         self.inboxes.append(inbox)  # closed with the others should a later one refuse
         self.scheduler.attach(inbox)
         self._resume(inbox, inbox.start(now), now)
@@ -230,6 +238,11 @@ class Daemon:
         )
 
     def run(self) -> int:
+        if self.standby:
+            if not self._wait_for_holders():
+                log.info("flowflexd stopped while on standby")
+                return 0
+            self.journal.open()
         now = time.monotonic()
         try:
             for folder in self.config.folders:
@@ -263,6 +276,54 @@ class Daemon:
             self._write_state(running=False)
         log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
         return 0
+
+    def _wait_for_holders(self) -> bool:
+        """A standby: wait until no other daemon holds one of our inboxes; False if told to stop.
+
+        Each lock is taken as soon as it is free and kept, so no third daemon
+        slips in between. Checked every STANDBY_POLL seconds: a holder that
+        dies (its locks die with it) is followed within that.
+        """
+        self.notifier.ready()  # started, as systemd sees it: waiting is its job
+        holders: dict[Path, str] = {}
+        while True:
+            for folder in self.config.folders:
+                if folder.path in self._adopted:
+                    continue
+                try:
+                    got = try_lock(folder.path)
+                except OSError:
+                    holders.pop(folder.path, None)  # not there: the start says so
+                    continue
+                if isinstance(got, int):
+                    self._adopted[folder.path] = got
+                    if holders.pop(folder.path, None) is not None:
+                        log.info(
+                            "standby: the holder is gone; taking over", folder=str(folder.path)
+                        )
+                elif holders.get(folder.path) != got:
+                    holders[folder.path] = got
+                    log.info(
+                        "standby: another flowflexd holds this inbox; waiting to take over "
+                        "when it stops",
+                        folder=str(folder.path),
+                        holder_pid=got,
+                    )
+            if not holders:
+                return True
+            pids = ", ".join(sorted(set(holders.values())))
+            self.notifier.status(
+                f"standby: waiting for flowflexd pid {pids} ({len(holders)} inboxes)"
+            )
+            try:
+                message = self._messages.get(timeout=STANDBY_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if isinstance(message, Stop):
+                for fd in self._adopted.values():
+                    os.close(fd)
+                self._adopted.clear()
+                return False
 
     def _serve_metrics(self) -> None:
         if self.metrics is None or self.config.metrics_listen is None:

@@ -42,12 +42,29 @@ def _open_append(path: Path) -> int:
 
 class Journal:
     def __init__(
-        self, state_dir: Path, *, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP
+        self,
+        state_dir: Path,
+        *,
+        rotate_bytes: int = ROTATE_BYTES,
+        keep: int = KEEP,
+        defer: bool = False,
     ) -> None:
+        """Open the journal now, or with ``defer`` at ``open()``.
+
+        A standby defers: the active daemon may be writing to the same journal.
+        """
         self.dir = state_dir
         self.path = state_dir / JOURNAL_NAME
         self._rotate_bytes = rotate_bytes
         self._keep = keep
+        self._fd = -1
+        self._end = self._size = 0
+        self._lock = threading.Lock()
+        if not defer:
+            self.open()
+
+    def open(self) -> None:
+        state_dir = self.dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fd = _open_append(self.path)
@@ -62,7 +79,6 @@ class Journal:
         self._size = self._end  # bytes since the last rotation (or rotation attempt)
         # A journal created just now must survive a power cut with its name.
         fsync_dir(state_dir)
-        self._lock = threading.Lock()
 
     def record(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"

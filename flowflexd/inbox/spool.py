@@ -259,6 +259,7 @@ class Spool:
         self.home = layout.home(folder.path)
         self.work = layout.work(folder.path)
         self._lock_fd: int | None = None
+        self._adopted = False
         self._home_checked = 0.0
 
     # ---------------------------------------------------------- preparation
@@ -320,21 +321,24 @@ class Spool:
                 )
 
     def _lock(self) -> None:
+        if self._lock_fd is not None and self._adopted:
+            self._adopted = False  # taken by the standby's wait: ours already
+            return
         self.unlock()  # a folder that came back: drop the lock taken on its old self
-        path = layout.lock_file(self.inbox)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        fd = try_lock(self.inbox)
+        if isinstance(fd, str):
             raise AlreadyRunningError(
-                f"{self.inbox} is already watched by another flowflexd (pid {holder})",
-                hint="stop the other one first; two daemons on one inbox are refused",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+                f"{self.inbox} is already watched by another flowflexd (pid {fd})",
+                hint="stop the other one first, or start this one with --standby to take over "
+                "when it stops; two daemons on one inbox are refused",
+            )
         self._lock_fd = fd
+
+    def adopt_lock(self, fd: int) -> None:
+        """A lock taken before the inbox was prepared (by a standby): the next prepare keeps it."""
+        self.unlock()
+        self._lock_fd = fd
+        self._adopted = True
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -691,6 +695,27 @@ class Spool:
             return sum(1 for e in os.scandir(self.work) if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return 0
+
+
+def try_lock(inbox: Path) -> int | str:
+    """Take an inbox's lock: its descriptor, or the pid of the daemon that holds it.
+
+    The holder's pid is written into the lock file, for messages.
+    """
+    home = layout.home(inbox)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(home, 0o700)
+    path = layout.lock_file(inbox)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return holder
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def _read_claim(claim_dir: Path) -> Claim:
