@@ -183,7 +183,7 @@ def start_emulator(config: configuration.Config) -> tuple[Emulator, configuratio
     log.info(
         "using the built-in emulator instead of FlowFlex",
         base_url=emulator.url,
-        events_url=f"{emulator.url}/_emulator/events",
+        page=f"{emulator.url}/",
     )
     return emulator, api
 

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -257,7 +258,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         self.state.count(parts.path)
-        if parts.path == "/_emulator/events":
+        if parts.path in ("/", "/index.html"):
+            page = resources.files("flowflexd.emulator").joinpath("page.html").read_bytes()
+            self._send(Answer(200, None, raw=page, content_type="text/html; charset=utf-8"))
+        elif parts.path.startswith("/_emulator/assets/"):
+            self._stored_asset(parts.path.rsplit("/", 1)[1])
+        elif parts.path == "/_emulator/info":
+            self._send(Answer(200, self.state.info()))
+        elif parts.path == "/_emulator/events":
             since = parse_qs(parts.query).get("since", ["0"])[0]
             self._send(Answer(200, self.state.events(int(since) if since.isdigit() else 0)))
         elif parts.path == "/_emulator/stats":
@@ -266,6 +274,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Answer(200, {"ok": True}))
         else:
             self._send(error(404, "NOT_FOUND", f"No route for GET {parts.path}"))
+
+    def _stored_asset(self, asset_id: str) -> None:
+        """An uploaded file, served with its type so that a browser shows PDFs and images."""
+        found = self.state.stored(asset_id)
+        if found is None:
+            self._send(error(404, "ASSET_NOT_FOUND", f"No uploaded file for {asset_id}"))
+            return
+        path, asset = found
+        data = path.read_bytes()
+        shown = asset.filename.encode("ascii", "replace").decode().replace('"', "_")
+        headers = [
+            ("Content-Disposition", f'inline; filename="{shown}"'),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        if asset.mime != "application/pdf":
+            # What a stranger's file may do in the page's origin: nothing. (Not for
+            # PDFs: the sandbox would also keep Chromium's PDF viewer out.)
+            headers.append(("Content-Security-Policy", "sandbox"))
+        self._send(Answer(200, None, headers=tuple(headers), raw=data, content_type=asset.mime))
 
 
 class Emulator:
@@ -346,7 +373,9 @@ class Emulator:
             daemon=True,
         )
         self._thread.start()
-        log.info("emulator listening", url=self.url, data_dir=str(self.data_dir))
+        log.info(
+            "emulator listening", url=self.url, page=f"{self.url}/", data_dir=str(self.data_dir)
+        )
         return self
 
     def stop(self) -> None:

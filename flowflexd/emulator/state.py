@@ -44,6 +44,11 @@ class Clock:
             self._offset += seconds
         return self.now()
 
+    @property
+    def offset(self) -> float:
+        with self._lock:
+            return self._offset
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -413,6 +418,38 @@ class EmulatorState:
     def events(self, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._events[since:])
+
+    def stored(self, asset_id: str) -> tuple[Path, Asset] | None:
+        """An uploaded asset's bytes on disk and what it is, for the page's links."""
+        if not ASSET_ID.fullmatch(asset_id):
+            return None
+        with self._lock:
+            asset = self._assets.get(asset_id)
+        if asset is None or asset.uploaded_at is None:
+            return None
+        return self.asset_path(asset_id), asset
+
+    def info(self) -> dict[str, Any]:
+        """The clock, the faults injected and the quota, as the page shows them."""
+        faults = self.faults
+        parts = []
+        if faults.latency_ms:
+            parts.append(f"latency {faults.latency_ms:g} ms")
+        if faults.fail_rate:
+            parts.append(f"{faults.fail_rate:.0%} of calls fail")
+        if faults.storage_fail_rate:
+            parts.append(f"{faults.storage_fail_rate:.0%} of uploads fail")
+        with self._lock:
+            scripted = len(faults.scripted)
+        if scripted:
+            parts.append(f"{scripted} scripted answers next")
+        return {
+            "now": self.clock.now(),
+            "clock_offset_s": round(self.clock.offset),
+            "faults": asdict(faults) | {"scripted": scripted},
+            "faults_text": ", ".join(parts) or "none",
+            "quota_text": "none",
+        }
 
     def stats_snapshot(self) -> dict[str, Any]:
         with self._lock:
