@@ -16,7 +16,10 @@ Also: close-to-event latency (p50, p95 over 50 drops), peak RSS uploading
 RSS while draining, CPU per file in its first and last quarter). The scaling
 checks run on request: ``--only backlog --backlog 100000``, ``--only
 sidecar_backlog`` (20,000 files, each with a sidecar) and ``--only
-ignored_idle`` (an idle inbox holding 20,000 files no rule takes). The emulator
+ignored_idle`` (an idle inbox holding 20,000 files no rule takes); ``--only
+rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
+with the daemon limited to it and without (events/s measured at the emulator,
+429s answered). The emulator
 runs in its own process; so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
@@ -67,7 +70,7 @@ def wait_for_line(log_path: Path, needle: str, timeout: float = 30.0) -> dict[st
 class Emulator:
     """``flowflexd emulator`` in its own process."""
 
-    def __init__(self, root: Path, latency_ms: float) -> None:
+    def __init__(self, root: Path, latency_ms: float, *extra: str) -> None:
         self.log = root / f"emulator-{latency_ms:g}.log"
         self.proc = subprocess.Popen(
             [
@@ -87,11 +90,15 @@ class Emulator:
                 CODE,
                 "--log-format",
                 "json",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
         )
         self.url = wait_for_line(self.log, "emulator ready")["base_url"]
+
+    def stats(self) -> dict[str, Any]:
+        return dict(requests.get(f"{self.url}/_emulator/stats", timeout=60).json())
 
     def events(self) -> list[dict[str, Any]]:
         return list(requests.get(f"{self.url}/_emulator/events", timeout=60).json())
@@ -117,14 +124,17 @@ class Daemon:
         settle: float,
         rescan: float = 60.0,
         rule: dict[str, Any] | None = None,
+        events_per_second: float | None = None,
     ) -> None:
         self.root = root
+        limit = {"max_events_per_second": events_per_second} if events_per_second else {}
         config = {
             "flowflex": {
                 "base_url": url,
                 "api_key": API_KEY,
                 "api_secret": API_SECRET,
                 "integration_code": CODE,
+                **limit,
             },
             "workers": workers,
             "settle_seconds": settle,
@@ -526,6 +536,39 @@ def ignored_idle(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- report
 
 
+def rate_limit(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Events per second at the emulator, against a quota, with and without the daemon's limit."""
+    quota = args.quota
+    runs: dict[str, Any] = {}
+    for label, limit in (("limited", quota), ("unlimited", None)):
+        where = root / label
+        where.mkdir()
+        emulator = Emulator(where, 0, "--quota-per-second", f"{quota:g}")
+        inbox = where / "inbox"
+        inbox.mkdir()
+        write_files(inbox, make_payloads(args.rate_files, 2_000), "r")
+        daemon = Daemon(
+            where, emulator.url, [inbox], workers=8, settle=0.2, events_per_second=limit
+        )
+        try:
+            wait_count(
+                where / "inbox-done", args.rate_files, timeout=args.rate_files / quota * 4 + 60
+            )
+            times = sorted(e["received_at"] for e in emulator.events())
+            refused = emulator.stats()["quota_refused"]
+        finally:
+            daemon.stop()
+            emulator.stop()
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        runs[label] = {
+            "events": len(times),
+            "events_per_s": round(rate, 2),
+            "vs_quota": round(rate / quota, 3),
+            "answered_429": refused,
+        }
+    return {"quota_per_s": quota, "files": args.rate_files, **runs}
+
+
 def table(results: dict[str, Any]) -> str:
     rows = results["throughput"]
     lines = [
@@ -560,7 +603,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 files, 2,000 backlog, 10 s idle")
     parser.add_argument("--files", type=int, default=1000)
@@ -592,7 +635,7 @@ def main() -> int:
         nargs="*",
         default=None,
         help="throughput latency big_files idle backlog; also sidecar_backlog ignored_idle "
-        "(the scaling checks, not in the default run)",
+        "(the scaling checks) and rate_limit, not in the default run",
     )
     parser.add_argument(
         "--sweep",
@@ -602,8 +645,14 @@ def main() -> int:
         help="throughput at 0 ms only, once per worker count (e.g. 1 2 4 8); "
         "writes bench/results/workers.json unless --json says otherwise",
     )
+    parser.add_argument("--quota", type=float, default=50, help="rate_limit: events/s quota")
+    parser.add_argument("--rate-files", type=int, default=1000, help="rate_limit: files sent")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments()
     if args.quick:
         args.files, args.backlog, args.idle_seconds, args.drops = 200, 2000, 10, 20
         args.sidecar_backlog, args.ignored = 2000, 2000
@@ -644,6 +693,7 @@ def main() -> int:
                     "backlog": backlog,
                     "sidecar_backlog": sidecar_backlog,
                     "ignored_idle": ignored_idle,
+                    "rate_limit": rate_limit,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)

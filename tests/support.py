@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from flowflexd.client import FlowFlex
-from flowflexd.commands.cli import make_client
+from flowflexd.commands.cli import destination_client, make_clients
 from flowflexd.config.model import load
 from flowflexd.engine.daemon import Daemon
 from flowflexd.inbox.spool import Claim
@@ -370,9 +370,16 @@ class RunningDaemon:
     ) -> None:
         self.config = load(config_path)
         self.cancel = threading.Event()
-        self.client = make_client(self.config, self.cancel)
+        clients = make_clients(self.config, self.cancel)
+        self.client = next(iter(clients.values()))
         self.daemon = Daemon(
-            self.config, self.client, once=once, notifier=notifier, reload_config=reload_config
+            self.config,
+            self.client,
+            clients=clients,
+            once=once,
+            notifier=notifier,
+            reload_config=reload_config,
+            make_client=lambda fresh, api: destination_client(fresh, api, self.cancel),
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

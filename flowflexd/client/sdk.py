@@ -542,8 +542,10 @@ class FlowFlex:
         self._max_retry_after = float(max_retry_after_seconds)
         self._cancel = cancel_event or threading.Event()
         self._random = random.Random()  # noqa: S311 -- jitter, not cryptography
-        # The daemon counts answers for its metrics: (call, HTTP status or None).
+        # The daemon counts answers for its metrics: (call, HTTP status or None),
+        # and slows a whole destination down on a 429: (call, Retry-After seconds).
         self.on_answer: Callable[[str, int | None], None] | None = None
+        self.on_throttle: Callable[[str, float], None] | None = None
         token = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
         self._auth_header = _Secret(f"Basic {token}")
         self._redactor = _Redactor(api_secret, token)
@@ -680,18 +682,24 @@ class FlowFlex:
     def _noted(
         self, call: str, send: Callable[[], requests.Response]
     ) -> Callable[[], requests.Response]:
-        """``send``, telling ``on_answer`` each status (None: no answer: network, timeout, TLS)."""
-        on_answer = self.on_answer
-        if on_answer is None:
+        """``send``, telling ``on_answer`` each status (None: no answer: network, timeout, TLS)
+        and ``on_throttle`` each 429's Retry-After."""
+        on_answer, on_throttle = self.on_answer, self.on_throttle
+        if on_answer is None and on_throttle is None:
             return send
 
         def noted() -> requests.Response:
             try:
                 res = send()
             except requests.RequestException:
-                on_answer(call, None)
+                if on_answer is not None:
+                    on_answer(call, None)
                 raise
-            on_answer(call, res.status_code)
+            if on_answer is not None:
+                on_answer(call, res.status_code)
+            if res.status_code == 429 and on_throttle is not None:
+                wait = _parse_retry_after(res.headers.get("Retry-After"), time.time())
+                on_throttle(call, 1.0 if wait is None else wait)
             return res
 
         return noted

@@ -54,6 +54,13 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be above zero")
+    return number
+
+
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
@@ -89,6 +96,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             storage_fail_rate=args.storage_fail_rate,
             retry_after_seconds=args.retry_after,
             seed=args.seed,
+            quota_per_second=args.quota_per_second,
         )
     except OSError as err:
         raise UserError(
@@ -110,7 +118,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         integration_code=args.integration_code,
         latency_ms=args.latency_ms,
         fail_rate=args.fail_rate,
-        events_url=f"{emulator.url}/_emulator/events",
+        quota_per_second=args.quota_per_second,
+        page=f"{emulator.url}/",
     )
     stop = threading.Event()
     on_signals(lambda count: stop.set())
@@ -150,7 +159,20 @@ def load_config(args: argparse.Namespace, *, offline: bool = False) -> configura
 
 
 def make_client(config: configuration.Config, cancel: threading.Event | None = None) -> FlowFlex:
-    api = config.api
+    """The client of the first destination (the top-level flowflex: block)."""
+    return destination_client(config, config.api, cancel)
+
+
+def make_clients(
+    config: configuration.Config, cancel: threading.Event | None = None
+) -> dict[str, FlowFlex]:
+    """One client per destination, each with its own connection pool."""
+    return {d.name: destination_client(config, d.api, cancel) for d in config.destinations}
+
+
+def destination_client(
+    config: configuration.Config, api: configuration.ApiSettings, cancel: threading.Event | None
+) -> FlowFlex:
     logsetup.add_secret(api.api_secret)
     try:
         return FlowFlex(
@@ -168,7 +190,17 @@ def make_client(config: configuration.Config, cancel: threading.Event | None = N
             cancel_event=cancel,
         )
     except FlowFlexConfigError as err:
-        raise ConfigError([f"{config.source}: flowflex: {err.message}"]) from err
+        where = next(
+            (
+                "flowflex"
+                if d.name == configuration.DEFAULT_DESTINATION
+                else f"destinations.{d.name}"
+                for d in config.destinations
+                if d.api is api
+            ),
+            "flowflex",
+        )
+        raise ConfigError([f"{config.source}: {where}: {err.message}"]) from err
 
 
 def start_emulator(config: configuration.Config) -> tuple[Emulator, configuration.ApiSettings]:
@@ -201,12 +233,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return configuration.with_api(fresh, emulator_api) if emulator_api else fresh
 
     cancel = threading.Event()
+    clients = make_clients(config, cancel)
     daemon = Daemon(
         config,
-        make_client(config, cancel),
+        next(iter(clients.values())),
+        clients=clients,
         notifier=Notifier(),
         reload_config=reload_config,
-        make_client=lambda fresh: make_client(fresh, cancel),
+        make_client=lambda fresh, api: destination_client(fresh, api, cancel),
         standby=args.standby,
     )
 
@@ -231,17 +265,19 @@ def verify_at_start(daemon: Daemon) -> None:
     delay readiness (systemd's start timeout) nor stop the start.
     """
     daemon.ready.wait()
-    try:
-        daemon.client.verify()
-    except FlowFlexError as err:
-        if classify(err).verdict is Verdict.PAUSE:
-            daemon.refused(f"{err.message} (HTTP {err.status})")
-        else:
-            log.warning(
-                "could not check the credentials at start; files are sent as they come",
-                error=err.message,
-                status=err.status,
-            )
+    for name, client in daemon.clients.items():
+        try:
+            client.verify()
+        except FlowFlexError as err:
+            if classify(err).verdict is Verdict.PAUSE:
+                daemon.refused(f"{err.message} (HTTP {err.status})", destination=name)
+            else:
+                log.warning(
+                    "could not check the credentials at start; files are sent as they come",
+                    destination=name,
+                    error=err.message,
+                    status=err.status,
+                )
 
 
 class Progress:
@@ -309,7 +345,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     if args.emulator:
         emulator, api = start_emulator(config)
         config = configuration.with_api(config, api)
-    daemon = Daemon(config, make_client(config), once=True)
+    clients = make_clients(config)
+    daemon = Daemon(config, next(iter(clients.values())), clients=clients, once=True)
     on_signals(lambda count: daemon.request_stop(force=count > 1))
     try:
         if sys.stdout.isatty():
@@ -335,22 +372,29 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args)
-    client = make_client(config)  # the client's own checks (https, the code) as run applies them
+    clients = make_clients(config)  # the client's own checks (https, the code) as run applies
     findings = preflight.check_as(config, args.as_user) if args.as_user else preflight.check(config)
-    if args.online:
-        try:
-            client.verify()
-        except FlowFlexError as err:
-            status = f" (HTTP {err.status})" if err.status else ""
-            findings.errors.append(f"FlowFlex refuses them: {err.message}{status}")
-        else:
-            findings.notes.append("FlowFlex accepts the credentials and the integration code")
-    client.close()
+    for name, client in clients.items():
+        which = "" if len(clients) == 1 else f" (destination {name})"
+        if args.online:
+            try:
+                client.verify()
+            except FlowFlexError as err:
+                status = f" (HTTP {err.status})" if err.status else ""
+                findings.errors.append(f"FlowFlex refuses them{which}: {err.message}{status}")
+            else:
+                findings.notes.append(
+                    f"FlowFlex accepts the credentials and the integration code{which}"
+                )
+        client.close()
     out = sys.stdout
     print(f"{config.source}: configuration is valid", file=out)
     if args.as_user:
         print(f"  folders checked as user {args.as_user}", file=out)
-    print(f"  FlowFlex: {config.api.base_url} integration {config.api.integration_code}", file=out)
+    for destination in config.destinations:
+        api = destination.api
+        which = "" if len(config.destinations) == 1 else f" ({destination.name})"
+        print(f"  FlowFlex{which}: {api.base_url} integration {api.integration_code}", file=out)
     for folder in config.folders:
         mode = "polling" if folder.poll else "inotify"
         print(
@@ -463,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-fail-rate", type=_share, default=0.0, help="share of uploads answered 503"
     )
     emu.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on a 429")
+    emu.add_argument(
+        "--quota-per-second",
+        type=_positive,
+        help="accept at most this many events per second (bursts of one second's worth); "
+        "above it, answer 429 with Retry-After",
+    )
     emu.add_argument("--seed", type=int, help="make injected failures repeatable")
     _add_logging(emu)
     emu.set_defaults(handler=cmd_emulator)

@@ -238,6 +238,7 @@ class FolderStatus:
     paused: str | None = None  # that daemon's pause: "config" or "outage"
     paused_reason: str | None = None
     paused_since: str | None = None
+    destination: str | None = None  # the paused destination, named when there are several
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
     by_folder: dict[str, int] = field(default_factory=dict)  # waiting per subfolder ("" top)
 
@@ -347,11 +348,17 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     outcomes = _outcomes(config.state_dir)
     rows = [folder_status(f, outcomes.get(str(f.path), {}), now) for f in config.folders]
     state = _daemon_state(config.state_dir)
-    for row in rows:
-        if state is not None and row.daemon_pid == state.get("pid") and state.get("paused"):
-            row.paused = str(state["paused"])
-            row.paused_reason = state.get("reason")
-            row.paused_since = state.get("paused_since")
+    several = len(config.destinations) > 1
+    for row, folder in zip(rows, config.folders, strict=True):
+        if state is None or row.daemon_pid != state.get("pid"):
+            continue
+        # The pause of the destination this folder sends to (older daemons: the one pause).
+        paused = state.get("destinations", {}).get(folder.destination, state)
+        if isinstance(paused, dict) and paused.get("paused"):
+            row.paused = str(paused["paused"])
+            row.paused_reason = paused.get("reason")
+            row.paused_since = paused.get("paused_since")
+            row.destination = folder.destination if several else None
     return rows
 
 
@@ -412,9 +419,10 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
         if r.paused:
             lines.append("")
             what = "FlowFlex refuses the configuration" if r.paused == "config" else "unreachable"
+            where = f" (destination {r.destination})" if r.destination else ""
             lines.append(
-                f"sending to FlowFlex is PAUSED for {r.path} since {r.paused_since} ({what}): "
-                f"{printable(str(r.paused_reason))}"
+                f"sending to FlowFlex{where} is PAUSED for {r.path} since {r.paused_since} "
+                f"({what}): {printable(str(r.paused_reason))}"
             )
         if r.latest_failures:
             lines.append("")

@@ -78,6 +78,33 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="per-request timeout",
     ),
     Setting(
+        "flowflex.max_events_per_second",
+        shown="no limit",
+        minimum=0,
+        above=True,
+        meaning=(
+            "events sent per second at most, over all workers (a token bucket); a 429 with "
+            "`Retry-After` slows the whole destination, and is never a failure"
+        ),
+    ),
+    Setting(
+        "flowflex.max_uploads_per_second",
+        shown="no limit",
+        minimum=0,
+        above=True,
+        meaning="file uploads per second at most, over all workers",
+    ),
+    Setting(
+        "destinations",
+        shown="",
+        meaning=(
+            "more FlowFlex integrations by name, each with the keys of `flowflex` "
+            "(`sales: {base_url: ..., api_key: ..., api_secret_file: ..., "
+            "integration_code: ...}`); `flowflex` itself is the one named `default`; a secret "
+            "may also come from the systemd credential `NAME.api_secret`"
+        ),
+    ),
+    Setting(
         "workers",
         shown="4",
         default=4,
@@ -175,6 +202,11 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         integer=True,
         meaning="with `recursive`, how many levels of subfolders below the inbox are taken from",
+    ),
+    Setting(
+        "folders[].destination",
+        shown="`default`, or the only one",
+        meaning="the destination this folder's files are sent to (required with several)",
     ),
     Setting(
         "folders[].poll",
@@ -374,6 +406,11 @@ SETTINGS: tuple[Setting, ...] = (
         ),
     ),
     Setting(
+        "rules[].destination",
+        shown="the folder's",
+        meaning="the destination this rule's files are sent to",
+    ),
+    Setting(
         "rules[].verify_format",
         shown="true",
         default=True,
@@ -401,7 +438,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 # Sections nested in the top level: keys there, but no row of their own.
-_CONTAINERS = {"": ("flowflex", "metrics", "folders")}
+_CONTAINERS = {"": ("flowflex", "metrics", "folders")}  # destinations has a row
 
 
 def names(section: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import difflib
 import grp
 import os
@@ -60,6 +61,19 @@ class ApiSettings:
     timeout_seconds: float = default("flowflex.timeout_seconds")
 
 
+DEFAULT_DESTINATION = "default"  # what the top-level flowflex: block is called
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One FlowFlex integration files are sent to: its API settings and its rate limits."""
+
+    name: str
+    api: ApiSettings
+    max_events_per_second: float | None = None
+    max_uploads_per_second: float | None = None
+
+
 @dataclass(frozen=True)
 class Folder:
     path: Path
@@ -77,6 +91,14 @@ class Folder:
     # Folders below done and failed, from placeholders ({date:%Y}/{dir}); None: the root.
     done_below: Template | None = None
     failed_below: Template | None = None
+    destination: str = DEFAULT_DESTINATION  # where its files go, unless a rule says otherwise
+
+    def destination_of(self, rule_name: str) -> str:
+        """The destination a file taken by the rule named ``rule_name`` is sent to."""
+        for rule in self.rules:
+            if rule.name == rule_name:
+                return rule.destination or self.destination
+        return self.destination
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,15 @@ class Config:
     shutdown_grace_seconds: float = default("shutdown_grace_seconds")
     metrics_listen: tuple[str, int] | None = None  # host, port; None: no metrics served
     warnings: tuple[str, ...] = ()
+    # Every FlowFlex integration files go to, by name; ``api`` is the first one's
+    # (the top-level flowflex: block, named "default", when there is one).
+    destinations: tuple[Destination, ...] = ()
+
+    def destination(self, name: str) -> Destination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
 
 
 # ------------------------------------------------------------------ YAML -> data
@@ -369,9 +400,15 @@ def read_secret_file(path: Path) -> str:
 
 
 def _secret(
-    check: _Checker, section: dict[str, Any], key: Key, base: Path, source_mode: int
+    check: _Checker,
+    section: dict[str, Any],
+    key: Key,
+    base: Path,
+    source_mode: int,
+    *,
+    credential_name: str = "api_secret",
 ) -> str:
-    """api_secret, api_secret_file, or the systemd credential named api_secret."""
+    """api_secret, api_secret_file, or the systemd credential (api_secret, NAME.api_secret)."""
     if "api_secret" in section and "api_secret_file" in section:
         check.fail((*key, "api_secret_file"), "give api_secret or api_secret_file, not both")
         return ""
@@ -394,12 +431,12 @@ def _secret(
             )
         return check.text(section, "api_secret", key, required=True) or ""
     credentials = check.environ.get("CREDENTIALS_DIRECTORY")
-    credential = Path(credentials) / "api_secret" if credentials else None
+    credential = Path(credentials) / credential_name if credentials else None
     if credential is None or not credential.exists():
         check.fail(
             (*key, "api_secret"),
             "required: api_secret (e.g. ${FLOWFLEX_API_SECRET}), api_secret_file, "
-            "or a systemd credential named api_secret",
+            f"or a systemd credential named {credential_name}",
         )
         return ""
     try:
@@ -413,30 +450,99 @@ TIMEOUT = keys.BY_KEY["flowflex.timeout_seconds"]
 
 
 def _api_settings(
-    check: _Checker, raw: Any, base: Path, source_mode: int, *, emulator: bool
-) -> ApiSettings:
-    key: Key = ("flowflex",)
+    check: _Checker,
+    raw: Any,
+    key: Key,
+    base: Path,
+    source_mode: int,
+    *,
+    emulator: bool,
+    name: str = DEFAULT_DESTINATION,
+) -> Destination:
     if emulator:
         # The emulator supplies its own address and credentials; only the
-        # timeout of this section is used, so unset ${VAR}s are no error.
+        # timeout and limits of this section are used, so unset ${VAR}s are no error.
         section = check.mapping(raw, key, API_KEYS) if raw is not None else {}
         timeout = check.setting(section or {}, TIMEOUT, key)
-        return ApiSettings("", "", "", "", timeout)
+        return _limited(check, section or {}, key, name, ApiSettings("", "", "", "", timeout))
     section = check.mapping(raw, key, API_KEYS) if raw is not None else None
     if section is None:
         if raw is None:
             check.fail(
                 key, "required: the FlowFlex base_url, api_key, api_secret and integration_code"
             )
-        return ApiSettings("", "", "", "")
+        return Destination(name, ApiSettings("", "", "", ""))
     base_url = check.text(section, "base_url", key, required=True) or ""
     api_key = check.text(section, "api_key", key, required=True) or ""
     code = check.text(section, "integration_code", key, required=True) or ""
     timeout = check.setting(section, TIMEOUT, key)
     if base_url and not re.match(r"https?://", base_url):
         check.fail((*key, "base_url"), f"expected an https:// URL, got {base_url!r}")
-    secret = _secret(check, section, key, base, source_mode)
-    return ApiSettings(base_url, api_key, code, secret, timeout)
+    credential = "api_secret" if name == DEFAULT_DESTINATION else f"{name}.api_secret"
+    secret = _secret(check, section, key, base, source_mode, credential_name=credential)
+    return _limited(
+        check, section, key, name, ApiSettings(base_url, api_key, code, secret, timeout)
+    )
+
+
+def _limited(
+    check: _Checker, section: dict[str, Any], key: Key, name: str, api: ApiSettings
+) -> Destination:
+    events = check.setting(section, keys.BY_KEY["flowflex.max_events_per_second"], key)
+    uploads = check.setting(section, keys.BY_KEY["flowflex.max_uploads_per_second"], key)
+    return Destination(name, api, events, uploads)
+
+
+_DESTINATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _destinations(
+    check: _Checker, top: dict[str, Any], base: Path, source_mode: int, *, emulator: bool
+) -> tuple[Destination, ...]:
+    """The top-level flowflex: block (named "default") and each of destinations:."""
+    found: list[Destination] = []
+    raw_named = top.get("destinations")
+    if "flowflex" in top or raw_named is None:
+        found.append(
+            _api_settings(
+                check, top.get("flowflex"), ("flowflex",), base, source_mode, emulator=emulator
+            )
+        )
+    if raw_named is None:
+        return tuple(found)
+    if not isinstance(raw_named, dict) or not raw_named:
+        check.fail(
+            ("destinations",),
+            "expected a mapping of names to FlowFlex settings, e.g. sales: {base_url: ...}",
+        )
+        return tuple(found)
+    for name, raw in raw_named.items():
+        key: Key = ("destinations", str(name))
+        if not isinstance(name, str) or not _DESTINATION_NAME.fullmatch(name):
+            check.fail(
+                key,
+                "a destination's name is letters, digits, _ and - (it names a systemd credential)",
+            )
+            continue
+        if name == DEFAULT_DESTINATION and "flowflex" in top:
+            check.fail(key, "the flowflex: block is the destination named default already")
+            continue
+        found.append(
+            _api_settings(check, raw, key, base, source_mode, emulator=emulator, name=name)
+        )
+    return tuple(found)
+
+
+def _destination_name(
+    check: _Checker, section: dict[str, Any], key: Key, known: tuple[str, ...]
+) -> str | None:
+    """A folder's or rule's ``destination``, checked against those configured."""
+    name = check.text(section, "destination", key)
+    if name is not None and known and name not in known:
+        check.fail(
+            (*key, "destination"), f"no destination named {name!r} (have: {', '.join(known)})"
+        )
+    return name
 
 
 # ---------------------------------------------------------------------- rules
@@ -622,10 +728,11 @@ def _folder_marker(check: _Checker, section: dict[str, Any], key: Key) -> str | 
     return name
 
 
-def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
+def _rule(check: _Checker, raw: Any, key: Key, known: tuple[str, ...] = ()) -> Rule | None:
     section = check.mapping(raw, key, RULE_KEYS)
     if section is None:
         return None
+    destination = _destination_name(check, section, key, known)
     matcher, groups, pattern, regex_text = _matcher(check, section, key)
     path_pattern = check.text(section, "path_pattern", key)
     name = check.text(section, "name", key) or pattern or regex_text or f"rule {key[-1]}"
@@ -693,6 +800,7 @@ def _rule(check: _Checker, raw: Any, key: Key) -> Rule | None:
         manifest_rows=manifest.rows if manifest else (),
         file_column=manifest.file_column if manifest else None,
         manifest_timeout=check.setting(section, keys.BY_KEY["rules[].manifest_timeout"], key),
+        destination=destination,
     )
 
 
@@ -709,7 +817,9 @@ def _expand_tree(check: _Checker, value: Any, key: Key) -> Any:
 # -------------------------------------------------------------------- folders
 
 
-def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
+def _folder(
+    check: _Checker, raw: Any, key: Key, base: Path, known: tuple[str, ...] = ()
+) -> Folder | None:
     section = check.mapping(raw, key, FOLDER_KEYS)
     if section is None:
         return None
@@ -734,7 +844,7 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         )
     else:
         for i, raw_rule in enumerate(raw_rules):
-            rule = _rule(check, raw_rule, (*key, "rules", i))
+            rule = _rule(check, raw_rule, (*key, "rules", i), known)
             if rule is not None:
                 rules.append(rule)
     if unmatched == "fail" and any(rule.manifest for rule in rules):
@@ -768,7 +878,25 @@ def _folder(check: _Checker, raw: Any, key: Key, base: Path) -> Folder | None:
         keep_failed_days=keep_failed,
         recursive=recursive,
         max_depth=None if max_depth is None else int(max_depth),
+        destination=_folder_destination(check, section, key, known),
     )
+
+
+def _folder_destination(
+    check: _Checker, section: dict[str, Any], key: Key, known: tuple[str, ...]
+) -> str:
+    """A folder's destination: as given; else default, or the only one there is."""
+    name = _destination_name(check, section, key, known)
+    if name is not None:
+        return name
+    if DEFAULT_DESTINATION in known or len(known) != 1:
+        if len(known) > 1 and DEFAULT_DESTINATION not in known:
+            check.fail(
+                (*key, "destination"),
+                f"required with several destinations: one of {', '.join(known)}",
+            )
+        return DEFAULT_DESTINATION
+    return known[0]
 
 
 def _destination(
@@ -880,7 +1008,9 @@ def load(
         if doc.data is None:
             check.problems.append(f"{source}: the file is empty; start from config.example.yaml")
         raise ConfigError(check.problems)
-    api = _api_settings(check, top.get("flowflex"), base, mode, emulator=emulator or offline)
+    destinations = _destinations(check, top, base, mode, emulator=emulator or offline)
+    known = tuple(d.name for d in destinations)
+    api = destinations[0].api if destinations else ApiSettings("", "", "", "")
     workers = int(check.setting(top, keys.BY_KEY["workers"], ()))
     settle = check.setting(top, keys.BY_KEY["settle_seconds"], ())
     rescan = check.setting(top, keys.BY_KEY["rescan_seconds"], ())
@@ -895,7 +1025,7 @@ def load(
     else:
         seen: dict[str, int] = {}
         for i, raw_folder in enumerate(raw_folders):
-            folder = _folder(check, raw_folder, ("folders", i), base)
+            folder = _folder(check, raw_folder, ("folders", i), base, known)
             if folder is None:
                 continue
             # By where it leads: a link or another spelling is the same inbox.
@@ -909,6 +1039,7 @@ def load(
     return Config(
         source=source,
         api=api,
+        destinations=destinations,
         folders=tuple(folders),
         state_dir=state_dir,
         workers=workers,
@@ -941,5 +1072,12 @@ def _listen(check: _Checker, raw: Any) -> tuple[str, int] | None:
 
 
 def with_api(config: Config, api: ApiSettings) -> Config:
-    """The same configuration pointed at another API (the built-in emulator)."""
-    return Config(**{**config.__dict__, "api": api})
+    """The same configuration with every destination pointed at one API (the built-in emulator).
+
+    Each keeps its rate limits and timeout.
+    """
+    destinations = tuple(
+        dataclasses.replace(d, api=dataclasses.replace(api, timeout_seconds=d.api.timeout_seconds))
+        for d in config.destinations
+    )
+    return dataclasses.replace(config, api=api, destinations=destinations)

@@ -190,6 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(injected.answer if injected is not None else answer)
 
     def _event(self, code: str, body: Any) -> None:
+        refused = self.state.over_quota()
+        if refused is not None:
+            self._send(refused)
+            return
         injected = self.state.injected_failure(call="event")
         if injected is not None and not injected.after_processing:
             self._send(injected.answer)
@@ -317,6 +321,7 @@ class Emulator:
         retry_after_seconds: int = 1,
         seed: int | None = None,
         upload_base_url: str | None = None,
+        quota_per_second: float | None = None,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0 or not 0.0 <= storage_fail_rate <= 1.0:
             raise ValueError("fail rates are shares between 0 and 1")
@@ -332,6 +337,7 @@ class Emulator:
             fail_rate=fail_rate,
             storage_fail_rate=storage_fail_rate,
             retry_after_seconds=retry_after_seconds,
+            quota_per_second=quota_per_second,
         )
         self.clock = Clock()
         self.state = EmulatorState(

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hmac
 import json
+import math
 import os
 import random
 import re
@@ -106,6 +107,9 @@ class Faults:
     storage_fail_rate: float = 0.0
     retry_after_seconds: int = 1
     scripted: list[Injected] = field(default_factory=list)
+    # Events accepted per second at most, as an API quota counts them: a bucket
+    # holding one second's worth; above it, 429 with Retry-After.
+    quota_per_second: float | None = None
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Stats:
     auth_failures: int = 0
     injected_503: int = 0
     injected_429: int = 0
+    quota_refused: int = 0  # events answered 429 for going over --quota-per-second
     injected_after_processing: int = 0
     connections: int = 0
     requests_by_path: dict[str, int] = field(default_factory=dict)
@@ -154,6 +159,8 @@ class EmulatorState:
         self._assets_dir = data_dir / "assets"
         self._assets_dir.mkdir(parents=True, exist_ok=True)
         self._events_file = data_dir / "events.jsonl"
+        self._quota_tokens = faults.quota_per_second or 0.0
+        self._quota_at = time.monotonic()
         self._load()
 
     # ----------------------------------------------------------- persistence
@@ -194,6 +201,28 @@ class EmulatorState:
     def count(self, path: str) -> None:
         with self._lock:
             self.stats.requests_by_path[path] = self.stats.requests_by_path.get(path, 0) + 1
+
+    def over_quota(self) -> Answer | None:
+        """A 429 when this event would go over the quota (a bucket of one second's events)."""
+        quota = self.faults.quota_per_second
+        if not quota:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(quota, self._quota_tokens + (now - self._quota_at) * quota)
+            self._quota_at = now
+            if tokens >= 1.0:
+                self._quota_tokens = tokens - 1.0
+                return None
+            self._quota_tokens = tokens
+            self.stats.quota_refused += 1
+            wait = max(1, math.ceil((1.0 - tokens) / quota))
+        return error(
+            429,
+            "RATE_LIMITED",
+            f"Over the quota of {quota:g} events per second",
+            **{"Retry-After": str(wait)},
+        )
 
     def rate_limited(self) -> Answer:
         return error(
@@ -448,7 +477,11 @@ class EmulatorState:
             "clock_offset_s": round(self.clock.offset),
             "faults": asdict(faults) | {"scripted": scripted},
             "faults_text": ", ".join(parts) or "none",
-            "quota_text": "none",
+            "quota_text": (
+                f"{faults.quota_per_second:g} events/s ({self.stats.quota_refused} refused)"
+                if faults.quota_per_second
+                else "none"
+            ),
         }
 
     def stats_snapshot(self) -> dict[str, Any]:

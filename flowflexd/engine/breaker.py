@@ -23,7 +23,8 @@ CONFIG_PROBE = (30.0, 300.0)  # ... while it refuses our credentials or integrat
 class Gate:
     """A circuit breaker in front of FlowFlex: open, or paused until a probe succeeds."""
 
-    def __init__(self) -> None:
+    def __init__(self, destination: str = "default") -> None:
+        self.destination = destination  # the FlowFlex integration this breaker stands before
         self.kind: Pause | None = None  # None while open
         self.reason = ""
         self.since: float | None = None  # wall clock: paused since
@@ -55,14 +56,16 @@ class Gate:
                 log.error(
                     "FlowFlex refuses our configuration; sending is paused and files stay "
                     "where they are",
+                    destination=self.destination,
                     reason=reason,
-                    fix="check flowflex.base_url, api_key, api_secret and integration_code, "
-                    "then reload (systemctl reload flowflexd)",
+                    fix="check base_url, api_key, api_secret and integration_code of this "
+                    "destination, then reload (systemctl reload flowflexd)",
                     next_try_s=round(delay),
                 )
             else:
                 log.warning(
                     "FlowFlex is unreachable; sending is paused and files wait",
+                    destination=self.destination,
                     reason=reason,
                     next_try_s=round(delay),
                 )
@@ -70,7 +73,11 @@ class Gate:
     def reset(self) -> None:
         was = self.kind
         if was is not None:
-            log.info("FlowFlex answers again; sending resumes", after_trips=self.trips)
+            log.info(
+                "FlowFlex answers again; sending resumes",
+                destination=self.destination,
+                after_trips=self.trips,
+            )
         self.kind = None
         self.reason = ""
         self.since = None

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,12 @@ from typing import Any
 import structlog
 
 from flowflexd.client import FlowFlex
-from flowflexd.config.model import STATE_FILE, Config, Folder
+from flowflexd.config.model import DEFAULT_DESTINATION, STATE_FILE, ApiSettings, Config, Folder
 from flowflexd.engine import journal
 from flowflexd.engine.breaker import Gate
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.lifecycle import HANDED_OVER, WAITING_TO_GO, Ledger, Stage
+from flowflexd.engine.limits import Limits
 from flowflexd.engine.metrics import Health, Metrics, MetricsServer
 from flowflexd.engine.notify import Notifier
 from flowflexd.engine.outcomes import Code
@@ -45,6 +46,15 @@ log = structlog.get_logger("flowflexd")
 ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
 STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
+
+
+def _worst(kinds: Iterable[Pause | None]) -> Pause | None:
+    """The pause to show first: refused credentials, then an outage."""
+    found = set(kinds)
+    for kind in (Pause.CONFIG, Pause.OUTAGE):
+        if kind in found:
+            return kind
+    return None
 
 
 def _iso(wall: float) -> str:
@@ -67,6 +77,7 @@ class Finished:
 @dataclass(frozen=True)
 class Refused:
     reason: str
+    destination: str | None = None  # None: the first (the only one, mostly)
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,9 @@ class Daemon:
         once: bool = False,
         notifier: Notifier | None = None,
         reload_config: Callable[[], Config] | None = None,
-        make_client: Callable[[Config], FlowFlex] | None = None,
+        make_client: Callable[[Config, ApiSettings], FlowFlex] | None = None,
         standby: bool = False,
+        clients: Mapping[str, FlowFlex] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -107,16 +119,28 @@ class Daemon:
         self._adopted: dict[Path, int] = {}  # inbox -> its lock, taken by the standby's wait
         self.ledger = Ledger()
         self.carried = Carried()  # claims this daemon carries, over all its inboxes
-        self.pipeline = Pipeline(client, self.journal, settle_seconds=config.settle_seconds)
+        names = [d.name for d in config.destinations] or [DEFAULT_DESTINATION]
+        # One client per destination, each with its pool; a single one is the first's.
+        self.clients: dict[str, FlowFlex] = dict(clients) if clients else {names[0]: client}
+        self.limits = {
+            d.name: Limits.of(
+                d.name, events=d.max_events_per_second, uploads=d.max_uploads_per_second
+            )
+            for d in config.destinations
+        }
+        self.pipeline = Pipeline(
+            self.clients, self.journal, settle_seconds=config.settle_seconds, limits=self.limits
+        )
         self.scheduler = Scheduler(
             self.pipeline,
             self.ledger,
             workers=config.workers,
             settle_seconds=config.settle_seconds,
             report=lambda job, outcome: self._messages.put(Finished(job, outcome)),
+            destinations=names,
         )
-        self.gate: Gate = self.scheduler.gate
-        self.gate.on_change = self._write_state
+        self.gate: Gate = self.scheduler.gate  # the first destination's
+        self.scheduler.on_gate_change = self._write_state
         self.totals: Totals = self.scheduler.totals
         self.ready = threading.Event()
         self._messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
@@ -130,9 +154,15 @@ class Daemon:
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen is not None:
-            self.metrics = Metrics(lambda: self.snapshot, self.health, str(self.journal.path))
-            client.on_answer = self.metrics.answered
+            self.metrics = Metrics(
+                lambda: self.snapshot,
+                self.health,
+                str(self.journal.path),
+                destinations=lambda: list(self.scheduler.lanes),
+            )
             self.pipeline.timed = self.metrics.timed
+        for name, each in self.clients.items():
+            self._hook(name, each)
 
     # ------------------------------------------------------- other threads
 
@@ -144,9 +174,18 @@ class Daemon:
         """Re-read the configuration (SIGHUP)."""
         self._messages.put(Reload())
 
-    def refused(self, reason: str) -> None:
-        """FlowFlex refused our credentials or integration: pause sending, as a file would."""
-        self._messages.put(Refused(reason))
+    def refused(self, reason: str, *, destination: str | None = None) -> None:
+        """FlowFlex refused our credentials or integration: pause sending there, as a file would."""
+        self._messages.put(Refused(reason, destination))
+
+    def _hook(self, name: str, client: FlowFlex) -> None:
+        """A destination's client tells the metrics its answers, and its limits about 429s."""
+        metrics = self.metrics
+        if metrics is not None:
+            client.on_answer = lambda call, status: metrics.answered(name, call, status)
+        limits = self.limits.get(name)
+        if limits is not None:
+            client.on_throttle = limits.throttle
 
     def _hint(self, inbox: Inbox) -> NameHint:
         def hint(name: str | None) -> None:
@@ -347,10 +386,19 @@ class Daemon:
             return Health(False, "stopping")
         if not self.healthy():
             return Health(False, "a worker or a folder observer stopped")
-        if self.gate.kind is Pause.CONFIG:
-            return Health(False, f"paused: FlowFlex refuses our configuration: {self.gate.reason}")
-        if self.gate.kind is Pause.OUTAGE:
-            return Health(True, "FlowFlex is unreachable; files wait and go when it answers")
+        gates = self.scheduler.gates()
+        refused = [g for g in gates.values() if g.kind is Pause.CONFIG]
+        if refused:
+            where = "" if len(gates) == 1 else f" ({', '.join(g.destination for g in refused)})"
+            return Health(
+                False, f"paused: FlowFlex refuses our configuration{where}: {refused[0].reason}"
+            )
+        down = [g.destination for g in gates.values() if g.kind is Pause.OUTAGE]
+        if down:
+            where = "" if len(gates) == 1 else f" ({', '.join(down)})"
+            return Health(
+                True, f"FlowFlex is unreachable{where}; files wait and go when it answers"
+            )
         return Health(True, "sending")
 
     def healthy(self) -> bool:
@@ -416,10 +464,14 @@ class Daemon:
                     rule = (
                         outcome.claim.rule if outcome.claim else job.ready.rule if job.ready else ""
                     )
-                    self.metrics.finished(str(job.inbox.path), rule, outcome.verdict, outcome.code)
+                    destination = self.scheduler.destination(job)
+                    self.metrics.finished(
+                        str(job.inbox.path), rule, destination, outcome.verdict, outcome.code
+                    )
                 self.scheduler.finished(job, outcome)
-            case Refused(reason):
-                self.gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
+            case Refused(reason, destination):
+                gate = self.scheduler.lane(destination).gate if destination else self.gate
+                gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
                 self._publish(force=True)
             case Reload():
                 if not self._stopping:
@@ -518,15 +570,17 @@ class Daemon:
     def _once_finished(self) -> bool:
         if self.scheduler.pool.busy:
             return False
-        if self.gate.kind is Pause.CONFIG or (
-            self.gate.kind is Pause.OUTAGE and self.gate.trips > ONCE_OUTAGE_PROBES
-        ):
-            log.error(
-                "giving up for now: FlowFlex is not accepting files",
-                reason=self.gate.reason,
-                left_claimed=self.scheduler.retrying(),
-            )
-            return True
+        for gate in self.scheduler.gates().values():
+            if gate.kind is Pause.CONFIG or (
+                gate.kind is Pause.OUTAGE and gate.trips > ONCE_OUTAGE_PROBES
+            ):
+                log.error(
+                    "giving up for now: FlowFlex is not accepting files",
+                    destination=gate.destination,
+                    reason=gate.reason,
+                    left_claimed=self.scheduler.retrying(),
+                )
+                return True
         if not self.scheduler.idle():
             return False
         return all(not i.online or i.tracker.unfinished() == 0 for i in self.inboxes)
@@ -535,12 +589,24 @@ class Daemon:
 
     def _write_state(self, *, running: bool = True) -> None:
         """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
+        gates = self.scheduler.gates()
+        paused = [g for g in gates.values() if g.kind is not None]
+        paused.sort(key=lambda g: g.kind is not Pause.CONFIG)  # refused credentials first
+        first = paused[0] if paused else None
         state = {
             "pid": os.getpid(),
             "running": running,
-            "paused": self.gate.kind.value if self.gate.kind else None,
-            "reason": self.gate.reason or None,
-            "paused_since": _iso(self.gate.since) if self.gate.since else None,
+            "paused": first.kind.value if first and first.kind else None,
+            "reason": first.reason if first else None,
+            "paused_since": _iso(first.since) if first and first.since else None,
+            "destinations": {
+                name: {
+                    "paused": g.kind.value if g.kind else None,
+                    "reason": g.reason or None,
+                    "paused_since": _iso(g.since) if g.since else None,
+                }
+                for name, g in gates.items()
+            },
             "written": _iso(time.time()),
         }
         try:
@@ -575,7 +641,7 @@ class Daemon:
             totals.done,
             totals.failed,
             totals.deferred,
-            self.gate.kind,
+            tuple((name, g.kind) for name, g in self.scheduler.gates().items()),
             offline,
         )
         if source != self._published_from or force:
@@ -592,7 +658,10 @@ class Daemon:
                 failed=totals.failed,
                 deferred=totals.deferred,
                 oldest_waiting_since=self.ledger.oldest_waiting(),
-                paused=self.gate.kind,
+                paused=_worst(g.kind for g in self.scheduler.gates().values()),
+                paused_destinations=tuple(
+                    (name, g.kind) for name, g in self.scheduler.gates().items() if g.kind
+                ),
                 offline=offline,
                 by_folder=tuple(
                     FolderCounts(
@@ -617,9 +686,7 @@ class Daemon:
             new = self._reload_config()
             for folder in new.folders:
                 Spool(folder).check_placement()
-            client = (
-                self._make_client(new) if self._make_client and new.api != self.config.api else None
-            )
+            changed = self._changed_clients(new)
         except UserError as err:
             log.error("reload failed; the running configuration stays", error=str(err))
             self.notifier.ready()
@@ -627,9 +694,17 @@ class Daemon:
         old = self.config
         self.config = new
         self.pipeline.settle_seconds = self.scheduler.settle_seconds = new.settle_seconds
-        if client is not None:
-            self.client = self.pipeline.client = client
-            self.gate.reset()
+        for name, fresh in changed.items():
+            self.clients[name] = self.pipeline.clients[name] = fresh
+            self._hook(name, fresh)
+            self.scheduler.lane(name).gate.reset()
+        for destination in new.destinations:
+            self.limits[destination.name] = self.pipeline.limits[destination.name] = Limits.of(
+                destination.name,
+                events=destination.max_events_per_second,
+                uploads=destination.max_uploads_per_second,
+            )
+            self._hook(destination.name, self.clients[destination.name])
         if new.state_dir != old.state_dir:
             previous, self.journal = self.journal, Journal(new.state_dir)
             self.pipeline.journal = self.journal
@@ -640,10 +715,24 @@ class Daemon:
             "configuration reloaded",
             folders=[str(f.path) for f in new.folders],
             workers=new.workers,
-            api_changed=client is not None,
+            api_changed=sorted(changed) or None,
         )
         self._publish(force=True)
         self.notifier.ready()
+
+    def _changed_clients(self, new: Config) -> dict[str, FlowFlex]:
+        """New clients for the destinations whose settings changed, or that are new.
+
+        A destination removed keeps its client: claims made for it may still be in flight.
+        """
+        if self._make_client is None:
+            return {}
+        before = {d.name: d.api for d in self.config.destinations}
+        return {
+            d.name: self._make_client(new, d.api)
+            for d in new.destinations
+            if before.get(d.name) != d.api or d.name not in self.clients
+        }
 
     def _reconcile_inboxes(self, new: Config, old: Config) -> None:
         """Keep, change, add and remove inboxes; queued and claimed files are untouched."""

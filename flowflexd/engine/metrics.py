@@ -48,8 +48,10 @@ class Metrics:
         snapshot: Callable[[], Snapshot],
         health: Callable[[], Health],
         journal_path: str,
+        destinations: Callable[[], list[str]] = lambda: ["default"],
     ) -> None:
         self.registry = CollectorRegistry()
+        self._destinations = destinations
         self.snapshot = snapshot
         self.health = health
         self.journal_path = journal_path
@@ -57,8 +59,8 @@ class Metrics:
         self.last_event: float | None = None  # wall clock of the last event FlowFlex accepted
         self.files = Counter(
             "flowflexd_files",
-            "Files finished, by folder, rule, outcome (done, failed) and failure code",
-            ["folder", "rule", "outcome", "code"],
+            "Files finished, by folder, rule, destination, outcome (done, failed) and failure code",
+            ["folder", "rule", "destination", "outcome", "code"],
             registry=self.registry,
         )
         self.retries = Counter(
@@ -69,9 +71,9 @@ class Metrics:
         )
         self.answers = Counter(
             "flowflexd_api_answers",
-            "FlowFlex answers by call (upload-url, upload, event) and HTTP status "
+            "FlowFlex answers by destination, call (upload-url, upload, event) and HTTP status "
             '("none": no answer: network, timeout, TLS)',
-            ["call", "status"],
+            ["destination", "call", "status"],
             registry=self.registry,
         )
         self.upload_seconds = Histogram(
@@ -90,16 +92,18 @@ class Metrics:
 
     # ------------------------------------------------------ fed as it happens
 
-    def finished(self, folder: str, rule: str, verdict: Verdict, code: str) -> None:
+    def finished(
+        self, folder: str, rule: str, destination: str, verdict: Verdict, code: str
+    ) -> None:
         if verdict is Verdict.DONE:
-            self.files.labels(folder, rule, "done", "").inc()
+            self.files.labels(folder, rule, destination, "done", "").inc()
         elif verdict is Verdict.FAILED:
-            self.files.labels(folder, rule, "failed", code).inc()
+            self.files.labels(folder, rule, destination, "failed", code).inc()
         elif verdict is not Verdict.GONE:
             self.retries.labels(folder, verdict.value).inc()
 
-    def answered(self, call: str, status: int | None) -> None:
-        self.answers.labels(call, "none" if status is None else str(status)).inc()
+    def answered(self, destination: str, call: str, status: int | None) -> None:
+        self.answers.labels(destination, call, "none" if status is None else str(status)).inc()
 
     def timed(self, call: str, seconds: float) -> None:
         if call == "upload":
@@ -107,6 +111,10 @@ class Metrics:
         elif call == "event":
             self.event_seconds.observe(seconds)
             self.last_event = time.time()
+
+    @property
+    def destinations(self) -> list[str]:
+        return self._destinations()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -143,12 +151,15 @@ class _Live(Collector):
         )
         paused = GaugeMetricFamily(
             "flowflexd_paused",
-            "1 while sending is paused, by why: outage (FlowFlex unreachable) or config "
-            "(FlowFlex refuses our credentials)",
-            labels=["reason"],
+            "1 while sending to a destination is paused, by why: outage (FlowFlex unreachable) "
+            "or config (FlowFlex refuses our credentials)",
+            labels=["destination", "reason"],
         )
-        for kind in Pause:
-            paused.add_metric([kind.value], 1.0 if snap.paused is kind else 0.0)
+        now_paused = dict(snap.paused_destinations)
+        for destination in self.metrics.destinations:
+            for kind in Pause:
+                value = 1.0 if now_paused.get(destination) is kind else 0.0
+                paused.add_metric([destination, kind.value], value)
         yield paused
         try:
             size = os.stat(self.metrics.journal_path).st_size

@@ -45,6 +45,7 @@ class Code(StrEnum):
     MANIFEST_ROWS_FAILED = "MANIFEST_ROWS_FAILED"  # some rows' events were refused
     UPLOAD_REFUSED = "UPLOAD_REFUSED"
     CHANGED_AFTER_EVENT = "CHANGED_AFTER_EVENT"
+    UNKNOWN_DESTINATION = "UNKNOWN_DESTINATION"  # claimed for a destination since removed
     FILE_GONE = "FILE_GONE"  # someone removed a claimed file from the work area
     CLAIM_UNREADABLE = "CLAIM_UNREADABLE"  # a claim's state was lost; its files are set aside
     # The file waits and is tried again.

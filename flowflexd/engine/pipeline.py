@@ -21,7 +21,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -30,11 +30,14 @@ import structlog
 from flowflexd.client import FileRef, FlowFlex
 from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.client.sdk import AnswerExcerpt
+from flowflexd.config.model import DEFAULT_DESTINATION
 from flowflexd.engine.journal import Journal
+from flowflexd.engine.limits import Limits
 from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
 from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.inbox.completeness import Writers
+from flowflexd.inbox.layout import split_path
 from flowflexd.inbox.reading import content_signature
 from flowflexd.inbox.replayed import sent_before
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
@@ -70,21 +73,52 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, client: FlowFlex, journal: Journal, *, settle_seconds: float = 2.0) -> None:
-        self.client = client
+    def __init__(
+        self,
+        clients: Mapping[str, FlowFlex] | FlowFlex,
+        journal: Journal,
+        *,
+        settle_seconds: float = 2.0,
+        limits: Mapping[str, Limits] | None = None,
+    ) -> None:
+        # One client per destination (a single one is the default destination's).
+        self.clients = (
+            {DEFAULT_DESTINATION: clients} if isinstance(clients, FlowFlex) else dict(clients)
+        )
+        self.limits = dict(limits or {})
         self.journal = journal
         self.settle_seconds = settle_seconds
         self.urls = UrlCache()
         self.timed: Callable[[str, float], None] = lambda call, seconds: None  # for metrics
 
+    def _client(self, destination: str) -> FlowFlex:
+        client = self.clients.get(destination)
+        if client is None:
+            raise FileRejected(
+                f"it was claimed for destination {destination!r}, which is no longer configured; "
+                "add it back (or replay the file to send it where its folder sends now)",
+                code=Code.UNKNOWN_DESTINATION,
+            )
+        return client
+
+    def _limit(self, destination: str) -> Limits:
+        limits = self.limits.get(destination)
+        if limits is None:  # no limits configured: still held by a 429
+            limits = self.limits[destination] = Limits.of(destination, events=None, uploads=None)
+        return limits
+
     def prefetch(self, spool: Spool, name: str, inode: int) -> None:
         """Ask for the upload URL of a file that is still settling (see prefetch.py)."""
         filename = asset_name(os.path.basename(name))  # name may be below a subfolder
         mime = mime_for_name(filename)
-        if mime is None:
+        found = match(spool.folder.rules, *reversed(split_path(name)))
+        if mime is None or found is None:
             return  # refused at claim time anyway
+        client = self.clients.get(spool.folder.destination_of(found.rule.name))
+        if client is None:
+            return
         try:
-            info = self.client.create_upload_url(filename=filename, mime=mime)
+            info = client.create_upload_url(filename=filename, mime=mime)
         except FlowFlexError as err:
             log.debug("prefetching an upload URL failed", file=name, error=err.message)
             return
@@ -108,7 +142,13 @@ class Pipeline:
         reject: Decision | None = None,
     ) -> Outcome:
         try:
-            claim = spool.claim(members, rule=rule, expect=expect, reject=reject)
+            claim = spool.claim(
+                members,
+                rule=rule,
+                expect=expect,
+                reject=reject,
+                destination=spool.folder.destination_of(rule),
+            )
         except (OSError, FolderUnavailable) as err:
             return Outcome(
                 Verdict.RETRY_LOCAL, reason=f"cannot claim: {err}", code=Code.CLAIM_FAILED
@@ -197,6 +237,7 @@ class Pipeline:
         """A logger carrying everything known about this file at this moment."""
         context: dict[str, Any] = {
             "folder": str(spool.inbox),
+            "destination": claim.destination,
             "file": claim.name,
             "rule": claim.rule or None,
             "idempotency_key": claim.key,
@@ -271,7 +312,7 @@ class Pipeline:
                 assets = self._upload(spool, claim, roles)
                 self._unchanged(spool, claim)
                 body = payload(found, sidecar=sidecar, assets=assets)
-                answer = self._fire(event, body, claim.key)
+                answer = self._fire(claim, event, body, claim.key)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
@@ -395,7 +436,7 @@ class Pipeline:
             asset_id = self._upload_role(spool, claim, role)
             self._unchanged(spool, claim, roles=("file", role))
             try:
-                answer = self._fire(event, payload(found, assets={"file": asset_id}), key)
+                answer = self._fire(claim, event, payload(found, assets={"file": asset_id}), key)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     claim.uploads.pop(role, None)
@@ -418,9 +459,11 @@ class Pipeline:
             return answer, sent
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fire(self, event: str, body: Any, key: str) -> Any:
+    def _fire(self, claim: Claim, event: str, body: Any, key: str) -> Any:
+        client = self._client(claim.destination)
+        self._limit(claim.destination).events.take()
         started = time.monotonic()
-        answer = self.client.fire_event(event, body, key)
+        answer = client.fire_event(event, body, key)
         self.timed("event", time.monotonic() - started)
         return answer
 
@@ -458,10 +501,12 @@ class Pipeline:
                 cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size
             )
             prefetched = self.urls.take((str(spool.inbox), claim.source(role), info.st_ino))
+            client = self._client(claim.destination)
+            self._limit(claim.destination).uploads.take()
             started = time.monotonic()
-            asset_id = self._put_prefetched(ref, prefetched) if prefetched else None
+            asset_id = self._put_prefetched(client, ref, prefetched) if prefetched else None
             if asset_id is None:
-                asset_id = self.client.upload_file(ref)
+                asset_id = client.upload_file(ref)
             self.timed("upload", time.monotonic() - started)
             digest = reader.sha256 or sha256_of(stream)
             after = os.fstat(stream.fileno())
@@ -522,11 +567,12 @@ class Pipeline:
                 return f"{claim.members[role]} changed after its event ({_difference(was, info)})"
         return ""
 
-    def _put_prefetched(self, ref: FileRef, prefetched: Prefetched) -> str | None:
+    @staticmethod
+    def _put_prefetched(client: FlowFlex, ref: FileRef, prefetched: Prefetched) -> str | None:
         """Upload to a prefetched URL; None when storage refuses it (then ask anew)."""
-        self.client.check_file(ref)
+        client.check_file(ref)
         try:
-            self.client.put_file(ref, prefetched.upload_url)
+            client.put_file(ref, prefetched.upload_url)
         except FlowFlexUploadError as err:
             if err.status is None or err.retryable:
                 raise

@@ -1,12 +1,14 @@
 """Which file goes next, and to which worker: the queue, retries, the breaker's probe.
 
-Files ready to claim wait in arrival order; claims that did not finish wait
-for their retry time (backoff for trouble on this machine, at once for an
-outage, where the breaker decides). While the breaker is open for sending,
-up to two jobs per worker are queued, and idle workers ask for the upload
-URLs of settling files; while it is paused only one probe at a time goes
-out, and files that need no API call (set aside as failed) still move.
-Driven by the scheduler thread alone.
+Each destination has its lane: its own breaker, files ready to claim in
+arrival order, and claims waiting for their retry time (backoff for trouble
+on this machine, at once for an outage, where the breaker decides). While a
+lane's breaker is open, its files go to the workers, lanes taking turns, up
+to two jobs per worker in all, and idle workers ask for the upload URLs of
+settling files; while it is paused only one probe at a time goes out there,
+and its files that need no API call (set aside as failed) still move. A
+destination that refuses our credentials pauses only the folders that send
+there. Driven by the scheduler thread alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from flowflexd.config.model import DEFAULT_DESTINATION
 from flowflexd.engine.breaker import Gate
 from flowflexd.engine.lifecycle import Ledger, Stage, Ticket
 from flowflexd.engine.outcomes import Verdict, classify
@@ -47,6 +50,19 @@ class Job:
 
 
 @dataclass
+class Lane:
+    """One destination's breaker and queues."""
+
+    name: str
+    gate: Gate
+    waiting: deque[tuple[Inbox, Ready]] = field(default_factory=deque)
+    retries: list[tuple[float, int, Job]] = field(default_factory=list)
+
+    def busy(self) -> bool:
+        return bool(self.waiting or self.retries)
+
+
+@dataclass
 class Totals:
     done: int = 0
     failed: int = 0
@@ -63,24 +79,55 @@ class Scheduler:
         workers: int,
         settle_seconds: float,
         report: Callable[[Job, Outcome], None],
+        destinations: Iterable[str] = (DEFAULT_DESTINATION,),
     ) -> None:
         self.pipeline = pipeline
         self.ledger = ledger
         self.workers = workers
         self.settle_seconds = settle_seconds
-        self.gate = Gate()
         self.totals = Totals()
         self.pool: WorkerPool[Job, Outcome] = WorkerPool(self._run, report, self._crashed)
-        self._waiting: deque[tuple[Inbox, Ready]] = deque()
-        self._retries: list[tuple[float, int, Job]] = []
+        self.lanes: dict[str, Lane] = {}
+        self.on_gate_change: Callable[[], None] = lambda: None
+        for name in destinations:
+            self.lane(name)
         self._seq = itertools.count()
         self._inboxes: dict[Path, Inbox] = {}  # the inboxes in use now, by path
         self._unclaimed = 0  # claims failed in a row for trouble here: the wait grows
 
+    # ----------------------------------------------------------------- lanes
+
+    def lane(self, name: str) -> Lane:
+        """A destination's lane, made at its first use (a destination added by a reload)."""
+        found = self.lanes.get(name)
+        if found is None:
+            gate = Gate(name)
+            # Looked up at each change: the daemon sets on_gate_change after the first lanes.
+            gate.on_change = lambda: self.on_gate_change()  # noqa: PLW0108
+            found = self.lanes[name] = Lane(name, gate)
+        return found
+
+    @property
+    def gate(self) -> Gate:
+        """The first destination's breaker (the only one, in most configurations)."""
+        return next(iter(self.lanes.values())).gate
+
+    def gates(self) -> dict[str, Gate]:
+        return {name: lane.gate for name, lane in self.lanes.items()}
+
+    @staticmethod
+    def destination(job: Job) -> str:
+        if job.claim is not None:
+            return job.claim.destination
+        if job.ready is not None:
+            return job.inbox.folder.destination_of(job.ready.rule)
+        return job.inbox.folder.destination
+
     # ----------------------------------------------------------------- input
 
     def queue(self, inbox: Inbox, ready: Iterable[Ready]) -> None:
-        self._waiting.extend((inbox, r) for r in ready)
+        for r in ready:
+            self.lane(inbox.folder.destination_of(r.rule)).waiting.append((inbox, r))
 
     def resume(self, inbox: Inbox, claims: Iterable[Claim], now: float) -> None:
         """Claims an earlier run left: carried again, with their keys."""
@@ -109,17 +156,19 @@ class Scheduler:
         """
         if self._inboxes.get(inbox.path) is inbox:
             del self._inboxes[inbox.path]
-        for queued, ready in self._waiting:
-            if queued is inbox:
-                self.ledger.finish(ready.ticket)
-        for _, _, job in self._retries:
-            if job.inbox is inbox:
-                self._let_go(job)
-        self._waiting = deque(item for item in self._waiting if item[0] is not inbox)
-        kept = [item for item in self._retries if item[2].inbox is not inbox]
-        left = len(self._retries) - len(kept)
-        self._retries = kept
-        heapq.heapify(self._retries)
+        left = 0
+        for lane in self.lanes.values():
+            for queued, ready in lane.waiting:
+                if queued is inbox:
+                    self.ledger.finish(ready.ticket)
+            for _, _, job in lane.retries:
+                if job.inbox is inbox:
+                    self._let_go(job)
+            lane.waiting = deque(item for item in lane.waiting if item[0] is not inbox)
+            kept = [item for item in lane.retries if item[2].inbox is not inbox]
+            left += len(lane.retries) - len(kept)
+            lane.retries = kept
+            heapq.heapify(lane.retries)
         return left
 
     def take_back_unstarted(self) -> None:
@@ -131,24 +180,48 @@ class Scheduler:
     # -------------------------------------------------------------- dispatch
 
     def dispatch(self, now: float, inboxes: Iterable[Inbox]) -> None:
-        gate = self.gate
-        if not gate.open:
-            if not gate.probing and now >= gate.probe_at and self._capacity > 0:
-                probe = self._take_probe()
-                if probe is not None:
-                    gate.probing = True
-                    self._submit(probe)
-            self._submit_rejects()
-            return
-        while self._retries and self._retries[0][0] <= now and self._capacity > 0:
-            self._submit(heapq.heappop(self._retries)[2])
-        while self._waiting and self._capacity > 0:
-            inbox, ready = self._waiting.popleft()
-            self._submit(Job(inbox, ready=ready, ticket=ready.ticket))
-        # Workers with nothing to do ask for the upload URLs of settling files.
+        open_lanes = []
+        for lane in self.lanes.values():
+            if lane.gate.open:
+                open_lanes.append(lane)
+            else:
+                self._probe(lane, now)
+        self._take_turns(open_lanes, now)
+        if len(open_lanes) == len(self.lanes) and not any(lane.waiting for lane in open_lanes):
+            self._prefetch(inboxes)
+
+    def _probe(self, lane: Lane, now: float) -> None:
+        """A paused lane: one probe when due; files that need no API call still move."""
+        gate = lane.gate
+        if not gate.probing and now >= gate.probe_at and self._capacity > 0:
+            probe = self._take_probe(lane)
+            if probe is not None:
+                gate.probing = True
+                self._submit(probe)
+        self._submit_rejects(lane)
+
+    def _take_turns(self, lanes: list[Lane], now: float) -> None:
+        """Retries due, then files waiting; lanes take turns, so none starves the others."""
+        while self._capacity > 0:
+            submitted = False
+            for lane in lanes:
+                if self._capacity <= 0:
+                    break
+                if lane.retries and lane.retries[0][0] <= now:
+                    self._submit(heapq.heappop(lane.retries)[2])
+                    submitted = True
+                elif lane.waiting:
+                    inbox, ready = lane.waiting.popleft()
+                    self._submit(Job(inbox, ready=ready, ticket=ready.ticket))
+                    submitted = True
+            if not submitted:
+                return
+
+    def _prefetch(self, inboxes: Iterable[Inbox]) -> None:
+        """Workers with nothing to do ask for the upload URLs of settling files."""
         idle = self.workers - self.pool.busy
         for inbox in inboxes:
-            if idle <= 0 or self._waiting:
+            if idle <= 0:
                 break
             if inbox.online:
                 for name, inode in inbox.tracker.take_prefetch(idle):
@@ -157,16 +230,21 @@ class Scheduler:
 
     def next_due(self) -> float | None:
         """When dispatch has something to do next without any new input."""
-        if self.gate.open:
-            return self._retries[0][0] if self._retries else None
-        return None if self.gate.probing else self.gate.probe_at
+        due: list[float] = []
+        for lane in self.lanes.values():
+            if lane.gate.open:
+                if lane.retries:
+                    due.append(lane.retries[0][0])
+            elif not lane.gate.probing:
+                due.append(lane.gate.probe_at)
+        return min(due) if due else None
 
     def idle(self) -> bool:
         """Nothing queued, nothing to retry, nothing with a worker."""
-        return not (self._waiting or self._retries or self.pool.busy)
+        return not (any(lane.busy() for lane in self.lanes.values()) or self.pool.busy)
 
     def retrying(self) -> int:
-        return len(self._retries)
+        return sum(len(lane.retries) for lane in self.lanes.values())
 
     @property
     def _capacity(self) -> int:
@@ -180,28 +258,30 @@ class Scheduler:
     def _retry(self, job: Job, now: float, delay: float = 0.0) -> None:
         if job.ticket is not None:
             self.ledger.move(job.ticket, Stage.RETRYING)
-        heapq.heappush(self._retries, (now + delay, next(self._seq), job))
+        lane = self.lane(self.destination(job))
+        heapq.heappush(lane.retries, (now + delay, next(self._seq), job))
 
-    def _take_probe(self) -> Job | None:
-        if self._retries:
-            job = heapq.heappop(self._retries)[2]
-        elif self._waiting:
-            inbox, ready = self._waiting.popleft()
+    @staticmethod
+    def _take_probe(lane: Lane) -> Job | None:
+        if lane.retries:
+            job = heapq.heappop(lane.retries)[2]
+        elif lane.waiting:
+            inbox, ready = lane.waiting.popleft()
             job = Job(inbox, ready=ready, ticket=ready.ticket)
         else:
             return None
         job.probe = True
         return job
 
-    def _submit_rejects(self) -> None:
+    def _submit_rejects(self, lane: Lane) -> None:
         keep: deque[tuple[Inbox, Ready]] = deque()
-        while self._waiting:
-            inbox, ready = self._waiting.popleft()
+        while lane.waiting:
+            inbox, ready = lane.waiting.popleft()
             if ready.reject is not None and self._capacity > 0:
                 self._submit(Job(inbox, ready=ready, ticket=ready.ticket))
             else:
                 keep.append((inbox, ready))
-        self._waiting = keep
+        lane.waiting = keep
 
     # --------------------------------------------------------------- workers
 
@@ -243,11 +323,12 @@ class Scheduler:
             self.totals.done += 1
         elif verdict is Verdict.FAILED:
             self.totals.failed += 1
-        if job.probe or (ended and not self.gate.open):
+        gate = self.lane(self.destination(job)).gate
+        if job.probe or (ended and not gate.open):
             if ended:
-                self.gate.reset()
+                gate.reset()
             else:
-                self.gate.probing = False
+                gate.probing = False
         if not ended and outcome.claim is not None:
             inbox = self._inboxes.get(job.inbox.path)
             if inbox is None:
@@ -272,9 +353,10 @@ class Scheduler:
     def _requeue(self, job: Job, claim: Claim, outcome: Outcome, now: float) -> None:
         """A claim that did not finish: when to carry it again, and whether sending pauses."""
         retry = Job(job.inbox, claim=claim, ticket=job.ticket)
+        gate = self.lane(claim.destination).gate
         match outcome.verdict:
             case Verdict.PAUSE:
-                self.gate.trip(Pause.CONFIG, outcome.reason, now, probe=job.probe)
+                gate.trip(Pause.CONFIG, outcome.reason, now, probe=job.probe)
                 self._retry(retry, now)
             case Verdict.SETTLE_AGAIN:
                 # A writer came back: look again once the file may have settled.
@@ -284,5 +366,5 @@ class Scheduler:
                 first, longest = FILESYSTEM_RETRY
                 self._retry(retry, now, min(longest, first * 2 ** min(claim.attempts, 10)))
             case _:
-                self.gate.trip(Pause.OUTAGE, outcome.reason, now, probe=job.probe)
+                gate.trip(Pause.OUTAGE, outcome.reason, now, probe=job.probe)
                 self._retry(retry, now)

@@ -34,7 +34,8 @@ class Snapshot:
     failed: int = 0
     deferred: int = 0  # times a file could not be claimed or finished (disk full ...)
     oldest_waiting_since: float | None = None  # wall clock
-    paused: Pause | None = None
+    paused: Pause | None = None  # the worst pause of any destination
+    paused_destinations: tuple[tuple[str, Pause], ...] = ()  # (destination, why) of each paused
     offline: tuple[str, ...] = ()
     by_folder: tuple[FolderCounts, ...] = ()
 
@@ -49,10 +50,15 @@ class Snapshot:
             f"waiting {self.waiting}, in flight {self.in_flight}, done {self.done}, "
             f"failed {self.failed}, oldest waiting {self.oldest_waiting_s()}s"
         )
+        where = ""
+        if len(self.paused_destinations) > 1 or (
+            self.paused_destinations and self.paused_destinations[0][0] != "default"
+        ):
+            where = f" ({', '.join(name for name, _ in self.paused_destinations)})"
         if self.paused is Pause.CONFIG:
-            text += "; PAUSED: FlowFlex refuses the configuration"
+            text += f"; PAUSED{where}: FlowFlex refuses the configuration"
         elif self.paused is Pause.OUTAGE:
-            text += "; paused: FlowFlex unreachable"
+            text += f"; paused{where}: FlowFlex unreachable"
         if self.offline:
             text += f"; inbox missing: {', '.join(self.offline)}"
         return text

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from flowflexd.config.model import Folder
+from flowflexd.config.model import DEFAULT_DESTINATION, Folder
 from flowflexd.engine.outcomes import Decision
 from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.inbox import layout
@@ -88,6 +88,7 @@ class Claim:
     below: str = ""  # the folder below the inbox it came from ("alice/2026"), "" at the top
     # A manifest's rows by number ("1", "2" ...): each one's event, once sent or refused.
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    destination: str = DEFAULT_DESTINATION  # the FlowFlex integration it goes to, fixed at claim
     dir: Path = field(init=False, repr=False, compare=False)
     # Its outcome is in the journal (this run): a move retried records nothing again.
     recorded: bool = field(default=False, init=False, repr=False, compare=False)
@@ -203,6 +204,7 @@ _CLAIM_TYPES: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "changes": (int, False),
     "below": (str, False),
     "rows": (dict, False),
+    "destination": (str, False),
 }
 
 
@@ -354,6 +356,7 @@ class Spool:
         rule: str,
         expect: tuple[int, int, int, int] | None = None,
         reject: Decision | None = None,
+        destination: str = DEFAULT_DESTINATION,
     ) -> Claim | None:
         """Take a file and its companions out of the inbox, by rename.
 
@@ -383,6 +386,7 @@ class Spool:
             claimed_at=time.time(),
             reject=None if reject is None else reject.as_record(),
             below=below,
+            destination=destination,
         )
         self.carried.add(claim.id)
         try:

@@ -59,6 +59,7 @@ class Rule:
     manifest_rows: tuple[str, ...] = ()  # where the rows are in an XML or JSON manifest
     file_column: Template | None = None  # the document a row names
     manifest_timeout: float = default("rules[].manifest_timeout")
+    destination: str | None = None  # where its files go; None: the folder's destination
     verify_format: bool = default("rules[].verify_format")  # the format's trailer is checked
     incomplete_timeout: float = default("rules[].incomplete_timeout")  # then INCOMPLETE_FILE
 

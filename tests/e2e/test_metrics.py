@@ -93,7 +93,13 @@ def test_metrics_count_what_happened_and_health_says_ok(tmp_path: Path, emulator
             nonlocal scraped
             scraped = samples(get(f"{base}/metrics")[1])
             done = value(
-                scraped, "flowflexd_files_total", folder=folder, rule="inv", outcome="done", code=""
+                scraped,
+                "flowflexd_files_total",
+                folder=folder,
+                rule="inv",
+                destination="default",
+                outcome="done",
+                code="",
             )
             busy = sum(
                 value(scraped, f"flowflexd_files_{stage}", folder=folder)
@@ -112,15 +118,20 @@ def test_metrics_count_what_happened_and_health_says_ok(tmp_path: Path, emulator
         "flowflexd_files_total",
         folder=folder,
         rule="inv",
+        destination="default",
         outcome="failed",
         code="SIDECAR_INVALID",
     )
     assert failed == 1
-    assert value(scraped, "flowflexd_api_answers_total", call="event", status="200") == 3
+    answers = value(
+        scraped, "flowflexd_api_answers_total", destination="default", call="event", status="200"
+    )
+    assert answers == 3
     assert value(scraped, "flowflexd_upload_seconds_count") == 3
     assert value(scraped, "flowflexd_event_seconds_count") == 3
     assert (("flowflexd_files_waiting", (("folder", folder),))) in scraped
-    assert value(scraped, "flowflexd_paused", reason="config") == 0
+    assert value(scraped, "flowflexd_paused", destination="default", reason="config") == 0
+    assert ("flowflexd_paused", (("destination", "default"), ("reason", "config"))) in scraped
     assert value(scraped, "flowflexd_journal_bytes") > 0
     assert value(scraped, "flowflexd_seconds_since_last_event") < 60
     assert value(scraped, "flowflexd_healthy") == 1
@@ -154,7 +165,7 @@ def test_health_is_503_with_the_reason_while_flowflex_refuses_the_credentials(
     assert answer["reason"].startswith("paused: FlowFlex refuses our configuration")
     assert "\n" not in body.strip()  # one line
     assert "not-the-secret" not in body
-    assert value(scraped, "flowflexd_paused", reason="config") == 1
+    assert value(scraped, "flowflexd_paused", destination="default", reason="config") == 1
     assert value(scraped, "flowflexd_healthy") == 0
 
 
@@ -237,7 +248,8 @@ def test_the_stuck_file_alert_fires_on_what_a_stuck_daemon_exports(tmp_path: Pat
                                 "values": "0+60x30",
                             },
                             {
-                                "series": 'flowflexd_paused{instance="fs1",reason="config"}',
+                                "series": 'flowflexd_paused{instance="fs1",destination="sales",'
+                                'reason="config"}',
                                 "values": "0x5 1x20",
                             },
                         ],
@@ -271,11 +283,12 @@ def test_the_stuck_file_alert_fires_on_what_a_stuck_daemon_exports(tmp_path: Pat
                                         "exp_labels": {
                                             "severity": "critical",
                                             "instance": "fs1",
+                                            "destination": "sales",
                                             "reason": "config",
                                         },
                                         "exp_annotations": {
-                                            "summary": "flowflexd on fs1 has paused sending "
-                                            "(config)",
+                                            "summary": "flowflexd on fs1 has paused sending to "
+                                            "sales (config)",
                                             "description": "config: fix the credentials and "
                                             "reload; outage: FlowFlex or the network is down.",
                                         },

@@ -522,3 +522,105 @@ def test_a_folder_with_a_manifest_rule_cannot_fail_unmatched_files(tmp_path: Pat
     found = problems(tmp_path, text)
 
     assert any("unmatched: fail would set aside the documents a manifest names" in p for p in found)
+
+
+DESTINATIONS = """
+destinations:
+  sales:
+    base_url: https://api.flowflex.ai
+    api_key: cik_sales
+    api_secret_file: sales.secret
+    integration_code: ic_sales
+    max_events_per_second: 20
+  support:
+    base_url: https://api.flowflex.ai
+    api_key: cik_support
+    integration_code: ic_support
+folders:
+  - path: sales
+    destination: sales
+    rules:
+      - {pattern: "ESC-*.pdf", event: escalated, destination: support}
+      - {pattern: "*.pdf", event: sale}
+  - path: support
+    destination: support
+    rules:
+      - {pattern: "*.pdf", event: ticket}
+"""
+
+
+def test_several_destinations_each_with_its_secret_and_limits(tmp_path: Path) -> None:
+    secret = tmp_path / "sales.secret"
+    secret.write_text("sales-secret\n")
+    secret.chmod(0o600)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "support.api_secret").write_text("support-secret\n")
+    (credentials / "support.api_secret").chmod(0o600)
+
+    config = load(
+        write(tmp_path, DESTINATIONS),
+        environ={**ENV, "CREDENTIALS_DIRECTORY": str(credentials)},
+    )
+
+    sales, support = config.destinations
+    assert (sales.name, sales.api.api_secret, sales.max_events_per_second) == (
+        "sales",
+        "sales-secret",
+        20,
+    )
+    assert (support.name, support.api.api_secret, support.max_events_per_second) == (
+        "support",
+        "support-secret",  # the systemd credential named support.api_secret
+        None,
+    )
+    assert config.api is sales.api  # the first, for what knows one API
+    sales_folder, support_folder = config.folders
+    assert sales_folder.destination_of("escalation") == "sales"  # no such rule: the folder's
+    assert [sales_folder.destination_of(r.name) for r in sales_folder.rules] == [
+        "support",
+        "sales",
+    ]
+    assert support_folder.destination == "support"
+
+
+def test_the_flowflex_block_is_the_default_destination(tmp_path: Path) -> None:
+    text = MINIMAL + textwrap.dedent(
+        """
+        destinations:
+          crm: {base_url: https://crm.example, api_key: k2, api_secret: s2, integration_code: c2}
+        """
+    )
+    config = load(write(tmp_path, text), environ=ENV)
+
+    assert [d.name for d in config.destinations] == ["default", "crm"]
+    assert config.folders[0].destination == "default"  # unless it says otherwise
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("destination: sales", "destination: marketing"), "no destination named 'marketing'"),
+        (("    destination: sales\n", ""), "destination: required with several destinations"),
+        (("  sales:", "  bad name!:"), "a destination's name is letters, digits"),
+    ],
+)
+def test_destination_problems_are_named(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    secret = tmp_path / "sales.secret"
+    secret.write_text("s\n")
+    secret.chmod(0o600)
+    text = DESTINATIONS.replace(*change, 1).replace(
+        "    integration_code: ic_support",
+        "    integration_code: ic_support\n    api_secret: x",
+    )
+
+    found = problems(tmp_path, text)
+
+    assert any(message in p for p in found), found
+
+
+def test_a_default_destination_twice_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + "destinations:\n  default: {base_url: https://x.example}\n"
+    assert any("the destination named default already" in p for p in problems(tmp_path, text))
