@@ -19,7 +19,8 @@ sidecar_backlog`` (20,000 files, each with a sidecar) and ``--only
 ignored_idle`` (an idle inbox holding 20,000 files no rule takes); ``--only
 rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
 with the daemon limited to it and without (events/s measured at the emulator,
-429s answered). The emulator
+429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
+the SDK loop and three floors (requests, urllib3, http.client). The emulator
 runs in its own process; so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
@@ -27,6 +28,8 @@ Prints a table and writes JSON (bench/results/latest.json).
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import os
 import platform
@@ -36,13 +39,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import flowflex
 import requests
+import urllib3
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -267,6 +273,137 @@ def baseline_b(url: str, payloads: list[bytes], threads: int) -> float:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, enumerate(payloads)))
     return len(payloads) / (time.monotonic() - started)
+
+
+def _auth_header() -> str:
+    return "Basic " + base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
+
+
+def _floor_threads(payloads: list[bytes], threads: int, one: Any) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, enumerate(payloads)))
+
+
+def floor_urllib3(url: str, payloads: list[bytes], threads: int) -> None:
+    """The three calls per file over urllib3 directly: one pool, no requests on top."""
+    pool = urllib3.PoolManager(maxsize=threads * 2)
+    headers = {"Authorization": _auth_header(), "Content-Type": "application/json"}
+
+    def one(item: tuple[int, bytes]) -> None:
+        i, data = item
+        body = json.dumps({"filename": f"u-{i}.pdf", "mime": "application/pdf", "size": len(data)})
+        res = pool.request("POST", f"{url}/v1/assets/upload-url", body=body, headers=headers)
+        info = json.loads(res.data)
+        put = pool.request(
+            "PUT", info["uploadUrl"], body=data, headers={"Content-Type": "application/pdf"}
+        )
+        assert put.status == 200, put.status
+        event = pool.request(
+            "POST",
+            f"{url}/v1/events/{CODE}",
+            body=json.dumps({"assetId": info["assetId"]}),
+            headers={
+                **headers,
+                "x-event": "bench.floor",
+                "x-idempotency-key": f"u-{i}-{time.time_ns()}",
+            },
+        )
+        assert event.status == 200, event.status
+
+    _floor_threads(payloads, threads, one)
+
+
+def floor_http_client(url: str, payloads: list[bytes], threads: int) -> None:
+    """The three calls per file over http.client, one kept-alive connection per thread."""
+    host = urllib.parse.urlsplit(url).netloc
+    local = threading.local()
+    headers = {"Authorization": _auth_header(), "Content-Type": "application/json"}
+
+    def call(method: str, target: str, body: bytes, extra: dict[str, str]) -> bytes:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(host, timeout=30)
+        conn.request(method, target, body=body, headers=extra)
+        res = conn.getresponse()
+        data = res.read()
+        assert res.status == 200, (res.status, data)
+        return data
+
+    def one(item: tuple[int, bytes]) -> None:
+        i, data = item
+        body = json.dumps({"filename": f"h-{i}.pdf", "mime": "application/pdf", "size": len(data)})
+        info = json.loads(call("POST", "/v1/assets/upload-url", body.encode(), headers))
+        upload = urllib.parse.urlsplit(info["uploadUrl"])
+        call("PUT", f"{upload.path}?{upload.query}", data, {"Content-Type": "application/pdf"})
+        key = f"h-{i}-{time.time_ns()}"
+        event = json.dumps({"assetId": info["assetId"]}).encode()
+        call(
+            "POST",
+            f"/v1/events/{CODE}",
+            event,
+            {**headers, "x-event": "bench.floor", "x-idempotency-key": key},
+        )
+
+    _floor_threads(payloads, threads, one)
+
+
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """CPU (user+sys) per delivered file: flowflexd, the SDK loop and three floors.
+
+    2,000 files of 20 kB at 0 ms, 4 workers (threads for the floors), medians of
+    ``--repeat`` interleaved runs. The emulator is another process, never counted;
+    the baselines run in this process, measured with os.times(), one at a time.
+    """
+    payloads = make_payloads(args.cpu_files, args.size)
+    emulator = Emulator(root, 0)
+    runs: dict[str, list[float]] = {
+        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client")
+    }
+    rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
+    n = len(payloads)
+    try:
+        for i in range(args.repeat):
+            for name, floor in (
+                ("requests", baseline_b),
+                ("urllib3", floor_urllib3),
+                ("http_client", floor_http_client),
+            ):
+                before = own_cpu()
+                floor(emulator.url, payloads, 4)
+                runs[name].append((own_cpu() - before) / n * 1000)
+            before = own_cpu()
+            rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
+            runs["sdk"].append((own_cpu() - before) / n * 1000)
+            inbox = root / f"cpu{i}" / "inbox"
+            inbox.mkdir(parents=True)
+            daemon = Daemon(root / f"cpu{i}", emulator.url, [inbox], workers=4, settle=0.5)
+            try:
+                before = daemon.cpu_seconds()
+                started = time.monotonic()
+                write_files(inbox, payloads, "c")
+                finished = wait_count(root / f"cpu{i}" / "inbox-done", n, timeout=900)
+                runs["flowflexd"].append((daemon.cpu_seconds() - before) / n * 1000)
+                rates["flowflexd"].append(n / (finished - started))
+            finally:
+                daemon.stop()
+    finally:
+        emulator.stop()
+    ms = {k: round(statistics.median(v), 2) for k, v in runs.items()}
+    return {
+        "files": n,
+        "size": args.size,
+        "workers": 4,
+        "runs_each": args.repeat,
+        "cpu_ms_per_file": ms,
+        "flowflexd_vs": {k: round(ms["flowflexd"] / ms[k], 2) for k in ms if k != "flowflexd"},
+        "files_per_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
+        "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
+    }
 
 
 def daemon_throughput(
@@ -645,6 +782,7 @@ def arguments() -> argparse.Namespace:
         help="throughput at 0 ms only, once per worker count (e.g. 1 2 4 8); "
         "writes bench/results/workers.json unless --json says otherwise",
     )
+    parser.add_argument("--cpu-files", type=int, default=2000, help="cpu: files per run")
     parser.add_argument("--quota", type=float, default=50, help="rate_limit: events/s quota")
     parser.add_argument("--rate-files", type=int, default=1000, help="rate_limit: files sent")
     parser.add_argument("--json", type=Path, default=None)
@@ -694,6 +832,7 @@ def main() -> int:
                     "sidecar_backlog": sidecar_backlog,
                     "ignored_idle": ignored_idle,
                     "rate_limit": rate_limit,
+                    "cpu": cpu_per_file,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
