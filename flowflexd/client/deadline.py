@@ -35,8 +35,12 @@ class Armed:
 
     def __init__(self, deadline: float) -> None:
         self.deadline: float | None = deadline
-        self.conn: HTTPConnection | None = None
+        self.conn: Any = None  # anything with the .sock to cut: urllib3's or http.client's
         self.fired = False
+
+    def note(self, conn: Any) -> None:
+        """The connection this exchange uses: the one to cut at the deadline."""
+        self.conn = conn
 
 
 class _Watcher:

@@ -39,6 +39,7 @@ from requests.structures import CaseInsensitiveDict
 from flowflexd import __version__
 from flowflexd.client.deadline import WATCHER, DeadlineAdapter, DeadlinePassed
 from flowflexd.client.filetypes import ALLOWED_MIMES, MAX_FILE_BYTES, mime_for_name
+from flowflexd.client.transport import Transport, proxy_supported
 from flowflexd.engine.outcomes import RETRYABLE_STATUSES, Code
 from flowflexd.errors import FlowFlexConfigError, FlowFlexError, FlowFlexUploadError
 
@@ -560,6 +561,7 @@ class FlowFlex:
             # every request; our own session reads them once per host instead.
             session.trust_env = False
         self._session = session
+        self._transport = Transport(self._timeout)  # our own session's light path
         self._environment: dict[str, dict[str, Any]] = {}
         self._environment_lock = threading.Lock()
 
@@ -598,7 +600,8 @@ class FlowFlex:
         return self._max_file_bytes
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections (this thread's, for the light path)."""
+        self._transport.close()
         self._session.close()
 
     def __enter__(self) -> FlowFlex:
@@ -830,27 +833,52 @@ class FlowFlex:
                 auth=None if "Authorization" in headers else _StripAuthorization(),
                 **settings,
             )
-        request = requests.PreparedRequest()
-        request.method = method
-        request.url = url
-        request.headers = CaseInsensitiveDict({**_DEFAULT_HEADERS, **headers})
+        sent = {**_DEFAULT_HEADERS, **headers}
         if body is not None:
-            request.headers["Content-Length"] = str(len(body))  # a streamed _Body has one too
-        request.body = body
-        request.hooks = {"response": []}
+            sent["Content-Length"] = str(len(body))  # a streamed _Body has one too
+        proxies = settings.get("proxies") or {}
+        proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all")
         seconds = DEADLINE_TIMEOUTS * self._timeout + (len(body or b"") / SLOWEST_UPLOAD)
         armed = WATCHER.arm(seconds)
         try:
-            response = self._session.get_adapter(url).send(
-                request, timeout=self._timeout, stream=True, **settings
-            )
-            _read_capped(response)
+            if proxy_supported(proxy):
+                return self._transport.send(
+                    method,
+                    url,
+                    sent,
+                    body,
+                    proxy=proxy,
+                    verify=settings.get("verify", True),
+                    cap=MAX_ANSWER_BYTES,
+                    note=armed.note,
+                )
+            return self._through_requests(method, url, sent, body, settings)
         except Exception as err:
             if armed.fired:
                 raise DeadlinePassed(f"within {seconds:.0f} s; the connection was cut") from err
             raise
         finally:
             WATCHER.disarm(armed)
+
+    def _through_requests(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any,
+        settings: dict[str, Any],
+    ) -> requests.Response:
+        """The pooled requests adapter: for proxies the light path does not speak (socks ...)."""
+        request = requests.PreparedRequest()
+        request.method = method
+        request.url = url
+        request.headers = CaseInsensitiveDict(headers)
+        request.body = body
+        request.hooks = {"response": []}
+        response = self._session.get_adapter(url).send(
+            request, timeout=self._timeout, stream=True, **settings
+        )
+        _read_capped(response)
         return response
 
     # ----------------------------------------------------------------- assets

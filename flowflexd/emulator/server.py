@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -43,12 +44,24 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(
-        self, address: tuple[str, int], state: EmulatorState, upload_base_url: str | None
+        self,
+        address: tuple[str, int],
+        state: EmulatorState,
+        upload_base_url: str | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.state = state
         self.upload_base_url = upload_base_url
+        self.tls = tls
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """With TLS, each connection is wrapped; its handshake runs in its own thread."""
+        sock, address = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-request (killed, timed out) is routine here."""
@@ -62,7 +75,8 @@ class _Server(ThreadingHTTPServer):
     def base_url(self) -> str:
         host, port = self.server_address[:2]
         host = str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -322,7 +336,9 @@ class Emulator:
         seed: int | None = None,
         upload_base_url: str | None = None,
         quota_per_second: float | None = None,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
+        """``tls``: (certificate, key) files in PEM to serve HTTPS with."""
         if not 0.0 <= fail_rate <= 1.0 or not 0.0 <= storage_fail_rate <= 1.0:
             raise ValueError("fail rates are shares between 0 and 1")
         if latency_ms < 0:
@@ -351,6 +367,10 @@ class Emulator:
         )
         self._address = (host, port)
         self._upload_base_url = upload_base_url.rstrip("/") if upload_base_url else None
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(*tls)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -368,7 +388,7 @@ class Emulator:
 
     def start(self) -> Emulator:
         try:
-            self._server = _Server(self._address, self.state, self._upload_base_url)
+            self._server = _Server(self._address, self.state, self._upload_base_url, self._tls)
         except BaseException:
             self.stop()  # a port taken or refused leaves no temporary folder behind
             raise
