@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from support import child_env, flowflexd_argv, folder_spec, write_config
@@ -208,3 +209,32 @@ def test_records_with_fields_of_the_wrong_type_are_passed_over(tmp_path: Path) -
     assert [e["claim"] for e in journal.read(tmp_path)] == ["c0001", "c0004"]
     found = journal.outcomes_in_tail(tmp_path, {"c0001", "c0002", "c0003", "c0004"})
     assert found.keys() == {"c0001", "c0004"}
+
+
+def test_workers_recording_at_once_share_fsyncs_and_every_line_stands_whole(
+    tmp_path: Path,
+) -> None:
+    """Group commit: 8 threads, 250 records each, a small rotation size on the way."""
+    kept = Journal(tmp_path / "state", rotate_bytes=64 * 1024, keep=50)
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for n in range(250):
+                kept.record({"worker": worker, "n": n, "pad": "x" * 100})
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept.close()
+
+    assert errors == []
+    records = list(journal.read(tmp_path / "state"))
+    assert len(records) == 2000
+    for worker in range(8):  # each worker's records in its own order, none lost
+        assert [r["n"] for r in records if r["worker"] == worker] == list(range(250))
+    assert len(journal.files(tmp_path / "state")) > 1  # it rotated meanwhile
