@@ -20,7 +20,9 @@ ignored_idle`` (an idle inbox holding 20,000 files no rule takes); ``--only
 rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
 with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
-the SDK loop and three floors (requests, urllib3, http.client). The emulator
+the SDK loop and three floors (requests, urllib3, http.client); ``--only
+upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
+of the same file to the same emulator. The emulator
 runs in its own process; so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
@@ -50,6 +52,8 @@ import flowflex
 import requests
 import urllib3
 import yaml
+
+import flowflexd.client as flowflexd_client
 
 HERE = Path(__file__).resolve().parent
 FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
@@ -706,6 +710,44 @@ def rate_limit(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {"quota_per_s": quota, "files": args.rate_files, **runs}
 
 
+def upload_speed(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """A 25 MB upload: flowflexd's client against ``curl -T``, same file, same emulator, MB/s."""
+    emulator = Emulator(root, 0)
+    path = root / "big.pdf"
+    path.write_bytes(random.Random(3).randbytes(25_000_000 - len(PDF_END)) + PDF_END)
+    size_mb = path.stat().st_size / 1e6
+    client = flowflexd_client.FlowFlex(
+        api_key=API_KEY, api_secret=API_SECRET, integration_code=CODE, base_url=emulator.url
+    )
+    runs: dict[str, list[float]] = {"flowflexd": [], "curl": []}
+    try:
+        for _ in range(args.repeat):
+            ref = client.file(path)
+            info = client.create_upload_url(filename="big.pdf", mime="application/pdf")
+            started = time.monotonic()
+            client.put_file(ref, info["uploadUrl"])
+            runs["flowflexd"].append(size_mb / (time.monotonic() - started))
+            info = client.create_upload_url(filename="big.pdf", mime="application/pdf")
+            started = time.monotonic()
+            subprocess.run(
+                ["curl", "-sS", "-f", "-T", str(path), "-H", "Content-Type: application/pdf",
+                 "-o", "/dev/null", info["uploadUrl"]],
+                check=True,
+            )  # fmt: skip
+            runs["curl"].append(size_mb / (time.monotonic() - started))
+    finally:
+        client.close()
+        emulator.stop()
+    mbps = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+    return {
+        "size_mb": round(size_mb, 1),
+        "runs_each": args.repeat,
+        "mb_per_s": mbps,
+        "flowflexd_vs_curl": round(mbps["flowflexd"] / mbps["curl"], 2),
+        "all_runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
+    }
+
+
 def table(results: dict[str, Any]) -> str:
     rows = results["throughput"]
     lines = [
@@ -833,6 +875,7 @@ def main() -> int:
                     "ignored_idle": ignored_idle,
                     "rate_limit": rate_limit,
                     "cpu": cpu_per_file,
+                    "upload_speed": upload_speed,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
