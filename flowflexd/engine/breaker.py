@@ -29,7 +29,8 @@ class Gate:
         self.reason = ""
         self.since: float | None = None  # wall clock: paused since
         self.on_change: Callable[[], None] = lambda: None
-        self.trips = 0
+        self.trips = 0  # failed attempts since the pause began (0 while open)
+        self.pauses = 0  # times sending paused since start
         self.probe_at = 0.0
         self.probing = False
 
@@ -49,6 +50,7 @@ class Gate:
         self.probe_at = now + delay
         self.probing = False
         if changed:
+            self.pauses += 1
             self.since = time.time()
             self.on_change()
         if changed or self.trips in (2, 5) or self.trips % 20 == 0:

@@ -65,6 +65,7 @@ class Verdict(Enum):
     RETRY_LOCAL = "retry-local"  # trouble on this machine: backoff, nothing else pauses
     SETTLE_AGAIN = "settle-again"  # it changed: look again once it may have settled
     RETRY_REMOTE = "retry-remote"  # FlowFlex failing or unreachable: sending pauses
+    THROTTLED = "throttled"  # FlowFlex said 429: the destination slows down; not an outage
     PAUSE = "pause"  # FlowFlex refuses our configuration: sending pauses until fixed
     GONE = "gone"  # vanished or changed before it could be claimed; nothing happened
 
@@ -118,6 +119,9 @@ def _api(err: FlowFlexError) -> Decision:
         return Decision(Verdict.FAILED, err.code or Code.UPLOAD_REFUSED, err.message)
     if err.status in PAUSE_STATUSES and not upload:
         return Decision(Verdict.PAUSE, code, err.message, err.status)
+    if err.status == 429:
+        # A quota, not an outage: the limiter already holds the destination.
+        return Decision(Verdict.THROTTLED, code, err.message, err.status)
     if err.retryable or upload:
         # Storage answers for one URL, which a retry asks for anew.
         return Decision(Verdict.RETRY_REMOTE, code, err.message, err.status)

@@ -212,6 +212,11 @@ class Pipeline:
                 "uploaded again under the same idempotency key once it has settled",
                 reason=decision.reason,
             )
+        elif decision.verdict is Verdict.THROTTLED:
+            logger.info(
+                "FlowFlex asks us to slow down; the file stays claimed and is sent again shortly",
+                status=decision.status,
+            )
         elif decision.verdict is Verdict.RETRY_REMOTE:
             logger.warning(
                 "FlowFlex call failed; the file stays claimed and is retried",

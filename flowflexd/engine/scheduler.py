@@ -37,6 +37,7 @@ from flowflexd.inbox.tracker import Ready
 log = structlog.get_logger("flowflexd")
 
 FILESYSTEM_RETRY = (1.0, 60.0)  # first and longest wait for trouble on this machine
+THROTTLED_RETRY = 1.0  # a claim FlowFlex answered 429 goes back to its lane after this
 
 
 @dataclass
@@ -361,6 +362,10 @@ class Scheduler:
             case Verdict.SETTLE_AGAIN:
                 # A writer came back: look again once the file may have settled.
                 self._retry(retry, now, max(self.settle_seconds, 0.5))
+            case Verdict.THROTTLED:
+                # Over a quota: again after a moment, with no pause (the limiter holds
+                # the destination for the answer's Retry-After meanwhile).
+                self._retry(retry, now, THROTTLED_RETRY)
             case Verdict.RETRY_LOCAL:
                 self.totals.deferred += 1
                 first, longest = FILESYSTEM_RETRY

@@ -13,6 +13,7 @@ from support import RunningDaemon, drop, files_in, pdf, wait_until
 from flowflexd.commands.views import render_status, status
 from flowflexd.config.model import STATE_FILE, load
 from flowflexd.emulator import Emulator
+from flowflexd.emulator.state import error
 from flowflexd.engine.snapshot import Pause
 
 
@@ -154,6 +155,7 @@ def test_a_429_slows_the_whole_destination_and_fails_nothing(tmp_path: Path) -> 
         with RunningDaemon(config) as running:
             wait_until(lambda: len(files_in(tmp_path / "inbox-done")) == 20, timeout=60)
             throttled = running.daemon.limits["default"].throttled
+            paused_ever = running.daemon.gate.pauses > 0
             totals = running.daemon.totals
         refused = limited.stats()["quota_refused"]
 
@@ -161,4 +163,24 @@ def test_a_429_slows_the_whole_destination_and_fails_nothing(tmp_path: Path) -> 
     assert files_in(tmp_path / "inbox-failed") == set()
     assert len(limited.events()) == 20
     assert refused >= 1 and throttled == refused  # each 429 held the destination
+    assert paused_ever is False  # a quota is not an outage: the breaker never opened
     assert os.path.exists(tmp_path / "state")
+
+
+def test_a_429_that_outlasts_the_client_retries_is_no_outage(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = one_inbox(tmp_path, {"flowflex": destination(emulator)}, 2)
+    slow_down = error(429, "RATE_LIMITED", "over quota", **{"Retry-After": "1"})
+    emulator.answer_next(4, slow_down, only="event")  # more than the client's 3 attempts
+    drop(tmp_path / "inbox", "a.pdf", pdf(b"a"))
+    drop(tmp_path / "inbox", "b.pdf", pdf(b"b"))
+    with RunningDaemon(config) as running:
+        wait_until(lambda: files_in(tmp_path / "inbox-done") == {"a.pdf", "b.pdf"}, timeout=30)
+        gate = running.daemon.gate
+        throttled = running.daemon.limits["default"].throttled
+
+    assert gate.pauses == 0  # never paused as if FlowFlex were down
+    assert throttled == 4
+    assert files_in(tmp_path / "inbox-failed") == set()
+    assert len(emulator.events()) == 2

@@ -26,11 +26,13 @@ CASES = [
     (FlowFlexError("no integration", status=404), V.PAUSE, "HTTP_404"),
     (FlowFlexError("moved", status=301), V.PAUSE, "HTTP_301"),
     (FlowFlexError("busy", status=503, retryable=True), V.RETRY_REMOTE, "HTTP_503"),
+    # Over a quota: slowed down, not an outage (nothing pauses), never a failure.
     (
         FlowFlexError("slow down", status=429, code="RATE_LIMITED", retryable=True),
-        V.RETRY_REMOTE,
+        V.THROTTLED,
         "RATE_LIMITED",
     ),
+    (FlowFlexUploadError("slow down", status=429, retryable=True), V.THROTTLED, "HTTP_429"),
     (FlowFlexError("Network error", retryable=True), V.RETRY_REMOTE, "NETWORK"),
     (FlowFlexError("bad payload", status=400, code="INVALID_PAYLOAD"), V.FAILED, "INVALID_PAYLOAD"),
     (FlowFlexError("gone", status=422, code="ASSET_FILE_MISSING"), V.FAILED, "ASSET_FILE_MISSING"),
