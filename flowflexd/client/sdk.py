@@ -816,12 +816,12 @@ class FlowFlex:
         """One HTTP request and its whole answer.
 
         A caller's session gets the full ``Session.request``, so its auth,
-        hooks, adapters and settings apply. On our own session the request is
-        built here and handed straight to the pooled adapter: merging settings,
-        cookies and hooks we never use cost an eighth of the daemon's CPU per
-        file (measured at 0 ms). Redirects are then not followed: a 3xx from the API
-        or from storage is an error, never a silent resend of credentials or a
-        body to another place.
+        hooks, adapters and settings apply. Our own session's requests go over
+        http.client (transport.py), or the pooled requests adapter for a proxy
+        that path does not speak: requests' merging of settings, cookies and
+        hooks cost more CPU than the calls. Redirects are then not followed: a
+        3xx from the API or from storage is an error, never a silent resend of
+        credentials or a body to another place.
         """
         if not self._own_session:
             return self._session.request(

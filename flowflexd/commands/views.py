@@ -17,9 +17,8 @@ from flowflexd.engine import journal
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
-from flowflexd.inbox.reading import describe_mode, open_regular, read_limited
+from flowflexd.inbox.reading import describe_mode, read_manifest, read_regular
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
-from flowflexd.rules import metadata
 from flowflexd.rules.matching import (
     Match,
     Rule,
@@ -50,11 +49,7 @@ def folder_for(config: Config, path: Path) -> Folder | None:
 
 
 def _read_sidecar(rule: Rule, path: Path) -> Any:
-    fd, _ = open_regular(path, max_bytes=SIDECAR_MAX_BYTES)
-    try:
-        raw = read_limited(fd, SIDECAR_MAX_BYTES, what=f"sidecar {path.name}")
-    finally:
-        os.close(fd)
+    raw, _ = read_regular(path, limit=SIDECAR_MAX_BYTES, what=f"sidecar {path.name}")
     return read_sidecar(rule, raw, path.name)
 
 
@@ -147,21 +142,8 @@ def _about_rule(found: Match, path: Path, info: os.stat_result | None) -> list[s
 
 def _manifest(found: Match, path: Path) -> list[str]:
     """A manifest's rows: the document each names, and what the first one's event would be."""
-    rule = found.rule
     try:
-        fd, _ = open_regular(path, max_bytes=metadata.MAX_MANIFEST_BYTES)
-        try:
-            raw = read_limited(fd, metadata.MAX_MANIFEST_BYTES, what=f"manifest {path.name}")
-        finally:
-            os.close(fd)
-        rows = metadata.manifest_rows(
-            raw,
-            f"manifest {path.name}",
-            fmt=metadata.format_of(path.name, rule.manifest_format),
-            encoding=rule.sidecar_encoding,
-            delimiter=rule.sidecar_delimiter,
-            rows_path=rule.manifest_rows,
-        )
+        rows, _ = read_manifest(found.rule, path, path.name)
     except FileRejected as err:
         return [f"  would fail: {err.code}: {err.message}"]
     except FileNotFoundError:

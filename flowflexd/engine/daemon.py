@@ -122,12 +122,8 @@ class Daemon:
         names = [d.name for d in config.destinations] or [DEFAULT_DESTINATION]
         # One client per destination, each with its pool; a single one is the first's.
         self.clients: dict[str, FlowFlex] = dict(clients) if clients else {names[0]: client}
-        self.limits = {
-            d.name: Limits.of(
-                d.name, events=d.max_events_per_second, uploads=d.max_uploads_per_second
-            )
-            for d in config.destinations
-        }
+        self.limits: dict[str, Limits] = {}
+        self._limit(config)
         self.pipeline = Pipeline(
             self.clients, self.journal, settle_seconds=config.settle_seconds, limits=self.limits
         )
@@ -177,6 +173,15 @@ class Daemon:
     def refused(self, reason: str, *, destination: str | None = None) -> None:
         """FlowFlex refused our credentials or integration: pause sending there, as a file would."""
         self._messages.put(Refused(reason, destination))
+
+    def _limit(self, config: Config) -> None:
+        """Each destination's rate limits, set in place: a reload keeps a 429's hold."""
+        for d in config.destinations:
+            limits = self.limits.get(d.name)
+            if limits is None:
+                limits = self.limits[d.name] = Limits.of(d.name, events=None, uploads=None)
+            limits.events.rate = d.max_events_per_second
+            limits.uploads.rate = d.max_uploads_per_second
 
     def _hook(self, name: str, client: FlowFlex) -> None:
         """A destination's client tells the metrics its answers, and its limits about 429s."""
@@ -694,17 +699,11 @@ class Daemon:
         old = self.config
         self.config = new
         self.pipeline.settle_seconds = self.scheduler.settle_seconds = new.settle_seconds
-        for name, fresh in changed.items():
+        self._limit(new)
+        for name, fresh in changed.items():  # new destinations among them
             self.clients[name] = self.pipeline.clients[name] = fresh
             self._hook(name, fresh)
             self.scheduler.lane(name).gate.reset()
-        for destination in new.destinations:
-            self.limits[destination.name] = self.pipeline.limits[destination.name] = Limits.of(
-                destination.name,
-                events=destination.max_events_per_second,
-                uploads=destination.max_uploads_per_second,
-            )
-            self._hook(destination.name, self.clients[destination.name])
         if new.state_dir != old.state_dir:
             previous, self.journal = self.journal, Journal(new.state_dir)
             self.pipeline.journal = self.journal

@@ -38,10 +38,9 @@ from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.inbox.completeness import Writers
 from flowflexd.inbox.layout import split_path
-from flowflexd.inbox.reading import content_signature
+from flowflexd.inbox.reading import content_signature, read_manifest
 from flowflexd.inbox.replayed import sent_before
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
-from flowflexd.rules import metadata
 from flowflexd.rules.matching import (
     Match,
     Rule,
@@ -79,13 +78,13 @@ class Pipeline:
         journal: Journal,
         *,
         settle_seconds: float = 2.0,
-        limits: Mapping[str, Limits] | None = None,
+        limits: dict[str, Limits] | None = None,
     ) -> None:
         # One client per destination (a single one is the default destination's).
         self.clients = (
             {DEFAULT_DESTINATION: clients} if isinstance(clients, FlowFlex) else dict(clients)
         )
-        self.limits = dict(limits or {})
+        self.limits = limits if limits is not None else {}  # the daemon's, shared
         self.journal = journal
         self.settle_seconds = settle_seconds
         self.urls = UrlCache()
@@ -312,60 +311,81 @@ class Pipeline:
         roles = ["file", *(r for r in claim.members if r.startswith("attach."))]
         # Render once with stand-ins, so a bad template fails before any upload.
         payload(found, sidecar=sidecar, assets={role: f"<{role}>" for role in roles})
+
+        def upload() -> dict[str, str]:
+            assets = self._upload(spool, claim, roles)
+            self._unchanged(spool, claim)
+            return assets
+
+        def forget() -> None:
+            claim.uploads = {}  # all of them: their assetIds go together
+
+        answer = self._upload_and_fire(
+            spool,
+            claim,
+            event,
+            claim.key,
+            upload=upload,
+            body=lambda assets: payload(found, sidecar=sidecar, assets=assets),
+            forget=forget,
+        )
+        # The answer is made durable by the journal record that follows; a
+        # restart before it resends under the same key, answered as before.
+        claim.answer = keepable(answer)
+        claim.sent_at = time.time()
+        crashpoints.reached("after_send")
+        self._log(spool, claim).debug("event sent")
+        return None
+
+    def _upload_and_fire(
+        self,
+        spool: Spool,
+        claim: Claim,
+        event: str,
+        key: str,
+        *,
+        upload: Callable[[], dict[str, str]],
+        body: Callable[[dict[str, str]], Any],
+        forget: Callable[[], object],
+    ) -> Any:
+        """Upload, fire, and return FlowFlex's answer, a JSON object.
+
+        When FlowFlex lost the upload (``ASSET_FILE_MISSING``) the uploads are
+        forgotten and done once more. An answer that is not a JSON object is
+        raised as retryable: the SDK hands such an answer back as it came, and a
+        daemon that promises delivery cannot call an HTML page or broken JSON
+        an accepted event, so it asks again under the same key.
+        """
         for round_ in (1, 2):
+            assets = upload()
             try:
-                assets = self._upload(spool, claim, roles)
-                self._unchanged(spool, claim)
-                body = payload(found, sidecar=sidecar, assets=assets)
-                answer = self._fire(claim, event, body, claim.key)
+                answer = self._fire(claim, event, body(assets), key)
             except FlowFlexError as err:
                 if err.code == "ASSET_FILE_MISSING" and round_ == 1:
                     self._log(spool, claim).warning(
                         "FlowFlex lost the uploaded file; uploading it again"
                     )
-                    claim.uploads = {}
+                    forget()
                     continue
                 raise
             if not isinstance(answer, dict | AnswerExcerpt):
-                # The SDK hands such an answer back as it came; a daemon that
-                # promises delivery cannot call an HTML page or broken JSON an
-                # accepted event, so it asks again under the same key.
                 raise FlowFlexError(
                     f"FlowFlex answered event {event!r} with {_describe(answer)}, not a JSON "
                     "object; it is sent again under the same idempotency key",
                     code=Code.UNEXPECTED_ANSWER,
                     retryable=True,
                 )
-            # The answer is made durable by the journal record that follows; a
-            # restart before it resends under the same key, answered as before.
-            claim.answer = keepable(answer)
-            claim.sent_at = time.time()
-            crashpoints.reached("after_send")
-            self._log(spool, claim).debug("event sent")
-            return None
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------- manifests
 
-    def _claimed_rows(
-        self, spool: Spool, claim: Claim, found: Match
-    ) -> list[tuple[int, dict[str, Any]]]:
+    @staticmethod
+    def _claimed_rows(claim: Claim, found: Match) -> list[tuple[int, dict[str, Any]]]:
         """The rows of the manifest as claimed (what is sent is what is read now)."""
-        what = f"manifest {claim.name}"
-        try:
-            raw, info = spool.read_member(claim, "file", limit=metadata.MAX_MANIFEST_BYTES)
-        except FileRejected as err:
-            raise FileRejected(f"{what} {err.message}", code=Code.MANIFEST_INVALID) from err
+        rows, info = read_manifest(found.rule, claim.path("file"), claim.name)
         claim.seen["file"] = content_signature(info)
-        rule = found.rule
-        return metadata.manifest_rows(
-            raw,
-            what,
-            fmt=metadata.format_of(claim.name, rule.manifest_format),
-            encoding=rule.sidecar_encoding,
-            delimiter=rule.sidecar_delimiter,
-            rows_path=rule.manifest_rows,
-        )
+        return rows
 
     def _send_rows(self, spool: Spool, claim: Claim, found: Match) -> None:
         """One event per row, each under its own key, each durable in the claim once answered.
@@ -375,7 +395,7 @@ class Pipeline:
         answered are not sent again. Ends with every row sent, or raises
         MANIFEST_ROWS_FAILED naming the refused rows.
         """
-        rows = self._claimed_rows(spool, claim, found)
+        rows = self._claimed_rows(claim, found)
         if not claim.rows and sent_before(spool, claim, rows):
             self._log(spool, claim).info(
                 "a replayed manifest: rows sent before are not sent again",
@@ -437,32 +457,29 @@ class Pipeline:
         event = event_name(found)
         payload(found, assets={"file": "<file>"})  # a bad template fails before any upload
         key = row_key(claim, number)
-        for round_ in (1, 2):
+
+        def upload() -> dict[str, str]:
             asset_id = self._upload_role(spool, claim, role)
             self._unchanged(spool, claim, roles=("file", role))
-            try:
-                answer = self._fire(claim, event, payload(found, assets={"file": asset_id}), key)
-            except FlowFlexError as err:
-                if err.code == "ASSET_FILE_MISSING" and round_ == 1:
-                    claim.uploads.pop(role, None)
-                    continue
-                raise
-            if not isinstance(answer, dict | AnswerExcerpt):
-                raise FlowFlexError(
-                    f"FlowFlex answered event {event!r} with {_describe(answer)}, not a JSON "
-                    "object; it is sent again under the same idempotency key",
-                    code=Code.UNEXPECTED_ANSWER,
-                    retryable=True,
-                )
-            sent = {
-                "key": key,
-                "digest": row_digest(found.row),
-                "file": found.name,
-                "event": event,
-                "asset_id": asset_id,
-            }
-            return answer, sent
-        raise AssertionError("unreachable")  # pragma: no cover
+            return {"file": asset_id}
+
+        answer = self._upload_and_fire(
+            spool,
+            claim,
+            event,
+            key,
+            upload=upload,
+            body=lambda assets: payload(found, assets=assets),
+            forget=lambda: claim.uploads.pop(role, None),
+        )
+        sent = {
+            "key": key,
+            "digest": row_digest(found.row),
+            "file": found.name,
+            "event": event,
+            "asset_id": claim.uploads[role]["asset_id"],
+        }
+        return answer, sent
 
     def _fire(self, claim: Claim, event: str, body: Any, key: str) -> Any:
         client = self._client(claim.destination)

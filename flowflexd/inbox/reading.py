@@ -11,9 +11,12 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from flowflexd.engine.outcomes import Code
 from flowflexd.errors import FileRejected
+from flowflexd.rules import metadata
+from flowflexd.rules.matching import Rule, manifest_rows
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -89,6 +92,35 @@ def read_limited(fd: int, limit: int, *, what: str) -> bytes:
         if total > limit:
             raise FileRejected(f"{what} is over {limit:,} bytes", code=Code.SIDECAR_TOO_LARGE)
     return b"".join(chunks)
+
+
+def read_regular(path: str | Path, *, limit: int, what: str) -> tuple[bytes, os.stat_result]:
+    """A small regular file's bytes (``open_regular`` and ``read_limited``) and its fstat."""
+    fd, info = open_regular(path, max_bytes=limit)
+    try:
+        return read_limited(fd, limit, what=what), info
+    finally:
+        os.close(fd)
+
+
+def read_manifest(
+    rule: Rule, path: str | Path, name: str
+) -> tuple[list[tuple[int, dict[str, Any]]], os.stat_result]:
+    """A manifest's rows, read as its rule says, and the manifest's fstat.
+
+    Over ``MAX_MANIFEST_BYTES`` is MANIFEST_INVALID; a parse error too (metadata.py).
+    """
+    what = f"manifest {name}"
+    try:
+        raw, info = read_regular(path, limit=metadata.MAX_MANIFEST_BYTES, what=what)
+    except FileRejected as err:
+        if err.code in (Code.FILE_TOO_LARGE, Code.SIDECAR_TOO_LARGE):
+            raise FileRejected(
+                f"{what} is over {metadata.MAX_MANIFEST_BYTES:,} bytes; split the export",
+                code=Code.MANIFEST_INVALID,
+            ) from err
+        raise FileRejected(f"{what} {err.message}", code=err.code) from err
+    return manifest_rows(rule, raw, name), info
 
 
 def content_signature(info: os.stat_result) -> list[int]:

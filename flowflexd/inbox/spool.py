@@ -30,7 +30,7 @@ from flowflexd.errors import AlreadyRunningError, FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, someone_writes, writer_state
 from flowflexd.inbox.layout import CLAIM_FILE, name_tags, report_name, suffixed
-from flowflexd.inbox.reading import open_regular, read_limited, signature
+from flowflexd.inbox.reading import open_regular, read_regular, signature
 from flowflexd.rules.matching import is_temporary_name
 from flowflexd.support import crashpoints
 from flowflexd.support.durable import (
@@ -556,11 +556,7 @@ class Spool:
         return open_regular(claim.path(role), max_bytes=max_bytes)
 
     def read_member(self, claim: Claim, role: str, *, limit: int) -> tuple[bytes, os.stat_result]:
-        fd, info = open_regular(claim.path(role), max_bytes=limit)
-        try:
-            return read_limited(fd, limit, what=f"the {role}"), info
-        finally:
-            os.close(fd)
+        return read_regular(claim.path(role), limit=limit, what=f"the {role}")
 
     def member_now(self, claim: Claim, role: str) -> tuple[os.stat_result, Writers] | None:
         """A member's fstat now and whether anyone writes it; None when it is gone."""
@@ -723,11 +719,8 @@ def try_lock(inbox: Path) -> int | str:
 
 
 def _read_claim(claim_dir: Path) -> Claim:
-    fd, _ = open_regular(claim_dir / CLAIM_FILE, max_bytes=CLAIM_MAX_BYTES)
-    try:
-        return Claim.from_lines(read_limited(fd, CLAIM_MAX_BYTES, what=CLAIM_FILE))
-    finally:
-        os.close(fd)
+    data, _ = read_regular(claim_dir / CLAIM_FILE, limit=CLAIM_MAX_BYTES, what=CLAIM_FILE)
+    return Claim.from_lines(data)
 
 
 def _report_claim(path: Path) -> str | None:

@@ -40,8 +40,7 @@ from flowflexd.engine.outcomes import Code, Decision, Verdict
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examine, someone_writes
-from flowflexd.inbox.reading import describe_mode, open_regular, read_limited, signature
-from flowflexd.rules import metadata
+from flowflexd.inbox.reading import describe_mode, read_manifest, signature
 from flowflexd.rules.matching import (
     Match,
     companion_patterns,
@@ -223,14 +222,17 @@ class Tracker:
             self._pending.add(heapq.heappop(self._later)[1])
         ready: list[Ready] = []
         while self._pending:
+            pending, self._pending = self._pending, set()
             # Folder markers after the files beside them: a marker judged first would
             # see no batch and move on before the files it completes were looked at.
-            markers = [n for n in self._pending if self._is_folder_marker(n)]
-            names = [n for n in self._pending if n not in markers] if markers else self._pending
-            self._pending = set()
-            for name in (*names, *markers):
-                found = self._observe(name, now)
-                if found is not None:
+            markers = []
+            for name in pending:
+                if self._is_folder_marker(name):
+                    markers.append(name)
+                elif (found := self._observe(name, now)) is not None:
+                    ready.append(found)
+            for name in markers:
+                if (found := self._observe(name, now)) is not None:
                     ready.append(found)
         if len(ready) > 1:
             # The order they are queued in: a backlog drains oldest first (or by name).
@@ -494,33 +496,6 @@ class Tracker:
             return self._take(entry, info, found, {"file": entry.name}, now)
         return self._with_companions(entry, info, found, wanted, now)
 
-    def _rows(self, entry: Entry, found: Match) -> list[tuple[int, dict[str, Any]]]:
-        rule = found.rule
-        what = f"manifest {found.name}"
-        try:
-            fd, _ = open_regular(
-                os.path.join(self.key, entry.name), max_bytes=metadata.MAX_MANIFEST_BYTES
-            )
-            try:
-                raw = read_limited(fd, metadata.MAX_MANIFEST_BYTES, what=what)
-            finally:
-                os.close(fd)
-        except FileRejected as err:
-            if err.code == Code.FILE_TOO_LARGE:
-                raise FileRejected(
-                    f"{what} is over {metadata.MAX_MANIFEST_BYTES:,} bytes; split the export",
-                    code=Code.MANIFEST_INVALID,
-                ) from err
-            raise FileRejected(f"{what} {err.message}", code=err.code) from err
-        return metadata.manifest_rows(
-            raw,
-            what,
-            fmt=metadata.format_of(found.name, rule.manifest_format),
-            encoding=rule.sidecar_encoding,
-            delimiter=rule.sidecar_delimiter,
-            rows_path=rule.manifest_rows,
-        )
-
     def _manifest(
         self, entry: Entry, info: os.stat_result, found: Match, now: float
     ) -> Ready | None:
@@ -537,7 +512,7 @@ class Tracker:
             self._schedule(entry, now + max(self.settle, 1.0))
             return None
         try:
-            rows = self._rows(entry, found)
+            rows, _ = read_manifest(rule, os.path.join(self.key, entry.name), found.name)
         except FileRejected as err:
             return self._reject(entry, rule=rule.name, code=err.code, reason=err.message)
         documents, bad, still_until = self._documents(entry, found, rows, now)
@@ -562,18 +537,15 @@ class Tracker:
                 f"{rule.manifest_timeout:g} s (manifest_timeout), so none was: {shown}{more}",
                 members=members,
             )
-        self._set(entry, Stage.WAITING)
-        if entry.say_once("manifest-waiting"):
-            log.info(
-                "a manifest waits for the documents its rows name",
-                folder=str(self.inbox),
-                file=entry.name,
-                rule=rule.name,
-                rows=len(rows),
-                not_ready=bad[:MAX_ROWS_SHOWN],
-                timeout_s=rule.manifest_timeout,
-            )
-        self._schedule(entry, deadline)
+        self._wait(
+            entry,
+            deadline,
+            "a manifest waits for the documents its rows name",
+            rule=rule.name,
+            rows=len(rows),
+            not_ready=bad[:MAX_ROWS_SHOWN],
+            timeout_s=rule.manifest_timeout,
+        )
         return None
 
     def _batch_open(self, entry: Entry, found: Match, now: float) -> bool:
@@ -602,17 +574,14 @@ class Tracker:
                 reason=f"the folder marker {marker} did not arrive within "
                 f"{rule.marker_timeout:g} s (or is not a regular file)",
             )
-        self._set(entry, Stage.WAITING)
-        if entry.say_once("folder-marker"):
-            log.info(
-                "waiting for the folder marker",
-                folder=str(self.inbox),
-                file=entry.name,
-                rule=rule.name,
-                marker=marker,
-                timeout_s=rule.marker_timeout,
-            )
-        self._schedule(entry, deadline)
+        self._wait(
+            entry,
+            deadline,
+            "waiting for the folder marker",
+            rule=rule.name,
+            marker=marker,
+            timeout_s=rule.marker_timeout,
+        )
         return None
 
     def _folder_marker(self, entry: Entry, now: float) -> Ready | None:
@@ -693,18 +662,22 @@ class Tracker:
                     members=members,
                 )
             return self._take(entry, info, found, members, now)
-        self._set(entry, Stage.WAITING)
-        if entry.say_once("waiting"):
-            log.info(
-                "waiting for companion files",
-                folder=str(self.inbox),
-                file=entry.name,
-                rule=found.rule.name,
-                missing=[wanted[r] for r in missing],
-                timeout_s=waits,
-            )
-        self._schedule(entry, deadline)
+        self._wait(
+            entry,
+            deadline,
+            "waiting for companion files",
+            rule=found.rule.name,
+            missing=[wanted[r] for r in missing],
+            timeout_s=waits,
+        )
         return None
+
+    def _wait(self, entry: Entry, deadline: float, message: str, **fields: Any) -> None:
+        """A file waits for something until ``deadline``: said once, looked at again then."""
+        self._set(entry, Stage.WAITING)
+        if entry.say_once(message):
+            log.info(message, folder=str(self.inbox), file=entry.name, **fields)
+        self._schedule(entry, deadline)
 
     def _documents(
         self, entry: Entry, found: Match, rows: list[tuple[int, dict[str, Any]]], now: float

@@ -196,6 +196,18 @@ def read_sidecar(rule: Rule, raw: bytes, name: str) -> dict[str, Any]:
     )
 
 
+def manifest_rows(rule: Rule, raw: bytes, name: str) -> list[tuple[int, dict[str, Any]]]:
+    """A manifest's rows, read as the rule says (MANIFEST_INVALID when they cannot be)."""
+    return metadata.manifest_rows(
+        raw,
+        f"manifest {name}",
+        fmt=metadata.format_of(name, rule.manifest_format),
+        encoding=rule.sidecar_encoding,
+        delimiter=rule.sidecar_delimiter,
+        rows_path=rule.manifest_rows,
+    )
+
+
 def document_name(found: Match, number: int, row: dict[str, Any]) -> str:
     """The document a manifest's row names (FileRejected MANIFEST_ROWS_BAD when it cannot be)."""
     assert found.rule.file_column is not None

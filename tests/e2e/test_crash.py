@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support import (
+    Folders,
     claims_in,
     drop,
     files_in,
@@ -307,8 +308,6 @@ def test_a_claim_from_a_subfolder_resumes_after_a_kill(
 def test_a_kill_in_the_middle_of_a_200_row_manifest_sends_each_row_once(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
     rule = {
         "name": "batch",
         "manifest": "*.idx.csv",
@@ -316,18 +315,9 @@ def test_a_kill_in_the_middle_of_a_200_row_manifest_sends_each_row_once(
         "event": "document.indexed",
         "payload": {"assetId": "{file}", "row": "{manifest.row}"},
     }
-    config = write_config(
-        tmp_path / "config.yaml",
-        emulator,
-        folders=[
-            {
-                "path": str(inbox),
-                "done": str(tmp_path / "done"),
-                "failed": str(tmp_path / "failed"),
-                "rules": [rule],
-            }
-        ],
-    )
+    folders = Folders(tmp_path)
+    inbox = folders.inbox
+    config = folders.config(emulator, [rule])
     names = [f"doc-{i:03}.pdf" for i in range(200)]
     for name in names:
         drop(inbox, name, b"%PDF " + name.encode() + b"\n%%EOF")

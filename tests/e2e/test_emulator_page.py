@@ -11,7 +11,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from support import ROOT, drop, files_in, need, run_daemon, wait_until, write_config
+from support import ROOT, Folders, drop, files_in, need, run_daemon, wait_until
 
 from flowflexd.emulator import Emulator
 
@@ -70,7 +70,6 @@ def test_the_page_shows_events_as_they_arrive_and_opens_their_files(
     tmp_path: Path, emulator: Emulator, browser: WebDriver
 ) -> None:
     driver = browser
-    (tmp_path / "inbox").mkdir()
     rule = {
         "name": "invoice",
         "pattern": "INV-*.pdf",
@@ -82,18 +81,7 @@ def test_the_page_shows_events_as_they_arrive_and_opens_their_files(
             "note": "{sidecar.note}",
         },
     }
-    config = write_config(
-        tmp_path / "config.yaml",
-        emulator,
-        folders=[
-            {
-                "path": str(tmp_path / "inbox"),
-                "done": str(tmp_path / "done"),
-                "failed": str(tmp_path / "failed"),
-                "rules": [rule],
-            }
-        ],
-    )
+    config = Folders(tmp_path).config(emulator, [rule])
     emulator.set_faults(latency_ms=5)
     proc = run_daemon(config)
     try:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
+    Folders,
     drop,
     files_in,
     need,
@@ -23,7 +24,6 @@ from support import (
     readme_yaml,
     run_daemon,
     wait_until,
-    write_config,
 )
 
 from flowflexd.config.model import load
@@ -34,22 +34,9 @@ from flowflexd.errors import ConfigError
 
 
 def config_for(tmp_path: Path, emulator: Emulator, **top: Any) -> Path:
-    (tmp_path / "inbox").mkdir()
     rule = {"name": "inv", "pattern": "*.pdf", "event": "invoice", "sidecar": "{stem}.json"}
-    return write_config(
-        tmp_path / "config.yaml",
-        emulator,
-        folders=[
-            {
-                "path": str(tmp_path / "inbox"),
-                "done": str(tmp_path / "done"),
-                "failed": str(tmp_path / "failed"),
-                "rules": [{**rule, "sidecar_required": False, "sidecar_timeout": 0.5}],
-            }
-        ],
-        metrics={"listen": "127.0.0.1:0"},
-        **top,
-    )
+    optional = {**rule, "sidecar_required": False, "sidecar_timeout": 0.5}
+    return Folders(tmp_path).config(emulator, [optional], metrics={"listen": "127.0.0.1:0"}, **top)
 
 
 def get(url: str) -> tuple[int, str]:

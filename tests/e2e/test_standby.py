@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from support import (
+    Folders,
     LoggedProcess,
     child_env,
     claims_in,
@@ -16,7 +17,6 @@ from support import (
     pdf,
     run_daemon,
     wait_until,
-    write_config,
 )
 
 from flowflexd.emulator import Emulator
@@ -28,19 +28,8 @@ def standby(config: Path) -> LoggedProcess:
 
 
 def config_for(tmp_path: Path, emulator: Emulator) -> Path:
-    (tmp_path / "inbox").mkdir()
-    rule = {"name": "scan", "pattern": "*.pdf", "event": "scan"}
-    return write_config(
-        tmp_path / "config.yaml",
-        emulator,
-        folders=[
-            {
-                "path": str(tmp_path / "inbox"),
-                "done": str(tmp_path / "done"),
-                "failed": str(tmp_path / "failed"),
-                "rules": [rule],
-            }
-        ],
+    return Folders(tmp_path).config(
+        emulator, [{"name": "scan", "pattern": "*.pdf", "event": "scan"}]
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -41,17 +40,6 @@ def tls_emulator(tmp_path: Path) -> Iterator[tuple[Emulator, Path]]:
         yield emulator, cert
 
 
-@pytest.fixture
-def environ() -> Iterator[dict[str, str]]:
-    """os.environ, put back as it was after the test."""
-    saved = dict(os.environ)
-    try:
-        yield os.environ  # type: ignore[misc]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def send_one(client: FlowFlex, tmp_path: Path) -> dict[str, object]:
     """One file and its event, as the SDK sends them: FlowFlex's answer."""
     path = tmp_path / "doc.pdf"
@@ -62,11 +50,11 @@ def send_one(client: FlowFlex, tmp_path: Path) -> dict[str, object]:
 
 
 def test_tls_verified_against_the_ca_bundle_given(
-    tls_emulator: tuple[Emulator, Path], tmp_path: Path, environ: dict[str, str]
+    tls_emulator: tuple[Emulator, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator, cert = tls_emulator
     assert emulator.url.startswith("https://")
-    environ["REQUESTS_CA_BUNDLE"] = str(cert)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     with client_for(emulator) as client:
         answer = send_one(client, tmp_path)
 
@@ -77,11 +65,11 @@ def test_tls_verified_against_the_ca_bundle_given(
 
 
 def test_a_certificate_no_bundle_vouches_for_is_refused_and_nothing_is_sent(
-    tls_emulator: tuple[Emulator, Path], tmp_path: Path, environ: dict[str, str]
+    tls_emulator: tuple[Emulator, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator, _ = tls_emulator
     other, _ = certificate(tmp_path, "other")
-    environ["REQUESTS_CA_BUNDLE"] = str(other)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
     with client_for(emulator, max_attempts=1) as client, pytest.raises(FlowFlexError) as caught:
         send_one(client, tmp_path)
 
@@ -128,11 +116,13 @@ def test_https_through_a_forward_proxy_from_the_environment(
     tls_emulator: tuple[Emulator, Path],
     proxy: tuple[str, Path],
     tmp_path: Path,
-    environ: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator, cert = tls_emulator
     proxy_url, log = proxy
-    environ.update({"REQUESTS_CA_BUNDLE": str(cert), "HTTPS_PROXY": proxy_url, "NO_PROXY": ""})
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    monkeypatch.setenv("NO_PROXY", "")
     with client_for(emulator) as client:
         answer = send_one(client, tmp_path)
 
@@ -142,10 +132,11 @@ def test_https_through_a_forward_proxy_from_the_environment(
 
 
 def test_no_proxy_goes_around_the_proxy(
-    emulator: Emulator, proxy: tuple[str, Path], tmp_path: Path, environ: dict[str, str]
+    emulator: Emulator, proxy: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy_url, log = proxy
-    environ.update({"HTTP_PROXY": proxy_url, "NO_PROXY": "127.0.0.1"})
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with client_for(emulator) as client:
         send_one(client, tmp_path)
 
@@ -153,10 +144,11 @@ def test_no_proxy_goes_around_the_proxy(
 
 
 def test_plain_http_through_a_proxy(
-    emulator: Emulator, proxy: tuple[str, Path], tmp_path: Path, environ: dict[str, str]
+    emulator: Emulator, proxy: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy_url, log = proxy
-    environ.update({"HTTP_PROXY": proxy_url, "NO_PROXY": ""})
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.setenv("NO_PROXY", "")
     with client_for(emulator) as client:
         send_one(client, tmp_path)
 
