@@ -189,12 +189,16 @@ class RawServer:
     """A TCP server on loopback that misbehaves on purpose, counting connections.
 
     ``mode`` is ``close`` (accept and hang up at once), ``silent`` (accept
-    and never answer) or ``bad-gzip`` (answer 200 with a body that claims to
-    be gzip and is not).
+    and never answer), ``bad-gzip`` (answer 200 with a body that claims to
+    be gzip and is not) or ``script``: answer each request on a kept-alive
+    connection with ``answer``, bytes as they go on the wire (hanging up
+    after one that says ``Connection: close`` or is HTTP/1.0).
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, answer: bytes = b"") -> None:
         self.mode = mode
+        self.answer = answer
+        self.requests = 0
         self.accepted = 0
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
@@ -229,8 +233,28 @@ class RawServer:
                     b"Connection: close\r\n\r\nnot gzip"
                 )
                 conn.close()
+            elif self.mode == "script":
+                threading.Thread(target=self._script, args=(conn,), daemon=True).start()
             else:
                 self._held.append(conn)
+
+    def _script(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        with conn, reader:
+            while True:
+                request = reader.readline()
+                if not request:
+                    return
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                reader.read(length)
+                self.requests += 1
+                conn.sendall(self.answer)
+                if b"Connection: close" in self.answer or self.answer.startswith(b"HTTP/1.0"):
+                    return
 
     def close(self) -> None:
         self._stop.set()

@@ -1,10 +1,11 @@
-"""The daemon's HTTP path for its three calls: http.client, one kept-alive connection per thread.
+"""The daemon's HTTP path for its three calls: one kept-alive connection per thread.
 
 requests and urllib3 spend more CPU per call than the calls themselves
-(merging settings, hooks, pools, header objects): a file's three calls cost
-about 2.3 ms over a requests session and 0.5 ms over http.client on the same
-machine. The client's own session sends through here; a session a caller
-passes in keeps requests, whole. What stays the same:
+(merging settings, hooks, pools, header objects), and http.client parses
+each answer's headers with the email package. Here http.client only
+connects (a proxy's CONNECT tunnel, TLS); the request goes out in one send
+with its body when small, and the answer is read by ``wire.py``. A caller's
+own session keeps requests, whole. What stays the same:
 
 - timeouts per connect and per read, and the overall deadline (the deadline
   watcher cuts this connection's socket);
@@ -14,7 +15,7 @@ passes in keeps requests, whole. What stays the same:
   through an http:// proxy (a CONNECT tunnel for https); any other proxy
   scheme goes through requests, as before;
 - redirects are never followed; answers are read up to a cap, past which the
-  connection is dropped;
+  connection is dropped; a header that would split the request is refused;
 - the answer comes back as a ``requests.Response``, so the rest of the
   client does not know which path carried it.
 
@@ -25,22 +26,75 @@ is used (its socket reads as ready), as urllib3 does.
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
 import os
+import re
 import select
 import socket
 import ssl
 import threading
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import certifi
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from flowflexd.client import wire
+
 BLOCK = 64 * 1024  # bytes per send of a streamed upload
+
+
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_NO_COOKIES = requests.cookies.RequestsCookieJar()  # never filled: no cookies are kept
+
+
+def _response_fields() -> dict[str, Any]:
+    """What requests.Response() sets, without a new cookie jar per answer."""
+    return {
+        "_content": False,
+        "_content_consumed": True,
+        "_next": None,
+        "raw": None,
+        "history": [],
+        "cookies": _NO_COOKIES,
+        "elapsed": datetime.timedelta(0),
+        "request": None,
+        "connection": None,
+    }
+
+
+class Kept:
+    """One kept-alive connection: http.client connects it (proxy tunnel, TLS); wire.py speaks.
+
+    ``sock`` is what the deadline watcher cuts.
+    """
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn = conn
+        self._reader: BinaryIO | None = None
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return self.conn.sock
+
+    def ready(self) -> tuple[socket.socket, BinaryIO]:
+        """The socket and its answer reader, connecting first when not connected."""
+        if self.conn.sock is None:
+            self.conn.connect()
+        sock: socket.socket = self.conn.sock
+        if self._reader is None:
+            self._reader = sock.makefile("rb")
+        return sock, self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.conn.close()
 
 
 def proxy_supported(proxy: str | None) -> bool:
@@ -87,24 +141,36 @@ class Transport:
         if proxy and parts.scheme == "http":
             # Through a plain proxy: the whole URL as the target, its credentials beside.
             target, headers = url, {**headers, **_proxy_auth(proxy)}
+        if _UNSAFE_TARGET.search(target):
+            raise requests.exceptions.InvalidURL("the URL has spaces or control characters")
         try:
-            conn.request(method, target, body=body, headers=headers)
-            answer = conn.getresponse()
-            content, cut = _read(answer, cap)
+            head = wire.request_head(method, target, wire.host_header(parts.netloc), headers)
+        except ValueError as err:
+            raise requests.exceptions.InvalidHeader(str(err)) from err
+        try:
+            sock, reader = conn.ready()
+            if body is None or (isinstance(body, bytes) and len(body) <= wire.INLINE_BODY):
+                sock.sendall(head + body if body else head)
+            else:
+                sock.sendall(head)
+                for block in wire.body_blocks(body, BLOCK):
+                    sock.sendall(block)
+            answer = wire.read_answer(reader, method, cap)
         except BaseException as err:
             self._drop(conn)
             raise _as_requests_error(err) from err
-        if cut or answer.will_close:
+        if answer.cut or answer.will_close:
             self._drop(conn)
-        response = requests.Response()
+        # Built field by field: Response() makes a cookie jar (a lock, a policy) per answer.
+        response = requests.Response.__new__(requests.Response)
+        response.__dict__.update(_response_fields())
         response.status_code = answer.status
         response.reason = answer.reason
-        response.headers = CaseInsensitiveDict(answer.getheaders())
+        response.headers = CaseInsensitiveDict(answer.headers)
         response.url = url
         response.encoding = requests.utils.get_encoding_from_headers(response.headers)
-        response._content = _decoded(content, response.headers)
-        response._content_consumed = True  # type: ignore[attr-defined]
-        if cut:
+        response._content = _decoded(answer.body, response.headers)
+        if answer.cut:
             response.cut_at = cap  # type: ignore[attr-defined]
         return response
 
@@ -116,17 +182,13 @@ class Transport:
 
     # ------------------------------------------------------------- internals
 
-    def _connections(self) -> dict[tuple[Any, ...], http.client.HTTPConnection]:
-        found: dict[tuple[Any, ...], http.client.HTTPConnection] | None = getattr(
-            self._local, "connections", None
-        )
+    def _connections(self) -> dict[tuple[Any, ...], Kept]:
+        found: dict[tuple[Any, ...], Kept] | None = getattr(self._local, "connections", None)
         if found is None:
             found = self._local.connections = {}
         return found
 
-    def _connection(
-        self, parts: Any, proxy: str | None, verify: str | bool
-    ) -> http.client.HTTPConnection:
+    def _connection(self, parts: Any, proxy: str | None, verify: str | bool) -> Kept:
         key = (parts.scheme, parts.hostname, parts.port, proxy, verify)
         connections = self._connections()
         conn = connections.get(key)
@@ -137,9 +199,7 @@ class Transport:
             conn = connections[key] = self._open(parts, proxy, verify)
         return conn
 
-    def _open(
-        self, parts: Any, proxy: str | None, verify: str | bool
-    ) -> http.client.HTTPConnection:
+    def _open(self, parts: Any, proxy: str | None, verify: str | bool) -> Kept:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if proxy is None:
             host, at = parts.hostname, port
@@ -155,7 +215,7 @@ class Transport:
                 conn.set_tunnel(parts.hostname, port, headers=_proxy_auth(proxy))
         else:
             conn = http.client.HTTPConnection(host, at, timeout=self._timeout, blocksize=BLOCK)
-        return conn
+        return Kept(conn)
 
     def _context(self, verify: str | bool) -> ssl.SSLContext:
         with self._lock:
@@ -173,7 +233,7 @@ class Transport:
                 self._contexts[verify] = context
         return context
 
-    def _drop(self, conn: http.client.HTTPConnection) -> None:
+    def _drop(self, conn: Kept) -> None:
         conn.close()
         connections = self._connections()
         for key, kept in list(connections.items()):
@@ -200,7 +260,7 @@ def _proxy_auth(proxy: str | None) -> dict[str, str]:
     return {"Proxy-Authorization": "Basic " + base64.b64encode(token).decode()}
 
 
-def _dropped(conn: http.client.HTTPConnection) -> bool:
+def _dropped(conn: Kept) -> bool:
     """A kept-alive connection whose socket reads as ready: the server closed it (or spoke)."""
     sock = conn.sock
     if sock is None:
@@ -210,14 +270,6 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
-
-
-def _read(answer: http.client.HTTPResponse, cap: int) -> tuple[bytes, bool]:
-    """The answer's body, at most ``cap`` bytes; True when there was more (not read)."""
-    data = answer.read(cap + 1) if answer.length is None or answer.length > cap else answer.read()
-    if len(data) > cap:
-        return data[:cap], True
-    return data, False
 
 
 def _decoded(content: bytes, headers: CaseInsensitiveDict[str]) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import client_for, need, wait_until
+from support import RawServer, client_for, need, wait_until
 
 from flowflexd.client import FlowFlex
 from flowflexd.emulator import Emulator
@@ -153,3 +154,93 @@ def test_plain_http_through_a_proxy(
         send_one(client, tmp_path)
 
     assert f"{emulator.url}/v1/events/" in log.read_text()
+
+
+# ------------------------------------------------------- answers as they come on the wire
+
+OK_JSON = b'{"ok": true, "n": 1}'
+GZIPPED = gzip.compress(OK_JSON)
+
+
+ANSWERS = {
+    "chunked, with an extension and trailers": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\n" + OK_JSON[:5] + b"\r\n" + f"{len(OK_JSON) - 5:x}".encode() + b"\r\n"
+        + OK_JSON[5:] + b"\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    ),
+    "gzip in chunks": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{len(GZIPPED):x}".encode() + b"\r\n" + GZIPPED + b"\r\n0\r\n\r\n"
+    ),
+    "after a 100 Continue": (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(OK_JSON)).encode() + b"\r\n\r\n" + OK_JSON
+    ),
+    "a folded header line": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Long: one\r\n two\r\n"
+        b"Content-Length: " + str(len(OK_JSON)).encode() + b"\r\n\r\n" + OK_JSON
+    ),
+    "HTTP/1.0, ended by the close": (
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + OK_JSON
+    ),
+}  # fmt: skip
+
+
+def scripted_client(server: RawServer) -> FlowFlex:
+    return FlowFlex(
+        api_key="k",
+        api_secret="s",
+        integration_code="ic",
+        base_url=server.url,
+        max_attempts=2,
+        backoff_base_seconds=0.01,
+    )
+
+
+@pytest.mark.parametrize("shape", sorted(ANSWERS))
+def test_each_way_an_answer_can_be_framed_is_read(shape: str) -> None:
+    server = RawServer("script", ANSWERS[shape])
+    try:
+        with scripted_client(server) as client:
+            first = client.fire_event("x", {}, "key-1")
+            second = client.fire_event("x", {}, "key-2")
+    finally:
+        server.close()
+
+    assert first == second == {"ok": True, "n": 1}
+    kept_alive = not ANSWERS[shape].startswith(b"HTTP/1.0")
+    assert server.accepted == (1 if kept_alive else 2)  # one connection, unless it was closed
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 101 + b"\r\n", "more than 100 headers"),
+        (b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 70_000 + b"\r\n\r\n", "LineTooLong"),
+        (b"ICY 200 OK\r\n\r\n", "BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nConnection: close\r\n\r\nshort", "Incomplete"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "Incomplete"),
+    ],
+    ids=["101 headers", "a 70 kB header line", "not HTTP", "a short body", "a bad chunk"],
+)
+def test_a_malformed_answer_is_a_retryable_network_error(answer: bytes, said: str) -> None:
+    server = RawServer("script", answer)
+    try:
+        with scripted_client(server) as client, pytest.raises(FlowFlexError) as caught:
+            client.fire_event("x", {}, "key-1")
+    finally:
+        server.close()
+
+    assert caught.value.retryable
+    assert server.requests == 2  # asked again once, on a new connection
+    assert "Network error" in caught.value.message or "failed" in caught.value.message
+    assert said in repr(caught.value.__cause__.__cause__)  # type: ignore[union-attr]
+
+
+def test_a_header_that_would_split_the_request_is_never_sent(emulator: Emulator) -> None:
+    with client_for(emulator) as client, pytest.raises(FlowFlexError) as caught:
+        client.fire_event("x", {}, "key\r\nX-Injected: 1")
+
+    assert not caught.value.retryable
+    assert "/v1/events/ic_emulator" not in emulator.stats()["requests_by_path"]
