@@ -139,6 +139,7 @@ class Pipeline:
         rule: str,
         expect: tuple[int, int, int, int] | None,
         reject: Decision | None = None,
+        probed: bool = False,
     ) -> Outcome:
         try:
             claim = spool.claim(
@@ -146,6 +147,7 @@ class Pipeline:
                 rule=rule,
                 expect=expect,
                 reject=reject,
+                probed=probed,
                 destination=spool.folder.destination_of(rule),
             )
         except (OSError, FolderUnavailable) as err:
@@ -522,7 +524,7 @@ class Pipeline:
 
     def _upload_one(self, spool: Spool, claim: Claim, role: str) -> dict[str, Any]:
         fd, info = spool.open_member(claim, role, max_bytes=MAX_FILE_BYTES)
-        with os.fdopen(fd, "rb") as stream:
+        with os.fdopen(fd, "rb", buffering=0) as stream:  # read in blocks already
             reader = HashingReader(stream, info.st_size)
             ref = FileRef(
                 cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size

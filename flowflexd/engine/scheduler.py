@@ -38,6 +38,9 @@ log = structlog.get_logger("flowflexd")
 
 FILESYSTEM_RETRY = (1.0, 60.0)  # first and longest wait for trouble on this machine
 THROTTLED_RETRY = 1.0  # a claim FlowFlex answered 429 goes back to its lane after this
+# A file the tracker found without a writer this recently is claimed without
+# probing again (six system calls); the check before its event still probes.
+PROBED_FRESH_SECONDS = 0.5
 
 
 @dataclass
@@ -296,7 +299,12 @@ class Scheduler:
         assert job.ready is not None
         ready = job.ready
         return self.pipeline.take(
-            spool, ready.members, rule=ready.rule, expect=ready.expect, reject=ready.reject
+            spool,
+            ready.members,
+            rule=ready.rule,
+            expect=ready.expect,
+            reject=ready.reject,
+            probed=time.monotonic() - ready.judged_at < PROBED_FRESH_SECONDS,
         )
 
     @staticmethod

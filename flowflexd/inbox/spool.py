@@ -357,13 +357,16 @@ class Spool:
         expect: tuple[int, int, int, int] | None = None,
         reject: Decision | None = None,
         destination: str = DEFAULT_DESTINATION,
+        probed: bool = False,
     ) -> Claim | None:
         """Take a file and its companions out of the inbox, by rename.
 
         The claim (with its new idempotency key) is durable before the first
         rename. Returns None when the file is gone or changed since it was
         judged complete: someone else took it, or it is being written again
-        (another process has it open for writing).
+        (another process has it open for writing; not asked again when ``probed``
+        says the tracker just found no writer: the check before the event
+        still catches one that came since).
         """
         self._home_is_ours()
         below = layout.split_path(members["file"])[0]
@@ -375,7 +378,7 @@ class Spool:
                 return None
             if signature(now) != expect:
                 return None
-            if reject is None and someone_writes(source):
+            if reject is None and not probed and someone_writes(source):
                 return None
         claim = Claim(
             id=uuid.uuid4().hex,

@@ -93,6 +93,8 @@ class Ready:
     ticket: Ticket
     companions: tuple[tuple[str, str], ...] = ()  # (role, name) of its sidecar and attachments
     reject: Decision | None = None
+    # When the tracker found no writer (monotonic): a claim soon after need not probe again.
+    judged_at: float = 0.0
 
     @property
     def members(self) -> dict[str, str]:
@@ -447,7 +449,7 @@ class Tracker:
         assert entry.sig is not None
         self._set(entry, Stage.READY)
         companions = tuple((r, n) for r, n in (members or {}).items() if r != "file")
-        return Ready(entry.name, rule, entry.sig, entry, companions, reject)
+        return Ready(entry.name, rule, entry.sig, entry, companions, reject, time.monotonic())
 
     def _spelled_here(self, name: str) -> str:
         """``name`` as this inbox spells it: a Mac writes é decomposed (NFD), Windows not."""
