@@ -52,7 +52,7 @@ def read_answer(fp: BinaryIO, method: str, cap: int) -> Answer:
     """Read one answer (interim 1xx answers are passed over); at most ``cap`` body bytes."""
     while True:
         version, status, reason = _status_line(fp)
-        headers = _header_lines(fp)
+        headers = header_lines(fp)
         if not 100 <= status < 200 or status == 101:
             break
     fields = {name.lower(): value for name, value in headers}
@@ -97,7 +97,8 @@ def _status_line(fp: BinaryIO) -> tuple[str, int, str]:
     return parts[0], status, parts[2] if len(parts) > 2 else ""
 
 
-def _header_lines(fp: BinaryIO) -> list[tuple[str, str]]:
+def header_lines(fp: BinaryIO) -> list[tuple[str, str]]:
+    """The header block's (name, value) pairs in order, up to the blank line."""
     headers: list[tuple[str, str]] = []
     while True:
         line = _line(fp)
@@ -145,7 +146,7 @@ def _chunks(fp: BinaryIO, cap: int) -> tuple[bytes, bool]:
         except ValueError:
             raise http.client.IncompleteRead(b"".join(parts)) from None
         if size == 0:
-            _header_lines(fp)  # trailers, not used
+            header_lines(fp)  # trailers, not used
             return b"".join(parts), False
         if total + size > cap:
             parts.append(_exactly(fp, cap - total))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -22,11 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 
+from flowflexd.client import wire
 from flowflexd.emulator.state import Answer, Clock, EmulatorState, Faults, error
 
 DEFAULT_API_KEY = "cik_emulator"
@@ -79,6 +81,20 @@ class _Server(ThreadingHTTPServer):
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+class _Headers(dict[str, str]):
+    """A request's headers by lower-cased name (the first of a repeated one), read as
+    ``email.message.Message`` is: ``get`` and ``in`` ignore case."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+_dates = threading.local()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "flowflex-emulator/0.1"
@@ -87,9 +103,51 @@ class _Handler(BaseHTTPRequestHandler):
     # for the client's delayed ACK and every answer costs 40 ms.
     disable_nagle_algorithm = True
     server: _Server
+    raw_requestline: bytes  # set by handle_one_request before parse_request
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the emulator logs events, not every request line."""
+
+    def parse_request(self) -> bool:
+        """The usual request (``METHOD target HTTP/1.1``, plain header lines) read lightly.
+
+        The standard library parses headers with the email package, most of
+        the emulator's CPU per request, and a benchmark shares the machine's
+        cores with it. Anything unusual goes to the standard parser, which
+        has read nothing yet either.
+        """
+        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if len(words) != 3 or words[2] != "HTTP/1.1":
+            return super().parse_request()
+        self.requestline = line
+        self.command, self.path, self.request_version = words
+        try:
+            pairs = wire.header_lines(cast(BinaryIO, self.rfile))
+        except http.client.HTTPException as err:
+            self.close_connection = True
+            too_big = isinstance(err, http.client.LineTooLong) or "more than" in str(err)
+            self.send_error(431 if too_big else 400, str(err))
+            return False
+        headers = _Headers()
+        for name, value in pairs:
+            headers.setdefault(name.lower(), value)
+        self.headers = headers  # type: ignore[assignment]
+        connection = headers.get("Connection", "").lower()
+        self.close_connection = connection == "close"
+        if headers.get("Expect", "").lower() == "100-continue":
+            return self.handle_expect_100()
+        return True
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, formatted once a second per thread rather than per answer."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        if getattr(_dates, "second", None) != now:
+            _dates.second, _dates.text = now, super().date_time_string(now)
+        text: str = _dates.text
+        return text
 
     def setup(self) -> None:
         super().setup()

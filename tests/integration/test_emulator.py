@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -319,3 +320,71 @@ def test_events_file_is_json_lines(emulator: Emulator) -> None:
 
     lines = emulator.data_dir.joinpath("events.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"]["payload"] for line in lines] == [{"n": 1}]
+
+
+def raw_exchange(emulator: Emulator, request: bytes) -> bytes:
+    """Bytes in, the answer's bytes out, over one connection the emulator ends."""
+    host, port = emulator.url.rsplit("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_request_headers_are_read_whatever_their_case(emulator: Emulator) -> None:
+    token = auth(emulator)["Authorization"]
+    body = b'{"filename": "a.pdf", "mime": "application/pdf"}'
+    answer = raw_exchange(
+        emulator,
+        b"POST /v1/assets/upload-url HTTP/1.1\r\nHost: x\r\nauthorization: "
+        + token.encode()
+        + b"\r\nCONTENT-LENGTH: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body,
+    )
+
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b'"assetId"' in answer
+
+
+def test_expect_100_continue_is_answered_before_the_body(emulator: Emulator) -> None:
+    host, port = emulator.url.rsplit("//", 1)[1].rsplit(":", 1)
+    body = b'{"filename": "a.pdf", "mime": "application/pdf"}'
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/assets/upload-url HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            + auth(emulator)["Authorization"].encode()
+            + b"\r\nExpect: 100-continue\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        interim = sock.recv(25)
+        sock.sendall(body)
+        sock.shutdown(socket.SHUT_WR)
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert b"HTTP/1.1 200 " in rest
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /_emulator/events HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", b"400"),
+        (b"GET /_emulator/events HTTP/1.1\r\n" + b"X-H: v\r\n" * 101 + b"\r\n", b"431"),
+        (b"GET /_emulator/events HTTP/1.0\r\n\r\n", b"200"),  # the standard parser's path
+    ],
+    ids=["a line without a colon", "101 headers", "HTTP/1.0"],
+)
+def test_unusual_requests_get_a_clear_status(
+    emulator: Emulator, request_bytes: bytes, status: bytes
+) -> None:
+    answer = raw_exchange(emulator, request_bytes)
+
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
