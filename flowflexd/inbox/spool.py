@@ -380,11 +380,12 @@ class Spool:
                 return None
             if reject is None and not probed and someone_writes(source):
                 return None
+        random = os.urandom(32)  # one system call for both: the claim's id and its key
         claim = Claim(
-            id=uuid.uuid4().hex,
+            id=uuid.UUID(bytes=random[:16], version=4).hex,
             inbox=str(self.inbox),
             members={role: layout.split_path(path)[1] for role, path in members.items()},
-            key=str(uuid.uuid4()),
+            key=str(uuid.UUID(bytes=random[16:], version=4)),
             rule=rule,
             claimed_at=time.time(),
             reject=None if reject is None else reject.as_record(),
@@ -660,10 +661,15 @@ class Spool:
         self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
-        for entry in os.scandir(claim.dir):
-            if entry.name.startswith(TMP_PREFIX):  # a compaction a crash cut short
-                os.unlink(entry.path)
-        os.rmdir(claim.dir)
+        try:
+            os.rmdir(claim.dir)
+        except OSError as err:
+            if err.errno != errno.ENOTEMPTY:
+                raise
+            for entry in os.scandir(claim.dir):
+                if entry.name.startswith(TMP_PREFIX):  # a compaction a crash cut short
+                    os.unlink(entry.path)
+            os.rmdir(claim.dir)
 
     # ---------------------------------------------------------------- status
 

@@ -24,13 +24,16 @@ FORMATS = ("auto", "json", "console")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_longest_first: list[str] = []  # _secrets sorted once per change, not once per line
 
 
 def add_secret(value: str | None) -> None:
     """Never show ``value`` in a log line from now on."""
+    global _longest_first  # noqa: PLW0603 - replaced whole, so a reader never sees it half-made
     if value and len(value) >= 4:
         with _secrets_lock:
             _secrets.add(value)
+            _longest_first = sorted(_secrets, key=len, reverse=True)
 
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
@@ -48,8 +51,7 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
 
 def guard(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Redact secrets and escape control characters in every value."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
+    secrets = _longest_first
     return {key: _scrub(value, secrets) for key, value in event_dict.items()}
 
 
