@@ -74,3 +74,16 @@ def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Pat
     idle = result["ignored_idle"]
     assert idle["ignored_files"] == 200
     assert idle["cpu_seconds_per_minute"] >= 0
+
+
+def test_the_cpu_part_measures_flowflexd_the_sdk_and_the_three_floors(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    done = bench(*("--only", "cpu", "--cpu-files", "40", "--repeat", "1", "--json", str(out)))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    cpu = json.loads(out.read_text())["cpu"]
+    assert cpu["files"] == 40
+    measured = cpu["cpu_ms_per_file"]
+    assert set(measured) == {"flowflexd", "sdk", "requests", "urllib3", "http_client"}
+    assert all(ms > 0 for ms in measured.values())
+    assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
