@@ -212,6 +212,20 @@ class RawServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
 
+    def client(self, **settings: Any) -> FlowFlex:
+        """A client of this server: two attempts, short backoff, unless ``settings`` say."""
+        return FlowFlex(
+            **{
+                "api_key": "k",
+                "api_secret": "a-long-secret",
+                "integration_code": "ic",
+                "base_url": self.url,
+                "max_attempts": 2,
+                "backoff_base_seconds": 0.01,
+                **settings,
+            }
+        )
+
     def _serve(self) -> None:
         self._sock.settimeout(0.1)
         while not self._stop.is_set():

@@ -291,14 +291,7 @@ def test_permanent_errors_are_raised_without_retrying(emulator: Emulator) -> Non
 def test_connection_failures_are_retried_then_raised() -> None:
     server = RawServer("close")
     try:
-        client = FlowFlex(
-            api_key="k",
-            api_secret="a-long-secret",
-            integration_code="c",
-            base_url=server.url,
-            max_attempts=3,
-            backoff_base_seconds=0.01,
-        )
+        client = server.client(max_attempts=3)
         with pytest.raises(FlowFlexError, match="Network error") as caught:
             client.send_event("x", payload={})
     finally:
@@ -311,15 +304,7 @@ def test_connection_failures_are_retried_then_raised() -> None:
 def test_timeouts_are_retried_then_raised() -> None:
     server = RawServer("silent")
     try:
-        client = FlowFlex(
-            api_key="k",
-            api_secret="a-long-secret",
-            integration_code="c",
-            base_url=server.url,
-            timeout_seconds=0.3,
-            max_attempts=2,
-            backoff_base_seconds=0.01,
-        )
+        client = server.client(timeout_seconds=0.3)
         with pytest.raises(FlowFlexError, match=r"timed out after 0\.3s") as caught:
             client.send_event("x", payload={})
     finally:
@@ -495,14 +480,7 @@ def test_a_payload_with_nan_is_refused_before_any_request(emulator: Emulator) ->
 def test_an_answer_that_cannot_be_decoded_is_a_flowflex_error() -> None:
     server = RawServer("bad-gzip")
     try:
-        client = FlowFlex(
-            api_key="k",
-            api_secret=SECRET,
-            integration_code="ic",
-            base_url=server.url,
-            max_attempts=2,
-            backoff_base_seconds=0.01,
-        )
+        client = server.client(api_secret=SECRET)
         with pytest.raises(FlowFlexError) as caught:
             client.send_event("x", payload={})
     finally:

@@ -187,22 +187,11 @@ ANSWERS = {
 }  # fmt: skip
 
 
-def scripted_client(server: RawServer) -> FlowFlex:
-    return FlowFlex(
-        api_key="k",
-        api_secret="s",
-        integration_code="ic",
-        base_url=server.url,
-        max_attempts=2,
-        backoff_base_seconds=0.01,
-    )
-
-
 @pytest.mark.parametrize("shape", sorted(ANSWERS))
 def test_each_way_an_answer_can_be_framed_is_read(shape: str) -> None:
     server = RawServer("script", ANSWERS[shape])
     try:
-        with scripted_client(server) as client:
+        with server.client() as client:
             first = client.fire_event("x", {}, "key-1")
             second = client.fire_event("x", {}, "key-2")
     finally:
@@ -227,7 +216,7 @@ def test_each_way_an_answer_can_be_framed_is_read(shape: str) -> None:
 def test_a_malformed_answer_is_a_retryable_network_error(answer: bytes, said: str) -> None:
     server = RawServer("script", answer)
     try:
-        with scripted_client(server) as client, pytest.raises(FlowFlexError) as caught:
+        with server.client() as client, pytest.raises(FlowFlexError) as caught:
             client.fire_event("x", {}, "key-1")
     finally:
         server.close()
