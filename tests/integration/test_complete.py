@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,6 +221,29 @@ def test_a_file_changed_during_its_upload_is_uploaded_again_under_the_same_key(
     assert stored_assets(emulator) == 2  # uploaded again, fired once
     [record] = journal.read(layout.root / "state")
     assert record["sha256"] == sha256(final)
+
+
+def test_a_writer_that_opens_a_claimed_file_holds_its_event_until_it_closes(
+    layout: Folders, emulator: Emulator
+) -> None:
+    # The claim trusts a writer probe the tracker made just before; one that
+    # comes after it is caught by the probe before the event.
+    emulator.set_faults(latency_ms=700)
+    with RunningDaemon(layout.config(emulator, [PDF], settle_seconds=0.3)):
+        drop(layout.inbox, "held.pdf", pdf(os.urandom(10_000)))
+        wait_until(lambda: stored_assets(emulator) == 1, what="the first upload stored")
+        with claimed_path(layout.inbox).open("ab") as writer:
+            # Open, nothing written yet: only the probe can tell.
+            quiet_until = time.monotonic() + 2.5  # three answer delays: no event meanwhile
+            while time.monotonic() < quiet_until:
+                assert emulator.events() == [], "an event fired while the file was open"
+                time.sleep(0.1)
+            writer.write(b"% a writer came back\n%%EOF\n")
+        wait_until(lambda: "held.pdf" in files_in(layout.done), timeout=30)
+
+    final = (layout.done / "held.pdf").read_bytes()
+    assert final.endswith(b"% a writer came back\n%%EOF\n")
+    assert event_sha(emulator) == sha256(final)  # one event, with what the writer left
 
 
 def test_a_sidecar_rewritten_after_the_claim_is_read_again(
