@@ -30,6 +30,10 @@ class Stage(Enum):
     IN_FLIGHT = "in_flight"  # a worker claims or carries it
     RETRYING = "retrying"  # claimed, waiting for its next attempt
 
+    # Members are singletons compared by identity: hash them so too. Enum's own
+    # __hash__ is Python code, run on every count and transition lookup.
+    __hash__ = object.__hash__
+
 
 #: Stages of a file the tracker still judges: any may become any other as the file changes.
 OBSERVED = frozenset(
@@ -153,7 +157,9 @@ class Ledger:
 
     def _count(self, folder: str, stage: Stage, delta: int) -> None:
         self._counts[stage] += delta
-        per = self._by_folder.setdefault(folder, dict.fromkeys(Stage, 0))
+        per = self._by_folder.get(folder)
+        if per is None:  # not setdefault: that builds the default dict on every call
+            per = self._by_folder[folder] = dict.fromkeys(Stage, 0)
         per[stage] += delta
 
     def _note_waiting(self, ticket: Ticket, stage: Stage) -> None:
