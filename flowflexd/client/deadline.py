@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import socket
 import threading
 import time
@@ -49,16 +50,24 @@ class _Watcher:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._wakes_at = math.inf  # when the watcher wakes by itself (inf: only when told)
 
     def arm(self, seconds: float) -> Armed:
         armed = Armed(time.monotonic() + seconds)
         with self._cond:
-            heapq.heappush(self._heap, (armed.deadline or 0.0, next(self._seq), armed))
+            heap = self._heap
+            # Exchanges end long before their deadlines, which are nearly in
+            # arming order: the oldest items are mostly disarmed ones. Drop them
+            # here, or the heap would hold every exchange of the last deadline
+            # (tens of thousands at a few hundred files a second).
+            while heap and heap[0][2].deadline is None:
+                heapq.heappop(heap)
+            heapq.heappush(heap, (armed.deadline or 0.0, next(self._seq), armed))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()
-            if self._heap[0][2] is armed:
-                # Only a deadline earlier than all others needs the watcher awake; the
+            if (armed.deadline or 0.0) < self._wakes_at:
+                # Only a deadline before the watcher's next wake needs it awake; the
                 # usual one (later than those in flight) costs no thread switch.
                 self._cond.notify()
         _current.armed = armed
@@ -75,9 +84,11 @@ class _Watcher:
                 while self._heap and self._heap[0][2].deadline is None:
                     heapq.heappop(self._heap)
                 if not self._heap:
+                    self._wakes_at = math.inf
                     self._cond.wait()
                     continue
-                wait = self._heap[0][0] - time.monotonic()
+                self._wakes_at = self._heap[0][0]
+                wait = self._wakes_at - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
@@ -88,6 +99,11 @@ class _Watcher:
             if sock is not None:
                 with contextlib.suppress(OSError):  # closed meanwhile: nothing left to cut
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def __len__(self) -> int:
+        """Items in the heap, disarmed ones not yet dropped included."""
+        with self._cond:
+            return len(self._heap)
 
 
 WATCHER = _Watcher()
