@@ -38,7 +38,7 @@ from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
 from flowflexd.inbox.completeness import Writers
 from flowflexd.inbox.layout import split_path
-from flowflexd.inbox.reading import content_signature, read_manifest
+from flowflexd.inbox.reading import content_signature, read_manifest, read_named
 from flowflexd.inbox.replayed import sent_before
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Claim, FolderUnavailable, Spool
 from flowflexd.rules.matching import (
@@ -284,16 +284,13 @@ class Pipeline:
                 raise FileRejected("the sidecar is gone", code=Code.SIDECAR_MISSING)
             return MISSING
         name = claim.members["sidecar"]
-        try:
-            raw, info = spool.read_member(claim, "sidecar", limit=SIDECAR_MAX_BYTES)
-            claim.seen["sidecar"] = content_signature(info)
-        except FileRejected as err:
-            if err.code in (Code.FILE_TOO_LARGE, Code.SIDECAR_TOO_LARGE):
-                raise FileRejected(
-                    f"sidecar {name} is over {SIDECAR_MAX_BYTES:,} bytes",
-                    code=Code.SIDECAR_TOO_LARGE,
-                ) from err
-            raise FileRejected(f"sidecar {name} {err.message}", code=err.code) from err
+        raw, info = read_named(
+            claim.path("sidecar"),
+            limit=SIDECAR_MAX_BYTES,
+            what=f"sidecar {name}",
+            too_large=Code.SIDECAR_TOO_LARGE,
+        )
+        claim.seen["sidecar"] = content_signature(info)
         return read_sidecar(found.rule, raw, name)
 
     def _send(self, spool: Spool, claim: Claim) -> Decision | None:

@@ -103,6 +103,19 @@ def read_regular(path: str | Path, *, limit: int, what: str) -> tuple[bytes, os.
         os.close(fd)
 
 
+def read_named(
+    path: str | Path, *, limit: int, what: str, too_large: Code, advice: str = ""
+) -> tuple[bytes, os.stat_result]:
+    """``read_regular`` for a sidecar or manifest: ``what`` names it in every reason, and
+    one over ``limit`` is ``too_large`` (with ``advice``), whichever check saw it first."""
+    try:
+        return read_regular(path, limit=limit, what=what)
+    except FileRejected as err:
+        if err.code in (Code.FILE_TOO_LARGE, Code.SIDECAR_TOO_LARGE):
+            raise FileRejected(f"{what} is over {limit:,} bytes{advice}", code=too_large) from err
+        raise FileRejected(f"{what} {err.message}", code=err.code) from err
+
+
 def read_manifest(
     rule: Rule, path: str | Path, name: str
 ) -> tuple[list[tuple[int, dict[str, Any]]], os.stat_result]:
@@ -110,16 +123,13 @@ def read_manifest(
 
     Over ``MAX_MANIFEST_BYTES`` is MANIFEST_INVALID; a parse error too (metadata.py).
     """
-    what = f"manifest {name}"
-    try:
-        raw, info = read_regular(path, limit=metadata.MAX_MANIFEST_BYTES, what=what)
-    except FileRejected as err:
-        if err.code in (Code.FILE_TOO_LARGE, Code.SIDECAR_TOO_LARGE):
-            raise FileRejected(
-                f"{what} is over {metadata.MAX_MANIFEST_BYTES:,} bytes; split the export",
-                code=Code.MANIFEST_INVALID,
-            ) from err
-        raise FileRejected(f"{what} {err.message}", code=err.code) from err
+    raw, info = read_named(
+        path,
+        limit=metadata.MAX_MANIFEST_BYTES,
+        what=f"manifest {name}",
+        too_large=Code.MANIFEST_INVALID,
+        advice="; split the export",
+    )
     return manifest_rows(rule, raw, name), info
 
 

@@ -559,9 +559,6 @@ class Spool:
     def open_member(self, claim: Claim, role: str, *, max_bytes: int) -> tuple[int, os.stat_result]:
         return open_regular(claim.path(role), max_bytes=max_bytes)
 
-    def read_member(self, claim: Claim, role: str, *, limit: int) -> tuple[bytes, os.stat_result]:
-        return read_regular(claim.path(role), limit=limit, what=f"the {role}")
-
     def member_now(self, claim: Claim, role: str) -> tuple[os.stat_result, Writers] | None:
         """A member's fstat now and whether anyone writes it; None when it is gone."""
         return writer_state(claim.path(role))
