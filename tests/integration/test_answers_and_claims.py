@@ -141,7 +141,9 @@ def test_a_claimed_file_removed_from_the_work_area_is_closed_as_file_gone(
         emulator.state.faults.scripted.clear()  # FlowFlex is back
         wait_until(lambda: "f.pdf.error.json" in files_in(layout.failed), timeout=60)
         wait_until(lambda: not any(work.iterdir()))
-        assert running.daemon.totals.failed == 1
+        # The main loop counts an outcome after the worker has moved the file.
+        wait_until(lambda: running.daemon.totals.failed == 1)
+        assert running.daemon.totals.done == 0
 
     assert files_in(layout.failed) == {"f.json", "f.pdf.error.json"}
     report = read_report(layout.failed, "f.pdf")
