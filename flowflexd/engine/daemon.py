@@ -315,6 +315,7 @@ class Daemon:
             if self._metrics_server is not None:
                 self._metrics_server.stop()
             self.scheduler.pool.stop()
+            self.pipeline.commits.commit()  # the last finished claims, before the locks go
             self._close_inboxes()
             self.journal.close()
             self._write_state(running=False)
@@ -433,6 +434,7 @@ class Daemon:
                     message = self._messages.get_nowait()
                 except queue.Empty:
                     message = None
+            self.pipeline.commits.commit_due(time.monotonic())
             if self._stopping:
                 if self._stopped():
                     return
@@ -452,9 +454,9 @@ class Daemon:
             if due is not None:
                 times.append(due)
             times.append(inbox.next_rescan)
-        due = self.scheduler.next_due()
-        if due is not None:
-            times.append(due)
+        for due in (self.scheduler.next_due(), self.pipeline.commits.due()):
+            if due is not None:
+                times.append(due)
         return min(times)
 
     def _handle(self, message: Message) -> bool:
@@ -494,7 +496,10 @@ class Daemon:
     def _tick(self, now: float) -> None:
         for inbox in self.inboxes:
             if now >= inbox.next_rescan:
+                was_online = inbox.online
                 self._resume(inbox, inbox.check(now), now)
+                if inbox.online and not was_online:
+                    self.pipeline.commits.retry_soon()  # claims it could not remove while away
                 if inbox.online:
                     self.pipeline.urls.purge()
             if inbox.online:
@@ -705,8 +710,9 @@ class Daemon:
             self._hook(name, fresh)
             self.scheduler.lane(name).gate.reset()
         if new.state_dir != old.state_dir:
+            self.pipeline.commits.commit()  # pending records are in the old journal
             previous, self.journal = self.journal, Journal(new.state_dir)
-            self.pipeline.journal = self.journal
+            self.pipeline.journal = self.pipeline.commits.journal = self.journal
             previous.close()
         self._reconcile_inboxes(new, old)
         self.scheduler.resize(new.workers)

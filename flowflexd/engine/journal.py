@@ -1,4 +1,4 @@
-"""The append-only record of outcomes: one JSON line per file, fsynced.
+"""The append-only record of outcomes: one JSON line per file, fsynced before its claim goes.
 
 Each line: time, outcome (done or failed), folder, file, sha256, rule, event,
 idempotency key, assetIds, and the API's answer or the error. A line that a
@@ -59,6 +59,7 @@ class Journal:
         self._keep = keep
         self._fd = -1
         self._end = self._size = 0
+        self._unsynced = False  # written by write() and not yet fsynced
         self._lock = threading.Lock()
         if not defer:
             self.open()
@@ -81,26 +82,50 @@ class Journal:
         fsync_dir(state_dir)
 
     def record(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` and fsync it, with any record written before it."""
+        self._append(entry, sync=True)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` without an fsync: ``sync()`` (or the next record) makes it durable.
+
+        For a group commit: whoever relies on the record calls ``sync()`` first.
+        """
+        self._append(entry, sync=False)
+
+    def sync(self) -> None:
+        """Make every record written so far durable (nothing to do when none waits)."""
+        with self._lock:
+            if self._unsynced:
+                os.fsync(self._fd)
+                self._unsynced = False
+
+    def _append(self, entry: dict[str, Any], *, sync: bool) -> None:
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         data = line.encode("utf-8", "surrogateescape")
         with self._lock:
             try:
                 write_all(self._fd, data)
-                os.fsync(self._fd)
+                if sync:
+                    os.fsync(self._fd)
             except OSError:
                 # A part of the line may be on disk (a full disk takes what
                 # fits): cut it off, or the next record would be glued to it.
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._end)
                 raise
+            self._unsynced = not sync
             self._end += len(data)
             self._size += len(data)
             if self._size >= self._rotate_bytes:
                 self._rotate()
 
     def _rotate(self) -> None:
-        """Start a new file; the record just written is durable in the old one."""
+        """Start a new file; the records written so far are durable in the old one."""
         try:
+            if self._unsynced:
+                # sync() fsyncs the current file only: the old one's records first.
+                os.fsync(self._fd)
+                self._unsynced = False
             for n in range(self._keep, 0, -1):
                 older = rotated(self.path, n)
                 if not older.exists():
@@ -123,6 +148,9 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
+                if self._unsynced:  # records whose claims a group commit has not removed yet
+                    with contextlib.suppress(OSError):
+                        os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
 

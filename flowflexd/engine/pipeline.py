@@ -31,6 +31,7 @@ from flowflexd.client import FileRef, FlowFlex
 from flowflexd.client.filetypes import MAX_FILE_BYTES, mime_for_name
 from flowflexd.client.sdk import AnswerExcerpt
 from flowflexd.config.model import DEFAULT_DESTINATION
+from flowflexd.engine.groupcommit import GroupCommit
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.limits import Limits
 from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
@@ -86,6 +87,7 @@ class Pipeline:
         )
         self.limits = limits if limits is not None else {}  # the daemon's, shared
         self.journal = journal
+        self.commits = GroupCommit(journal)
         self.settle_seconds = settle_seconds
         self.urls = UrlCache()
         self.timed: Callable[[str, float], None] = lambda call, seconds: None  # for metrics
@@ -617,7 +619,9 @@ class Pipeline:
             entry["changed_after_event"] = changed
         else:
             entry["placed"] = self._placed(spool, claim)
-        self._record(claim, entry)
+        # Written now, fsynced by the group commit (or by finish() below, which
+        # removes the claim at once): the claim stays until its record is durable.
+        self._record(claim, entry, sync=False)
         crashpoints.reached("after_answer")
         if changed:
             # FlowFlex has the bytes it was sent; these differ. Set them aside
@@ -628,6 +632,7 @@ class Pipeline:
                 "a new event"
             )
             report = self._report(claim, Code.CHANGED_AFTER_EVENT, reason)
+            self.journal.sync()
             moved = spool.finish(claim, report=report)
             self._log(spool, claim).error(
                 "a file changed after its event was fired; set aside in failed with the reason",
@@ -635,18 +640,19 @@ class Pipeline:
                 moved_to=moved["file"],
             )
             return Outcome(Verdict.DONE, claim)
-        moved = spool.finish(claim)
+        placed = spool.place(claim)
+        self.commits.add(spool, placed)
         self._log(spool, claim).info(
             "file done",
-            moved_to=moved["file"],
+            moved_to=placed.moved["file"],
             duration_ms=round((time.monotonic() - started) * 1000),
         )
         return Outcome(Verdict.DONE, claim)
 
-    def _record(self, claim: Claim, entry: dict[str, Any]) -> None:
+    def _record(self, claim: Claim, entry: dict[str, Any], *, sync: bool = True) -> None:
         """Journal a claim's outcome once, however often its move has to be retried."""
         if not claim.recorded:
-            self.journal.record(entry)
+            (self.journal.record if sync else self.journal.write)(entry)
             claim.recorded = True
 
     @staticmethod

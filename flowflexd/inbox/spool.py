@@ -231,6 +231,20 @@ class Unreadable:
         )
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A claim's files linked into done or failed; their names in the claim folder remain.
+
+    Those go (``Spool.release``) once the new names are durable: until then
+    the claim folder still says the file is unfinished.
+    """
+
+    claim: Claim
+    target: Path  # the folder the files were linked into
+    moved: dict[str, str]  # role -> final path
+    linked: tuple[Path, ...]  # the claim folder's names to unlink then
+
+
 class Carried:
     """The claims one daemon carries, so no inbox coming back hands one out twice."""
 
@@ -530,7 +544,7 @@ class Spool:
         others = [n for n in names if n != primary]
         members = {"file": primary, **{f"found.{i}": n for i, n in enumerate(others, 1)}}
         stand_in = Claim(lost.id, str(self.inbox), members, "", "", time.time())
-        moved = self._move(stand_in, report) if names else {}
+        moved = self._settle(self.place(stand_in, report)) if names else {}
         aside = layout.aside(self.inbox, lost.id)
         aside.parent.mkdir(mode=0o700, exist_ok=True)
         if os.path.lexists(lost.dir):
@@ -573,7 +587,8 @@ class Spool:
         file and its sidecar stay a pair and the journal finds them. Safe to
         call again after a crash part-way. Returns role -> final path.
         """
-        moved = self._move(claim, report)
+        placed = self.place(claim, report)
+        moved = self._settle(placed)
         self.close(claim)
         return moved
 
@@ -605,9 +620,19 @@ class Spool:
             raise OSError(errno.EXDEV, f"{target} is on another filesystem than {self.inbox}")
         return target
 
-    def _move(self, claim: Claim, report: dict[str, Any] | None) -> dict[str, str]:
+    def place(self, claim: Claim, report: dict[str, Any] | None = None) -> Placed:
+        """Link a claim's files into done (or into failed, beside ``report``), nothing fsynced.
+
+        The names in the claim folder stay: ``release`` them after an fsync of
+        ``Placed.target`` (``finish`` does both at once).
+        """
         target = self._target(claim, failed=report is not None)
         present = claim.present()
+        if "file" not in present and not claim.dir.is_dir():
+            # Nothing to move because the inbox is away (renamed, unmounted), not
+            # because a crash moved the files already: placing nothing would call
+            # the file done while it waits in the claim folder.
+            raise FileNotFoundError(errno.ENOENT, "the claim's folder is not there", str(claim.dir))
         # The file moves last: while it is still in the claim folder, a restart
         # knows this claim is unfinished.
         order = sorted(present, key=lambda role: role == "file")
@@ -629,14 +654,25 @@ class Spool:
                 # The users whose file failed read why: the report is as readable as the file.
                 shown = os.lstat(target / names["file"]) if "file" in names else None
                 write_durable(target / report_file, _json_bytes(body), readable_as=shown)
-            # The new names are durable before the old ones go.
-            fsync_dir(target)
-            for path in linked:
-                os.unlink(path)
             moved = {role: str(target / name) for role, name in names.items()}
             moved.setdefault("file", str(target / suffixed(claim.name, tag)))
-            return moved
+            return Placed(claim, target, moved, tuple(linked))
         raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
+
+    @staticmethod
+    def _settle(placed: Placed) -> dict[str, str]:
+        """Make the new names durable, then remove the old ones."""
+        fsync_dir(placed.target)
+        for path in placed.linked:
+            os.unlink(path)
+        return placed.moved
+
+    def release(self, placed: Placed) -> None:
+        """Remove a placed claim from the work area; its target was fsynced since it was placed."""
+        for path in placed.linked:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.close(placed.claim)
 
     def _free(
         self, target: Path, names: dict[str, str], claim: Claim, report_file: str | None
@@ -653,13 +689,16 @@ class Spool:
         """Remove a finished claim's folder (only its claim file is left in it).
 
         Not fsynced: should a crash undo this, the next start finds a claim
-        whose file is already in done or failed, and removes it then.
+        whose file is already in done or failed, and removes it then. Carried
+        until it is gone: an inbox coming back must not hand it out again.
         """
-        self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(claim.dir / CLAIM_FILE)
         try:
             os.rmdir(claim.dir)
+        except FileNotFoundError:
+            if not os.path.isdir(self.work):
+                raise  # the inbox is away (renamed, unmounted): not known to be gone
         except OSError as err:
             if err.errno != errno.ENOTEMPTY:
                 raise
@@ -667,6 +706,7 @@ class Spool:
                 if entry.name.startswith(TMP_PREFIX):  # a compaction a crash cut short
                     os.unlink(entry.path)
             os.rmdir(claim.dir)
+        self.carried.discard(claim.id)
 
     # ---------------------------------------------------------------- status
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_claim", "after_upload", "after_send", "after_answer", "during_move")
+POINTS = (
+    "after_claim",
+    "after_upload",
+    "after_send",
+    "after_answer",
+    "during_move",
+    "before_commit",
+)
 _CRASH_AT = os.environ.get("FLOWFLEXD_CRASH_AT")
 
 

@@ -108,6 +108,37 @@ def test_a_kill_while_moving_to_failed_keeps_the_reason(tmp_path: Path, emulator
     assert emulator.events() == []
 
 
+def test_a_power_cut_before_the_group_commit_loses_nothing_and_sends_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """What a power cut may leave of a file delivered but not yet committed: the claim
+    (durable before the event), without the journal record or the links into done,
+    which were not fsynced yet. The claim alone carries the file on under its key."""
+    config = layout(tmp_path, emulator)
+    drop(tmp_path / "inbox", "INV-3.json", b'{"n": 3}')
+    drop(tmp_path / "inbox", "INV-3.pdf", b"%PDF power cut\n%%EOF")
+    run_until_killed(config, "before_commit")
+    [claim] = claims(tmp_path)
+    assert files_in(tmp_path / "done") == {"INV-3.pdf", "INV-3.json"}
+    # The page cache lost with the power: the record and the new names.
+    journal = tmp_path / "state" / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[-1])["claim"] == claim["id"]
+    journal.write_bytes(b"".join(lines[:-1]))
+    for name in ("INV-3.pdf", "INV-3.json"):
+        (tmp_path / "done" / name).unlink()
+
+    run_until(config, lambda: files_in(tmp_path / "done") == {"INV-3.pdf", "INV-3.json"})
+
+    assert (tmp_path / "done" / "INV-3.pdf").read_bytes() == b"%PDF power cut\n%%EOF"
+    assert claims(tmp_path) == []
+    [event] = emulator.events()  # FlowFlex acted once; the resend was answered as a replay
+    assert event["idempotency_key"] == claim["key"]
+    assert emulator.stats()["event_replays"] == 1
+    records = [json.loads(line) for line in journal.read_bytes().splitlines()]
+    assert [(r["claim"], r["outcome"]) for r in records] == [(claim["id"], "done")]
+
+
 def test_an_upload_older_than_the_margin_is_redone_before_the_event(
     tmp_path: Path, emulator: Emulator
 ) -> None:
