@@ -43,6 +43,7 @@ class GroupCommit:
         # Claims a commit could not finish (a disk error, an inbox away): tried again later.
         self._stuck: list[tuple[Spool, Placed]] = []
         self._stuck_until = 0.0
+        self._warned: set[str] = set()  # claims whose removal failed and was logged
         self._lock = threading.Lock()
         self._committing = threading.Lock()  # one commit at a time
 
@@ -108,13 +109,20 @@ class GroupCommit:
                     spool.release(placed)
                 except OSError as err:
                     held.append((spool, placed))
-                    log.debug(
-                        "cannot remove a finished claim from the work area yet; tried again",
+                    # An inbox away says so itself; anything else, once per claim.
+                    away = isinstance(err, FileNotFoundError)
+                    said = placed.claim.id in self._warned
+                    self._warned.add(placed.claim.id)
+                    (log.debug if away or said else log.warning)(
+                        "cannot remove a finished claim from the work area yet; its file is "
+                        "in done, and this is tried again",
                         folder=str(spool.inbox),
                         file=placed.claim.name,
                         claim=placed.claim.id,
                         error=str(err),
                     )
+                else:
+                    self._warned.discard(placed.claim.id)
             self._hold(held)
 
     def _hold(self, items: list[tuple[Spool, Placed]]) -> None:

@@ -172,3 +172,28 @@ def test_a_claim_whose_inbox_is_away_is_not_placed_as_if_moved_already(
     placed = run.spool.place(claim)
     assert placed.linked == (claim.path("file"),)
     assert files_in(run.layout.done) == {"g.pdf"}
+
+
+def test_a_claim_that_cannot_be_removed_is_said_once_and_removed_when_it_can(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = Delivered(tmp_path, emulator)
+    claim = run.deliver("h.pdf")
+    stray = claim.dir / "notes.txt"
+    stray.write_text("someone's file, not ours to delete")
+
+    run.pipeline.commits.commit()
+    run.pipeline.commits.commit()
+
+    said = [line for line in capsys.readouterr().out.splitlines() if "cannot remove" in line]
+    assert len(said) == 2  # tried twice
+    assert ["[warning" in line for line in said] == [True, False]  # said at warning once
+    assert "Directory not empty" in said[0]
+    assert claim.dir.is_dir() and stray.read_text().startswith("someone's")
+    assert claim.id in run.spool.carried
+    stray.rename(tmp_path / "notes.txt")  # its owner takes it back
+    run.pipeline.commits.commit()
+
+    assert not claim.dir.exists()
+    assert files_in(run.layout.done) == {"h.pdf"}
+    assert claim.id not in run.spool.carried
