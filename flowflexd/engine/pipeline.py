@@ -619,8 +619,8 @@ class Pipeline:
             entry["changed_after_event"] = changed
         else:
             entry["placed"] = self._placed(spool, claim)
-        # Written now, fsynced by the group commit (or by finish() below, which
-        # removes the claim at once): the claim stays until its record is durable.
+        # Written now and fsynced by the group commit, or just below before a
+        # changed file's move to failed: a claim stays until its record is durable.
         self._record(claim, entry, sync=False)
         crashpoints.reached("after_answer")
         if changed:
