@@ -95,9 +95,13 @@ class Journal:
     def sync(self) -> None:
         """Make every record written so far durable (nothing to do when none waits)."""
         with self._lock:
-            if self._unsynced:
-                os.fsync(self._fd)
-                self._unsynced = False
+            self._sync_held()
+
+    def _sync_held(self) -> None:
+        """sync() with the lock held."""
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = False
 
     def _append(self, entry: dict[str, Any], *, sync: bool) -> None:
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
@@ -122,10 +126,7 @@ class Journal:
     def _rotate(self) -> None:
         """Start a new file; the records written so far are durable in the old one."""
         try:
-            if self._unsynced:
-                # sync() fsyncs the current file only: the old one's records first.
-                os.fsync(self._fd)
-                self._unsynced = False
+            self._sync_held()  # sync() fsyncs the current file only: the old one's records first
             for n in range(self._keep, 0, -1):
                 older = rotated(self.path, n)
                 if not older.exists():
@@ -148,9 +149,8 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
-                if self._unsynced:  # records whose claims a group commit has not removed yet
-                    with contextlib.suppress(OSError):
-                        os.fsync(self._fd)
+                with contextlib.suppress(OSError):  # records a group commit has not synced yet
+                    self._sync_held()
                 os.close(self._fd)
                 self._fd = -1
 

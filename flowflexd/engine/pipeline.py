@@ -190,12 +190,8 @@ class Pipeline:
                 return self._done(spool, claim, started)
             if claim.reject:
                 raise Decision.from_record(claim.reject).rejection()
+            # present() raises when the whole inbox is away: wait for it, decide nothing.
             if "file" not in claim.present():
-                if not claim.dir.is_dir():
-                    # The whole inbox is away (renamed, unmounted): wait for it, decide nothing.
-                    raise FileNotFoundError(
-                        errno.ENOENT, "the claim's folder is not there", str(claim.dir)
-                    )
                 raise FileRejected(
                     f"the claimed file was removed from the work area ({claim.dir}) before it "
                     "was sent; its companions are set aside",

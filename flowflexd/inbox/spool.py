@@ -108,10 +108,18 @@ class Claim:
         return self.dir / self.members[role]
 
     def present(self) -> dict[str, str]:
-        """The members that really are in the claim folder."""
-        return {
+        """The members that really are in the claim folder.
+
+        Raises FileNotFoundError when the claim folder itself is not there (its
+        inbox is away: renamed, unmounted). An answer without those members
+        would read as files removed, or moved by a crash part-way, and be acted on.
+        """
+        found = {
             role: name for role, name in self.members.items() if os.path.lexists(self.dir / name)
         }
+        if len(found) < len(self.members) and not self.dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the claim's folder is not there", str(self.dir))
+        return found
 
     def to_json(self) -> bytes:
         state = {name: getattr(self, name) for name in _CLAIM_FIELDS}
@@ -243,6 +251,13 @@ class Placed:
     target: Path  # the folder the files were linked into
     moved: dict[str, str]  # role -> final path
     linked: tuple[Path, ...]  # the claim folder's names to unlink then
+
+
+def _drop_old_names(placed: Placed) -> None:
+    """Unlink a placed claim's names in its claim folder (one already gone counts as gone)."""
+    for path in placed.linked:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 class Carried:
@@ -544,7 +559,12 @@ class Spool:
         others = [n for n in names if n != primary]
         members = {"file": primary, **{f"found.{i}": n for i, n in enumerate(others, 1)}}
         stand_in = Claim(lost.id, str(self.inbox), members, "", "", time.time())
-        moved = self._settle(self.place(stand_in, report)) if names else {}
+        moved = {}
+        if names:
+            placed = self.place(stand_in, report)
+            fsync_dir(placed.target)
+            _drop_old_names(placed)
+            moved = placed.moved
         aside = layout.aside(self.inbox, lost.id)
         aside.parent.mkdir(mode=0o700, exist_ok=True)
         if os.path.lexists(lost.dir):
@@ -588,9 +608,9 @@ class Spool:
         call again after a crash part-way. Returns role -> final path.
         """
         placed = self.place(claim, report)
-        moved = self._settle(placed)
-        self.close(claim)
-        return moved
+        fsync_dir(placed.target)  # the new names are durable before the old ones go
+        self.release(placed)
+        return placed.moved
 
     def destination(self, claim: Claim, *, failed: bool) -> Path:
         """The folder a claim's files move to: done or failed, and the folders below it.
@@ -628,11 +648,6 @@ class Spool:
         """
         target = self._target(claim, failed=report is not None)
         present = claim.present()
-        if "file" not in present and not claim.dir.is_dir():
-            # Nothing to move because the inbox is away (renamed, unmounted), not
-            # because a crash moved the files already: placing nothing would call
-            # the file done while it waits in the claim folder.
-            raise FileNotFoundError(errno.ENOENT, "the claim's folder is not there", str(claim.dir))
         # The file moves last: while it is still in the claim folder, a restart
         # knows this claim is unfinished.
         order = sorted(present, key=lambda role: role == "file")
@@ -659,19 +674,9 @@ class Spool:
             return Placed(claim, target, moved, tuple(linked))
         raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
 
-    @staticmethod
-    def _settle(placed: Placed) -> dict[str, str]:
-        """Make the new names durable, then remove the old ones."""
-        fsync_dir(placed.target)
-        for path in placed.linked:
-            os.unlink(path)
-        return placed.moved
-
     def release(self, placed: Placed) -> None:
         """Remove a placed claim from the work area; its target was fsynced since it was placed."""
-        for path in placed.linked:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        _drop_old_names(placed)
         self.close(placed.claim)
 
     def _free(
