@@ -37,7 +37,7 @@ from flowflexd.engine.limits import Limits
 from flowflexd.engine.outcomes import Code, Decision, Verdict, classify
 from flowflexd.engine.prefetch import Prefetched, UrlCache
 from flowflexd.errors import FileChanged, FileRejected, FlowFlexError, FlowFlexUploadError
-from flowflexd.inbox.completeness import Writers
+from flowflexd.inbox.completeness import Writers, probe_writers
 from flowflexd.inbox.layout import split_path
 from flowflexd.inbox.reading import content_signature, read_manifest, read_named
 from flowflexd.inbox.replayed import sent_before
@@ -55,7 +55,7 @@ from flowflexd.rules.metadata import row_digest
 from flowflexd.rules.sanitize import asset_name
 from flowflexd.rules.templates import MISSING
 from flowflexd.support import crashpoints
-from flowflexd.support.hashing import HashingReader, sha256_of
+from flowflexd.support.hashing import HashingReader
 
 log = structlog.get_logger("flowflexd.engine.pipeline")
 
@@ -191,13 +191,14 @@ class Pipeline:
             if claim.reject:
                 raise Decision.from_record(claim.reject).rejection()
             # present() raises when the whole inbox is away: wait for it, decide nothing.
-            if "file" not in claim.present():
+            present = claim.present()
+            if "file" not in present:
                 raise FileRejected(
                     f"the claimed file was removed from the work area ({claim.dir}) before it "
                     "was sent; its companions are set aside",
                     code=Code.FILE_GONE,
                 )
-            waiting = self._send(spool, claim)
+            waiting = self._send(spool, claim, present)
             if waiting is not None:
                 return Outcome(waiting.verdict, claim, waiting.reason, waiting.code)
         return self._done(spool, claim, started)
@@ -291,8 +292,11 @@ class Pipeline:
         claim.seen["sidecar"] = content_signature(info)
         return read_sidecar(found.rule, raw, name)
 
-    def _send(self, spool: Spool, claim: Claim) -> Decision | None:
-        """Upload and fire; a Decision when the claim must wait (it has not settled again)."""
+    def _send(self, spool: Spool, claim: Claim, present: dict[str, str]) -> Decision | None:
+        """Upload and fire; a Decision when the claim must wait (it has not settled again).
+
+        ``present``: the members in the claim folder, as the caller just found them.
+        """
         if claim.changes:
             unsettled = self._still_changing(spool, claim)
             if unsettled:
@@ -300,9 +304,8 @@ class Pipeline:
         found = self._rule(spool, claim)
         spool.destination(claim, failed=False)  # where it will go, known before anything is sent
         if found.rule.manifest:
-            self._send_rows(spool, claim, found)
+            self._send_rows(spool, claim, found, present)
             return None
-        present = claim.present()
         missing = [
             role for role in claim.members if role.startswith("attach.") and role not in present
         ]
@@ -315,8 +318,8 @@ class Pipeline:
         payload(found, sidecar=sidecar, assets={role: f"<{role}>" for role in roles})
 
         def upload() -> dict[str, str]:
-            assets = self._upload(spool, claim, roles)
-            self._unchanged(spool, claim)
+            assets, checked = self._upload(spool, claim, roles)
+            self._unchanged(spool, claim, skip=checked)
             return assets
 
         def forget() -> None:
@@ -389,7 +392,7 @@ class Pipeline:
         claim.seen["file"] = content_signature(info)
         return rows
 
-    def _send_rows(self, spool: Spool, claim: Claim, found: Match) -> None:
+    def _send_rows(self, spool: Spool, claim: Claim, found: Match, present: dict[str, str]) -> None:
         """One event per row, each under its own key, each durable in the claim once answered.
 
         A row FlowFlex refuses for good is noted and the others go on; a
@@ -404,7 +407,6 @@ class Pipeline:
                 sent_before=len(claim.rows),
             )
         roles = {name: role for role, name in claim.members.items() if role != "file"}
-        present = claim.present()
         for number, row in rows:
             if str(number) in claim.rows:
                 continue
@@ -461,8 +463,8 @@ class Pipeline:
         key = row_key(claim, number)
 
         def upload() -> dict[str, str]:
-            asset_id = self._upload_role(spool, claim, role)
-            self._unchanged(spool, claim, roles=("file", role))
+            asset_id, checked = self._upload_role(spool, claim, role)
+            self._unchanged(spool, claim, roles=("file",) if checked else ("file", role))
             return {"file": asset_id}
 
         answer = self._upload_and_fire(
@@ -491,23 +493,31 @@ class Pipeline:
         self.timed("event", time.monotonic() - started)
         return answer
 
-    def _upload_role(self, spool: Spool, claim: Claim, role: str) -> str:
-        """One member's assetId: uploaded now, or earlier in this claim and still fresh."""
-        done = claim.uploads.get(role)
-        if done is None or time.time() - done["uploaded_at"] >= REUPLOAD_AFTER:
-            claim.uploads[role] = self._upload_one(spool, claim, role)
-            spool.save_delta(
-                claim, uploads={role: claim.uploads[role]}, seen={role: claim.seen[role]}
-            )
-            crashpoints.reached("after_upload")
-        return str(claim.uploads[role]["asset_id"])
+    def _upload_role(self, spool: Spool, claim: Claim, role: str) -> tuple[str, bool]:
+        """One member's assetId, and whether it was uploaded (and checked) now.
 
-    def _upload(self, spool: Spool, claim: Claim, roles: list[str]) -> dict[str, str]:
+        Uploaded now, or earlier in this claim and still fresh.
+        """
+        done = claim.uploads.get(role)
+        if done is not None and time.time() - done["uploaded_at"] < REUPLOAD_AFTER:
+            return str(done["asset_id"]), False
+        claim.uploads[role] = self._upload_one(spool, claim, role)
+        spool.save_delta(claim, uploads={role: claim.uploads[role]}, seen={role: claim.seen[role]})
+        crashpoints.reached("after_upload")
+        return str(claim.uploads[role]["asset_id"]), True
+
+    def _upload(self, spool: Spool, claim: Claim, roles: list[str]) -> tuple[dict[str, str], str]:
+        """The members' assetIds, and the member checked as its upload ended ("" for none).
+
+        Only the last member uploaded counts as checked: the others were read
+        before it, so the check before the event looks at them again.
+        """
         now = time.time()
         fresh = all(
             role in claim.uploads and now - claim.uploads[role]["uploaded_at"] < REUPLOAD_AFTER
             for role in roles
         )
+        checked = ""
         if not fresh:
             uploads: dict[str, dict[str, Any]] = {}
             for role in roles:
@@ -515,12 +525,19 @@ class Pipeline:
             claim.uploads = uploads
             spool.save(claim)
             crashpoints.reached("after_upload")
-        return {role: claim.uploads[role]["asset_id"] for role in roles}
+            checked = roles[-1]
+        return {role: claim.uploads[role]["asset_id"] for role in roles}, checked
 
     def _upload_one(self, spool: Spool, claim: Claim, role: str) -> dict[str, Any]:
+        """Upload one member and check it on the same descriptor: unchanged, and nobody writes it.
+
+        The check after the upload stands in for the one before the event
+        (``_unchanged``) for this member: it looks at the same file a few
+        milliseconds sooner, without opening it again.
+        """
         fd, info = spool.open_member(claim, role, max_bytes=MAX_FILE_BYTES)
-        with os.fdopen(fd, "rb", buffering=0) as stream:  # read in blocks already
-            reader = HashingReader(stream, info.st_size)
+        try:
+            reader = HashingReader(fd, info.st_size)
             ref = FileRef(
                 cast(BinaryIO, reader), filename=asset_name(claim.members[role]), size=info.st_size
             )
@@ -532,14 +549,19 @@ class Pipeline:
             if asset_id is None:
                 asset_id = client.upload_file(ref)
             self.timed("upload", time.monotonic() - started)
-            digest = reader.sha256 or sha256_of(stream)
-            after = os.fstat(stream.fileno())
+            digest = reader.digest()
+            after = os.fstat(fd)
+            writers = probe_writers(fd).writers
+        finally:
+            os.close(fd)
         name = claim.members[role]
         if content_signature(after) != content_signature(info):
             raise FileChanged(
                 f"{name} changed while it was uploaded "
                 f"({_difference(content_signature(info), after)})"
             )
+        if writers is Writers.OPEN:
+            raise FileChanged(f"{name} is open for writing by another process")
         claim.seen[role] = content_signature(info)
         return {
             "asset_id": asset_id,
@@ -548,10 +570,15 @@ class Pipeline:
             "size": info.st_size,
         }
 
-    def _unchanged(self, spool: Spool, claim: Claim, roles: tuple[str, ...] = ()) -> None:
-        """Raise FileChanged when a member (of ``roles``, or any) differs from what was read."""
+    def _unchanged(
+        self, spool: Spool, claim: Claim, roles: tuple[str, ...] = (), skip: str = ""
+    ) -> None:
+        """Raise FileChanged when a member (of ``roles``, or any) differs from what was read.
+
+        ``skip`` is a member checked just now, as its upload ended.
+        """
         for role, was in claim.seen.items():
-            if roles and role not in roles:
+            if (roles and role not in roles) or role == skip:
                 continue
             now = spool.member_now(claim, role)
             if now is None:
