@@ -4,7 +4,8 @@ requests and urllib3 spend more CPU per call than the calls themselves
 (merging settings, hooks, pools, header objects), and http.client parses
 each answer's headers with the email package. Here http.client only
 connects (a proxy's CONNECT tunnel, TLS); the request goes out in one send
-with its body when small, and the answer is read by ``wire.py``. A caller's
+with its body when small (a file's first block when streamed), and the
+answer is read by ``wire.py``. A caller's
 own session keeps requests, whole. What stays the same:
 
 - timeouts per connect and per read, and the overall deadline (the deadline
@@ -149,12 +150,16 @@ class Transport:
             raise requests.exceptions.InvalidHeader(str(err)) from err
         try:
             sock, reader = conn.ready()
-            if body is None or (isinstance(body, bytes) and len(body) <= wire.INLINE_BODY):
-                sock.sendall(head + body if body else head)
+            blocks = iter(()) if body is None else wire.body_blocks(body, BLOCK)
+            first = next(blocks, b"")
+            # A small body, or a streamed one's first block, rides in the head's send.
+            if len(first) <= wire.INLINE_BODY:
+                sock.sendall(head + first)
             else:
                 sock.sendall(head)
-                for block in wire.body_blocks(body, BLOCK):
-                    sock.sendall(block)
+                sock.sendall(first)
+            for block in blocks:
+                sock.sendall(block)
             answer = wire.read_answer(reader, method, cap)
         except BaseException as err:
             self._drop(conn)
