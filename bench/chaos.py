@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from flowflexd.emulator import Emulator
+from flowflexd.inbox.spool import SPARE_PREFIX
 from flowflexd.support.log import configure as configure_logging
 
 FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
@@ -182,7 +183,10 @@ def chaos(
         "replayed_answers": stats["event_replays"],
         "left_in_inbox": len(leftovers["inbox"]),
         "left_in_failed": len(leftovers["failed"]),
-        "left_claimed": len(os.listdir(work)) if work.exists() else 0,
+        # Claims still in the work area; emptied folders kept for reuse are not claims.
+        "left_claimed": (
+            sum(not n.startswith(SPARE_PREFIX) for n in os.listdir(work)) if work.exists() else 0
+        ),
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -26,7 +26,7 @@ from flowflexd.client import FlowFlex
 from flowflexd.commands.cli import destination_client, make_clients
 from flowflexd.config.model import load
 from flowflexd.engine.daemon import Daemon
-from flowflexd.inbox.spool import Claim
+from flowflexd.inbox.spool import SPARE_PREFIX, Claim
 
 T = TypeVar("T")
 
@@ -480,9 +480,16 @@ def read_claim(claim_dir: Path) -> dict[str, Any]:
     return dict(json.loads(claim.to_json()))
 
 
-def claims_in(inbox: Path) -> list[dict[str, Any]]:
+def claim_dirs(inbox: Path) -> list[Path]:
+    """The claim folders in an inbox's work area; not the emptied ones kept for reuse."""
     work = inbox / ".flowflexd" / "work"
-    return [read_claim(d) for d in sorted(work.iterdir())] if work.exists() else []
+    if not work.exists():
+        return []
+    return sorted(d for d in work.iterdir() if not d.name.startswith(SPARE_PREFIX))
+
+
+def claims_in(inbox: Path) -> list[dict[str, Any]]:
+    return [read_claim(d) for d in claim_dirs(inbox)]
 
 
 def nothing_sent(emulator: Any) -> None:

@@ -19,6 +19,8 @@ POINTS = (
     "during_move",
     "before_commit",
 )
+# Reached only by some files: a claim that took a spare folder, before its record.
+OTHER_POINTS = ("after_spare_taken",)
 _CRASH_AT = os.environ.get("FLOWFLEXD_CRASH_AT")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import (
     Folders,
+    claim_dirs,
     claims_in,
     drop,
     files_in,
@@ -23,6 +25,7 @@ from support import (
 )
 
 from flowflexd.emulator import Emulator
+from flowflexd.inbox.spool import SPARE_PREFIX
 from flowflexd.support.crashpoints import POINTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +151,7 @@ def test_an_upload_older_than_the_margin_is_redone_before_the_event(
     run_until_killed(config, "after_upload")
     # Two days pass: FlowFlex deleted the asset; the claim says when it went up.
     emulator.clock.advance(49 * 3600)
-    [claim_dir] = (tmp_path / "inbox" / ".flowflexd" / "work").iterdir()
+    [claim_dir] = claim_dirs(tmp_path / "inbox")
     claim = read_claim(claim_dir)
     for upload in claim["uploads"].values():
         upload["uploaded_at"] -= 49 * 3600
@@ -162,6 +165,40 @@ def test_an_upload_older_than_the_margin_is_redone_before_the_event(
     assert event["payload"]["assetId"] != old_asset
     assert event["idempotency_key"] == claim["key"]
     assert emulator.stats()["asset_missing"] == 0
+
+
+def test_a_kill_after_a_spare_folder_was_taken_leaves_nothing_behind(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """The second file's claim takes the first one's emptied folder and is killed before
+    its record is written: the start removes that folder, and the file goes once."""
+    config = layout(tmp_path, emulator)
+    inbox = tmp_path / "inbox"
+    work = inbox / ".flowflexd" / "work"
+    proc = run_daemon(config, FLOWFLEXD_CRASH_AT="after_spare_taken")
+    try:
+        proc.wait_for_log("flowflexd ready")
+        drop(inbox, "INV-1.json", b'{"n": 1}')
+        drop(inbox, "INV-1.pdf", b"%PDF one\n%%EOF")
+        wait_until(lambda: any(p.name.startswith(SPARE_PREFIX) for p in work.iterdir()))
+        drop(inbox, "INV-2.json", b'{"n": 2}')
+        drop(inbox, "INV-2.pdf", b"%PDF two\n%%EOF")
+        assert proc.wait_exit(timeout=30) == -9, proc.output()
+    finally:
+        proc.stop()
+    [left] = claim_dirs(inbox)  # the spare, renamed into place, its claim file empty
+    assert os.listdir(left) == ["claim.jsonl"] and (left / "claim.jsonl").stat().st_size == 0
+    assert files_in(inbox) == {"INV-2.pdf", "INV-2.json"}
+
+    every = {"INV-1.pdf", "INV-1.json", "INV-2.pdf", "INV-2.json"}
+    output = run_until(config, lambda: files_in(tmp_path / "done") == every)
+
+    assert claim_dirs(inbox) == []
+    assert files_in(tmp_path / "failed") == set()
+    assert not (inbox / ".flowflexd" / "aside").exists()
+    assert "could not be read" not in output
+    keys = [e["idempotency_key"] for e in emulator.events()]
+    assert len(keys) == len(set(keys)) == 2  # each file once
 
 
 def test_an_asset_lost_by_flowflex_is_uploaded_again(tmp_path: Path, emulator: Emulator) -> None:
@@ -284,7 +321,7 @@ def test_corrupted_state_never_stops_a_start_and_nothing_is_sent_twice(
     what = f"killed {point}, claims {damaged}, journal {journal_damage}"
 
     def settled() -> bool:
-        if work.exists() and any(work.iterdir()):
+        if claim_dirs(inbox):
             return False
         failed = files_in(tmp_path / "failed")
         ended = files_in(tmp_path / "done") | failed

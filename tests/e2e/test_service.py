@@ -21,6 +21,7 @@ from support import (
     NotifySocket,
     RunningDaemon,
     child_env,
+    claim_dirs,
     drop,
     files_in,
     flowflexd_argv,
@@ -268,7 +269,7 @@ def test_sigterm_lets_a_file_in_flight_finish_and_leaves_the_rest(tmp_path: Path
     assert len(done) == 1
     # The others were never touched: still in the inbox, none claimed.
     assert files_in(tmp_path / "inbox") == {f"f{i}.pdf" for i in range(5)} - done
-    assert not list((tmp_path / "inbox" / ".flowflexd" / "work").iterdir())
+    assert claim_dirs(tmp_path / "inbox") == []
 
 
 def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_a_second_signal_exits_at_once_and_the_file_resumes_next_time(tmp_path: 
         assert time.monotonic() - started < 3
     finally:
         proc.stop()
-    [claim_dir] = (tmp_path / "inbox" / ".flowflexd" / "work").iterdir()
+    [claim_dir] = claim_dirs(tmp_path / "inbox")
     key = read_claim(claim_dir)["key"]
 
     emulator.set_faults(latency_ms=0)
@@ -321,7 +322,7 @@ def test_a_file_slower_than_the_grace_period_stays_claimed(tmp_path: Path) -> No
     proc.wait_for_log(
         "grace period over; files still in flight stay claimed and resume at the next start"
     )
-    assert len(list((tmp_path / "inbox" / ".flowflexd" / "work").iterdir())) == 1
+    assert len(claim_dirs(tmp_path / "inbox")) == 1
 
 
 # --------------------------------------------------------------------- reload

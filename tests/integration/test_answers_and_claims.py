@@ -18,6 +18,7 @@ from support import (
     PDF_END,
     Folders,
     RunningDaemon,
+    claim_dirs,
     drop,
     files_in,
     folder_spec,
@@ -140,7 +141,7 @@ def test_a_claimed_file_removed_from_the_work_area_is_closed_as_file_gone(
         claimed[0].unlink()  # someone tidies up
         emulator.state.faults.scripted.clear()  # FlowFlex is back
         wait_until(lambda: "f.pdf.error.json" in files_in(layout.failed), timeout=60)
-        wait_until(lambda: not any(work.iterdir()))
+        wait_until(lambda: claim_dirs(layout.inbox) == [])
         # The main loop counts an outcome after the worker has moved the file.
         wait_until(lambda: running.daemon.totals.failed == 1)
         assert running.daemon.totals.done == 0
@@ -173,7 +174,7 @@ def test_a_claim_that_cannot_take_its_file_leaves_no_empty_work_folder(
             wait_until(lambda: running.daemon.totals.deferred >= 2, timeout=30)
             work = layout.inbox / ".flowflexd" / "work"
             # Every failed try cleaned up after itself, and they do not spin.
-            wait_until(lambda: list(work.iterdir()) == [], timeout=5)
+            wait_until(lambda: list(work.iterdir()) == [], timeout=5)  # no spare either
             assert running.daemon.totals.deferred < 6
             chattr("-i", path)
             wait_until(lambda: files_in(layout.done) == {"g.pdf"}, timeout=60)
@@ -214,7 +215,7 @@ def test_folders_that_flap_while_files_are_in_flight_send_each_file_once(
     with RunningDaemon(full, reload_config=lambda: load(next(configs))) as running:
         for i in range(6):
             drop(layout.inbox, f"flap-{i}.pdf", f"%PDF flap {i}".encode() + PDF_END)
-        wait_until(lambda: len(list((layout.inbox / ".flowflexd" / "work").iterdir())) >= 2)
+        wait_until(lambda: len(claim_dirs(layout.inbox)) >= 2)
         for _ in range(4):
             running.daemon.request_reload()  # without the folder, then with it again
         daemon = running.daemon
@@ -224,7 +225,7 @@ def test_folders_that_flap_while_files_are_in_flight_send_each_file_once(
         wait_until(lambda: str(layout.inbox) in running.daemon.snapshot.offline, timeout=10)
         away.rename(layout.inbox)
         wait_until(lambda: len(files_in(layout.done)) == 6, timeout=60)
-        wait_until(lambda: not any((layout.inbox / ".flowflexd" / "work").iterdir()))
+        wait_until(lambda: claim_dirs(layout.inbox) == [])
 
     stats = emulator.stats()
     posts = sum(

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import PDF_END, Folders, client_for, drop, files_in
+from support import PDF_END, Folders, claim_dirs, client_for, drop, files_in
 
 from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
@@ -69,7 +69,7 @@ def test_a_file_is_in_done_at_once_and_its_claim_goes_with_the_commit(
 
     run.pipeline.commits.commit()
 
-    assert list(run.spool.work.iterdir()) == []
+    assert claim_dirs(run.layout.inbox) == []
     assert not any(c.id in run.spool.carried for c in claims)
     assert (run.layout.done / "a-1.pdf").read_bytes() == b"%PDF a-1.pdf" + PDF_END
     assert run.pipeline.commits.due() is None
@@ -131,7 +131,7 @@ def test_an_inbox_away_at_the_commit_does_not_hand_its_claims_out_again(
     assert list(run.spool.pending()) == []
     run.pipeline.commits.commit()  # stuck claims are tried on every full commit
 
-    assert list(run.spool.work.iterdir()) == []
+    assert claim_dirs(run.layout.inbox) == []
     assert run.records() == ["d.pdf", "e.pdf"]  # none finished twice
     assert len(emulator.events()) == 2
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support import (
     RunningDaemon,
+    claim_dirs,
     drop,
     files_in,
     folder_spec,
@@ -114,8 +115,7 @@ def test_a_read_only_done_folder_keeps_files_claimed_until_it_is_writable(
         with unwritable(tmp_path / "done"):
             drop(tmp_path / "inbox", "ro.pdf", b"%PDF ro\n%%EOF")
             wait_until(lambda: running.daemon.snapshot.deferred >= 2, timeout=30)
-            work = tmp_path / "inbox" / ".flowflexd" / "work"
-            [claim_dir] = work.iterdir()
+            [claim_dir] = claim_dirs(tmp_path / "inbox")
             assert (claim_dir / "ro.pdf").read_bytes() == b"%PDF ro\n%%EOF"
             assert files_in(tmp_path / "failed") == set()
         wait_until(lambda: "ro.pdf" in files_in(tmp_path / "done"), timeout=30)
