@@ -95,11 +95,16 @@ class Claim:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     destination: str = DEFAULT_DESTINATION  # the FlowFlex integration it goes to, fixed at claim
     dir: Path = field(init=False, repr=False, compare=False)
+    state_file: Path = field(init=False, repr=False, compare=False)  # its claim.jsonl
+    # Each member's path, made once: a pathlib join costs microseconds, and a
+    # file's journey asks for its paths a dozen times.
+    _paths: dict[str, Path] = field(default_factory=dict, init=False, repr=False, compare=False)
     # Its outcome is in the journal (this run): a move retried records nothing again.
     recorded: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.dir = layout.claim_dir(self.inbox, self.id)
+        self.state_file = self.dir / CLAIM_FILE
 
     @property
     def name(self) -> str:
@@ -110,7 +115,10 @@ class Claim:
         return layout.join_path(self.below, self.members[role])
 
     def path(self, role: str) -> Path:
-        return self.dir / self.members[role]
+        found = self._paths.get(role)
+        if found is None:
+            found = self._paths[role] = self.dir / self.members[role]
+        return found
 
     def present(self) -> dict[str, str]:
         """The members that really are in the claim folder.
@@ -120,7 +128,7 @@ class Claim:
         would read as files removed, or moved by a crash part-way, and be acted on.
         """
         found = {
-            role: name for role, name in self.members.items() if os.path.lexists(self.dir / name)
+            role: name for role, name in self.members.items() if os.path.lexists(self.path(role))
         }
         if len(found) < len(self.members) and not self.dir.is_dir():
             raise FileNotFoundError(errno.ENOENT, "the claim's folder is not there", str(self.dir))
@@ -475,9 +483,9 @@ class Spool:
                 continue  # removed meanwhile; if the inbox is away, mkdir says so below
             crashpoints.reached("after_spare_taken")
             # Emptied when it was kept; truncated again in case a crash cut that short.
-            return os.open(claim.dir / CLAIM_FILE, flags | os.O_TRUNC, 0o600)
+            return os.open(claim.state_file, flags | os.O_TRUNC, 0o600)
         os.mkdir(claim.dir, 0o700)
-        return os.open(claim.dir / CLAIM_FILE, flags | os.O_EXCL, 0o600)
+        return os.open(claim.state_file, flags | os.O_EXCL, 0o600)
 
     def _keep_spare(self, claim: Claim) -> bool:
         """Keep a finished claim's folder, only its claim file left in it, as a spare."""
@@ -486,7 +494,7 @@ class Spool:
         try:
             if os.listdir(claim.dir) != [CLAIM_FILE]:
                 return False  # a compaction a crash cut short, or anything else: removed
-            os.truncate(claim.dir / CLAIM_FILE, 0)
+            os.truncate(claim.state_file, 0)
             spare = SPARE_PREFIX + claim.id
             os.rename(claim.dir, self.work / spare)
         except OSError:
@@ -495,17 +503,17 @@ class Spool:
         return True
 
     def _take_companions(self, claim: Claim) -> None:
-        for role, name in claim.members.items():
-            if role == "file" or os.path.lexists(claim.dir / name):
+        for role in claim.members:
+            if role == "file" or os.path.lexists(claim.path(role)):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.inbox / claim.source(role), claim.dir / name)
+                os.rename(self.inbox / claim.source(role), claim.path(role))
 
     def _discard(self, claim: Claim) -> None:
         """Remove a claim that took nothing: only our own claim file is in it."""
         self.carried.discard(claim.id)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(claim.dir / CLAIM_FILE)
+            os.unlink(claim.state_file)
         with contextlib.suppress(OSError):
             os.rmdir(claim.dir)
 
@@ -521,9 +529,7 @@ class Spool:
         self._append(claim, claim.delta(**parts))
 
     def _append(self, claim: Claim, line: bytes) -> None:
-        fd = os.open(
-            claim.dir / CLAIM_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        )
+        fd = os.open(claim.state_file, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             write_all(fd, line + b"\n")
             os.fsync(fd)
@@ -536,9 +542,9 @@ class Spool:
     def _compact(self, claim: Claim) -> None:
         """Rewrite a long claim file as the claim's state alone: new file, fsync, rename over."""
         state = claim.to_json() + b"\n"
-        if len(state) * 2 > os.lstat(claim.dir / CLAIM_FILE).st_size:
+        if len(state) * 2 > os.lstat(claim.state_file).st_size:
             return  # mostly state already: rewriting would gain little
-        write_durable(claim.dir / CLAIM_FILE, state)
+        write_durable(claim.state_file, state)
 
     def pending(self) -> Iterator[Claim | Unreadable]:
         """Claims left by an earlier run (a crash, a kill, a power cut), oldest first.
@@ -708,8 +714,8 @@ class Spool:
             linked: list[Path] = []
             try:
                 for role, name in names.items():
-                    if link_no_replace(claim.dir / present[role], target / name):
-                        linked.append(claim.dir / present[role])
+                    if link_no_replace(claim.path(role), target / name):
+                        linked.append(claim.path(role))
                     crashpoints.reached("during_move")
             except FileExistsError:
                 continue  # taken between the check and the move: next suffix
@@ -733,7 +739,7 @@ class Spool:
     ) -> bool:
         for role, name in names.items():
             dst = target / name
-            if os.path.lexists(dst) and not same_file(claim.dir / claim.members[role], dst):
+            if os.path.lexists(dst) and not same_file(claim.path(role), dst):
                 return False
         if report_file and os.path.lexists(target / report_file):
             return _report_claim(target / report_file) == claim.id
@@ -750,7 +756,7 @@ class Spool:
             self.carried.discard(claim.id)
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(claim.dir / CLAIM_FILE)
+            os.unlink(claim.state_file)
         try:
             os.rmdir(claim.dir)
         except FileNotFoundError:
