@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import ipaddress
 import json
@@ -65,6 +66,7 @@ FileSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 # --------------------------------------------------------------------- helpers
 
 
+@functools.lru_cache(maxsize=64)  # asked per upload; ipaddress parses in Python
 def is_loopback_host(host: str | None) -> bool:
     """True for localhost and loopback addresses, where plain http is tolerated."""
     if not host:
