@@ -25,8 +25,12 @@ import yaml
 from flowflexd.client import FlowFlex
 from flowflexd.commands.cli import destination_client, make_clients
 from flowflexd.config.model import load
+from flowflexd.engine import journal
 from flowflexd.engine.daemon import Daemon
-from flowflexd.inbox.spool import SPARE_PREFIX, Claim
+from flowflexd.engine.journal import Journal
+from flowflexd.engine.outcomes import Verdict
+from flowflexd.engine.pipeline import Pipeline
+from flowflexd.inbox.spool import SPARE_PREFIX, Claim, Spool
 
 T = TypeVar("T")
 
@@ -536,6 +540,38 @@ class Folders:
         extra = {k: options.pop(k) for k in self.FOLDER_KEYS if k in options}
         spec = folder_spec(self.root, rules, **extra)
         return write_config(self.root / "config.yaml", emulator, folders=[spec], **options)
+
+
+class SpoolRun:
+    """One inbox's spool and a pipeline to the emulator, driven by hand in-process.
+
+    What the daemon's loop does (claims, carrying them, commits) is called
+    directly; files, folders, the journal and HTTP are real.
+    """
+
+    def __init__(self, root: Path, emulator: Any) -> None:
+        self.layout = Folders(root)
+        rule = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+        self.folder = load(self.layout.config(emulator, [rule])).folders[0]
+        self.spool = Spool(self.folder)
+        self.spool.prepare()
+        self.state = root / "state"
+        self.pipeline = Pipeline(client_for(emulator), Journal(self.state))
+
+    def claim(self, name: str, spool: Spool | None = None) -> Claim:
+        drop(self.layout.inbox, name, f"%PDF {name}".encode() + PDF_END)
+        claim = (spool or self.spool).claim({"file": name}, rule="pdf")
+        assert claim is not None
+        return claim
+
+    def deliver(self, name: str) -> Claim:
+        """Claim and carry a file to done; its claim leaves with the next commit."""
+        claim = self.claim(name)
+        assert self.pipeline.carry(self.spool, claim).verdict is Verdict.DONE
+        return claim
+
+    def records(self) -> list[str]:
+        return [r["file"] for r in journal.read(self.state)]
 
 
 class NotifySocket:

@@ -11,40 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support import PDF_END, Folders, claim_dirs, client_for, drop, files_in
+from support import PDF_END, SpoolRun, claim_dirs, drop, files_in
 
-from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
 from flowflexd.engine import groupcommit
-from flowflexd.engine import journal as journal_module
 from flowflexd.engine.groupcommit import RETRY_AFTER
-from flowflexd.engine.journal import Journal
-from flowflexd.engine.outcomes import Verdict
-from flowflexd.engine.pipeline import Pipeline
-from flowflexd.inbox.spool import Claim, Spool
-
-PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
-
-
-class Delivered:
-    """A spool and a pipeline whose files have been carried to done, commits not yet run."""
-
-    def __init__(self, root: Path, emulator: Emulator) -> None:
-        self.layout = Folders(root)
-        self.spool = Spool(load(self.layout.config(emulator, [PDF])).folders[0])
-        self.spool.prepare()
-        self.state = root / "state"
-        self.pipeline = Pipeline(client_for(emulator), Journal(self.state))
-
-    def deliver(self, name: str) -> Claim:
-        drop(self.layout.inbox, name, f"%PDF {name}".encode() + PDF_END)
-        claim = self.spool.claim({"file": name}, rule="pdf")
-        assert claim is not None
-        assert self.pipeline.carry(self.spool, claim).verdict is Verdict.DONE
-        return claim
-
-    def records(self) -> list[str]:
-        return [r["file"] for r in journal_module.read(self.state)]
+from flowflexd.inbox.spool import Claim
 
 
 def whole(claim: Claim) -> bool:
@@ -55,7 +27,7 @@ def whole(claim: Claim) -> bool:
 def test_a_file_is_in_done_at_once_and_its_claim_goes_with_the_commit(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     claims = [run.deliver(f"a-{i}.pdf") for i in range(3)]
 
     assert files_in(run.layout.done) == {"a-0.pdf", "a-1.pdf", "a-2.pdf"}
@@ -80,7 +52,7 @@ def test_a_full_batch_commits_at_once_in_the_worker_that_filled_it(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(groupcommit, "COMMIT_MAX", 3)
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     first = [run.deliver(f"b-{i}.pdf") for i in range(2)]
     assert all(whole(c) for c in first)
 
@@ -93,7 +65,7 @@ def test_a_full_batch_commits_at_once_in_the_worker_that_filled_it(
 def test_a_done_folder_away_at_the_commit_keeps_the_claims_until_it_is_back(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     claim = run.deliver("c.pdf")
     away = tmp_path / "done-away"
     run.layout.done.rename(away)  # a share that went away: its fsync fails
@@ -117,7 +89,7 @@ def test_a_done_folder_away_at_the_commit_keeps_the_claims_until_it_is_back(
 def test_an_inbox_away_at_the_commit_does_not_hand_its_claims_out_again(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     claim = run.deliver("d.pdf")
     later = run.deliver("e.pdf")
     away = tmp_path / "inbox-away"
@@ -139,7 +111,7 @@ def test_an_inbox_away_at_the_commit_does_not_hand_its_claims_out_again(
 def test_a_claim_whose_folder_someone_removed_is_not_held_forever(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     claim = run.deliver("f.pdf")
     for entry in claim.dir.iterdir():  # someone tidies the work area
         entry.unlink()
@@ -158,7 +130,7 @@ def test_a_claim_whose_inbox_is_away_is_not_placed_as_if_moved_already(
     """Found by the reload-and-remount test: with the inbox away, a claim's folder
     shows no files, which a crash part-way through a move also leaves. Placing
     nothing then called the file done while it waited in the claim folder."""
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     drop(run.layout.inbox, "g.pdf", b"%PDF g" + PDF_END)
     claim = run.spool.claim({"file": "g.pdf"}, rule="pdf")
     assert claim is not None
@@ -177,7 +149,7 @@ def test_a_claim_whose_inbox_is_away_is_not_placed_as_if_moved_already(
 def test_a_claim_that_cannot_be_removed_is_said_once_and_removed_when_it_can(
     tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = Delivered(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     claim = run.deliver("h.pdf")
     stray = claim.dir / "notes.txt"
     stray.write_text("someone's file, not ours to delete")

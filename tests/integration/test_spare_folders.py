@@ -12,51 +12,26 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import PDF_END, Folders, claim_dirs, client_for, drop, files_in, read_claim
+from support import PDF_END, SpoolRun, claim_dirs, files_in, read_claim
 
-from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
-from flowflexd.engine.journal import Journal
 from flowflexd.engine.outcomes import Verdict
-from flowflexd.engine.pipeline import Pipeline
 from flowflexd.inbox import spool as spool_module
-from flowflexd.inbox.spool import SPARE_PREFIX, Claim, Spool, Unreadable
-
-PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+from flowflexd.inbox.spool import SPARE_PREFIX, Spool, Unreadable
 
 
-class Run:
-    def __init__(self, root: Path, emulator: Emulator) -> None:
-        self.layout = Folders(root)
-        self.folder = load(self.layout.config(emulator, [PDF])).folders[0]
-        self.spool = Spool(self.folder)
-        self.spool.prepare()
-        self.pipeline = Pipeline(client_for(emulator), Journal(root / "state"))
-        self.work = self.spool.work
-
-    def claim(self, name: str, spool: Spool | None = None) -> Claim:
-        drop(self.layout.inbox, name, f"%PDF {name}".encode() + PDF_END)
-        claim = (spool or self.spool).claim({"file": name}, rule="pdf")
-        assert claim is not None
-        return claim
-
-    def deliver(self, name: str) -> Claim:
-        claim = self.claim(name)
-        assert self.pipeline.carry(self.spool, claim).verdict is Verdict.DONE
-        return claim
-
-    def spares(self) -> list[Path]:
-        return sorted(p for p in self.work.iterdir() if p.name.startswith(SPARE_PREFIX))
+def spares(run: SpoolRun) -> list[Path]:
+    return sorted(p for p in run.spool.work.iterdir() if p.name.startswith(SPARE_PREFIX))
 
 
 def test_a_finished_claims_folder_is_kept_empty_and_the_next_claim_takes_it(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Run(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     first = run.deliver("a.pdf")
     run.pipeline.commits.commit()
 
-    [spare] = run.spares()
+    [spare] = spares(run)
     assert claim_dirs(run.layout.inbox) == []
     assert run.spool.claimed_count() == 0  # status counts claims, not spares
     assert os.listdir(spare) == ["claim.jsonl"]
@@ -65,7 +40,7 @@ def test_a_finished_claims_folder_is_kept_empty_and_the_next_claim_takes_it(
 
     second = run.claim("b.pdf")
 
-    assert run.spares() == []
+    assert spares(run) == []
     assert second.dir.stat().st_ino == folder  # renamed into place, not made anew
     assert read_claim(second.dir)["id"] == second.id != first.id
     assert (second.dir / "claim.jsonl").read_bytes().count(b"\n") == 1  # its record alone
@@ -79,33 +54,33 @@ def test_spares_are_kept_up_to_a_limit_and_a_start_removes_the_rest(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spool_module, "SPARES_KEPT", 2)
-    run = Run(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     for i in range(4):
         run.deliver(f"f-{i}.pdf")
     run.pipeline.commits.commit()
-    assert len(run.spares()) == 2  # the other two folders were removed
+    assert len(spares(run)) == 2  # the other two folders were removed
     assert claim_dirs(run.layout.inbox) == []
 
     monkeypatch.setattr(spool_module, "SPARES_KEPT", 1)
     again = Spool(run.folder)
 
     assert list(again.pending()) == []  # spares are not claims left by a run
-    assert len(run.spares()) == 1
+    assert len(spares(run)) == 1
 
 
 def test_a_start_removes_a_claim_folder_killed_before_its_record_was_written(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    run = Run(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     # A kill after a spare was renamed into place, or a folder made, before the record.
-    renamed = run.work / uuid.uuid4().hex
+    renamed = run.spool.work / uuid.uuid4().hex
     renamed.mkdir()
     (renamed / "claim.jsonl").write_bytes(b"")
-    made = run.work / uuid.uuid4().hex
+    made = run.spool.work / uuid.uuid4().hex
     made.mkdir()
 
     assert list(Spool(run.folder).pending()) == []
-    assert list(run.work.iterdir()) == []
+    assert list(run.spool.work.iterdir()) == []
     assert not (run.layout.inbox / ".flowflexd" / "aside").exists()
 
 
@@ -113,10 +88,10 @@ def test_a_spare_that_holds_something_is_not_reused_but_set_aside(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """Only flowflexd writes there; a spare with content was changed by someone else."""
-    run = Run(tmp_path, emulator)
+    run = SpoolRun(tmp_path, emulator)
     run.deliver("a.pdf")
     run.pipeline.commits.commit()
-    [spare] = run.spares()
+    [spare] = spares(run)
     (spare / "claim.jsonl").write_bytes(b"not a claim\n")
     (spare / "stray.pdf").write_bytes(b"%PDF stray" + PDF_END)
 
