@@ -746,10 +746,11 @@ class Spool:
         return True
 
     def close(self, claim: Claim) -> None:
-        """Remove a finished claim's folder (only its claim file is left in it).
+        """Keep a finished claim's folder as a spare, or remove it (only its claim file is left).
 
         Not fsynced: should a crash undo this, the next start finds a claim
-        whose file is already in done or failed, and removes it then. Carried
+        whose file is already in done or failed, and removes it then, or one
+        with an emptied claim file and nothing else, and removes that. Carried
         until it is gone: an inbox coming back must not hand it out again.
         """
         if self._keep_spare(claim):
