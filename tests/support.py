@@ -474,6 +474,20 @@ def files_in(folder: Path) -> set[str]:
         return set()
 
 
+def files_below(root: Path) -> set[str]:
+    """Every file below ``root`` ("a/b.pdf"), but in flowflexd's own folder (lock, claims).
+
+    Safe while a daemon runs: a folder that vanishes mid-walk (a claim's,
+    released) is passed over, as os.walk does, where Path.rglob would raise.
+    """
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".flowflexd"]
+        below = Path(folder).relative_to(root)
+        found.update((below / f).as_posix() for f in files if os.path.isfile(Path(folder, f)))
+    return found
+
+
 def read_report(failed: Path, name: str) -> dict[str, Any]:
     return dict(json.loads((failed / f"{name}.error.json").read_text()))
 

@@ -20,6 +20,7 @@ from support import (
     RunningDaemon,
     claim_dirs,
     drop,
+    files_below,
     files_in,
     folder_spec,
     read_report,
@@ -394,16 +395,17 @@ def test_a_done_folder_that_cannot_place_a_file_fails_it_before_anything_is_sent
 # ------------------------------------------------------------------ retention
 
 
-def run_until_done(config: Path, layout: Folders, names: set[str], where: Path) -> None:
+def run_until_done(config: Path, layout: Folders, names: set[str]) -> None:
+    """Drop ``names`` and wait until each is in done or failed (below any dated folder)."""
     with RunningDaemon(config):
         for name in names:
             body = b"%PDF " + name.encode() + PDF_END if name.endswith(".pdf") else b"MZ"
             drop(layout.inbox, name, body)
-        wait_until(lambda: not files_in(layout.inbox) and len(all_files(where)) >= len(names))
 
+        def ended() -> set[str]:
+            return {Path(p).name for p in files_below(layout.done) | files_below(layout.failed)}
 
-def all_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        wait_until(lambda: names <= ended())
 
 
 def test_retention_deletes_only_what_flowflexd_put_there_and_only_once_old(
@@ -413,7 +415,7 @@ def test_retention_deletes_only_what_flowflexd_put_there_and_only_once_old(
     spec = folder_spec(tmp_path, [PDF, {"name": "any", "pattern": "*", "event": "x"}])
     spec.update(done=str(tmp_path / "done" / "{date:%Y}"), keep_done_days=1, keep_failed_days=1)
     config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
-    run_until_done(config, layout, {"a.pdf", "b.pdf", "bad.exe"}, tmp_path)
+    run_until_done(config, layout, {"a.pdf", "b.pdf", "bad.exe"})
     year = time.strftime("%Y")
     done_year = tmp_path / "done" / year
     # What people put there themselves, and a sent file replaced by other bytes.
@@ -435,8 +437,8 @@ def test_retention_deletes_only_what_flowflexd_put_there_and_only_once_old(
     book.close()
 
     assert sorted(Path(p).name for p in gone) == ["a.pdf", "bad.exe", "bad.exe.error.json"]
-    assert all_files(tmp_path / "done") == {"notes.txt", f"{year}/b.pdf"}
-    assert all_files(tmp_path / "failed") == set()
+    assert files_below(tmp_path / "done") == {"notes.txt", f"{year}/b.pdf"}
+    assert files_below(tmp_path / "failed") == set()
     deletions = [r for r in journal.read(tmp_path / "state") if r["outcome"] == "deleted"]
     assert sorted(r["file"] for r in deletions) == ["a.pdf", "bad.exe"]
     [row] = views.status(load(config))
@@ -450,10 +452,10 @@ def test_retention_removes_dated_folders_it_emptied_and_runs_in_the_daemon(
     spec = folder_spec(tmp_path, [PDF])
     spec.update(done=str(tmp_path / "done" / "{date:%Y}" / "{date:%m}"), keep_done_days=0.00002)
     config = write_config(tmp_path / "config.yaml", emulator, folders=[spec])
-    run_until_done(config, layout, {"old.pdf"}, tmp_path / "done")
+    run_until_done(config, layout, {"old.pdf"})
     (tmp_path / "done" / "kept-empty").mkdir()  # a folder of someone's: never removed
     wait_until(lambda: time.time() - (tmp_path / "state" / "journal.jsonl").stat().st_mtime > 2)
 
     with RunningDaemon(config):  # its first look sweeps
-        wait_until(lambda: all_files(tmp_path / "done") == set())
+        wait_until(lambda: files_below(tmp_path / "done") == set())
         wait_until(lambda: sorted(p.name for p in (tmp_path / "done").iterdir()) == ["kept-empty"])

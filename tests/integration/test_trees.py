@@ -16,6 +16,7 @@ from support import (
     RunningDaemon,
     child_env,
     drop,
+    files_below,
     files_in,
     flowflexd_argv,
     folder_spec,
@@ -39,15 +40,6 @@ def tree_config(
     return write_config(tmp_path / "config.yaml", emulator, folders=[spec], rescan_seconds=600)
 
 
-def all_files(root: Path) -> set[str]:
-    """Every file below ``root`` but flowflexd's own (its lock and claims)."""
-    return {
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and ".flowflexd" not in p.relative_to(root).parts
-    }
-
-
 def sent_paths(emulator: Emulator) -> list[str]:
     return sorted(str(e["payload"].get("path")) for e in emulator.events())
 
@@ -64,7 +56,7 @@ def test_a_new_user_folder_is_taken_from_and_the_file_knows_its_place(
     with RunningDaemon(config):
         (layout.inbox / "alice" / "2026").mkdir(parents=True)  # made while running
         drop(layout.inbox / "alice" / "2026", "scan.pdf", b"%PDF alice" + PDF_END)
-        wait_until(lambda: all_files(layout.done) == {"alice/2026/scan.pdf"})
+        wait_until(lambda: files_below(layout.done) == {"alice/2026/scan.pdf"})
 
     [event] = emulator.events()
     assert {k: event["payload"][k] for k in ("user", "folder", "path")} == {
@@ -96,7 +88,7 @@ def test_a_whole_tree_moved_in_at_once_goes_without_waiting_for_a_rescan(
     assert count == 200
     assert len(set(sent_paths(emulator))) == 200
     assert all(p.startswith("export/company-") for p in sent_paths(emulator))
-    assert all_files(layout.inbox) == set()
+    assert files_below(layout.inbox) == set()
 
 
 def test_max_depth_limits_how_deep_files_are_taken_from(tmp_path: Path, emulator: Emulator) -> None:
@@ -110,7 +102,7 @@ def test_max_depth_limits_how_deep_files_are_taken_from(tmp_path: Path, emulator
         drop(layout.inbox, "top.pdf", b"%PDF 0" + PDF_END)
         wait_until(lambda: files_in(layout.done) == {"one-level.pdf", "top.pdf"})
 
-    assert all_files(layout.inbox / "a") == {"b/two-levels.pdf", "b/later.pdf"}
+    assert files_below(layout.inbox / "a") == {"b/two-levels.pdf", "b/later.pdf"}
     assert len(emulator.events()) == 2
 
 
