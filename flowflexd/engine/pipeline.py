@@ -464,7 +464,7 @@ class Pipeline:
 
         def upload() -> dict[str, str]:
             asset_id, checked = self._upload_role(spool, claim, role)
-            self._unchanged(spool, claim, roles=("file",) if checked else ("file", role))
+            self._unchanged(spool, claim, roles=("file", role), skip=checked)
             return {"file": asset_id}
 
         answer = self._upload_and_fire(
@@ -493,18 +493,18 @@ class Pipeline:
         self.timed("event", time.monotonic() - started)
         return answer
 
-    def _upload_role(self, spool: Spool, claim: Claim, role: str) -> tuple[str, bool]:
-        """One member's assetId, and whether it was uploaded (and checked) now.
+    def _upload_role(self, spool: Spool, claim: Claim, role: str) -> tuple[str, str]:
+        """One member's assetId, and the member checked as its upload ended ("" for none).
 
-        Uploaded now, or earlier in this claim and still fresh.
+        Uploaded now (and checked), or earlier in this claim and still fresh.
         """
         done = claim.uploads.get(role)
         if done is not None and time.time() - done["uploaded_at"] < REUPLOAD_AFTER:
-            return str(done["asset_id"]), False
+            return str(done["asset_id"]), ""
         claim.uploads[role] = self._upload_one(spool, claim, role)
         spool.save_delta(claim, uploads={role: claim.uploads[role]}, seen={role: claim.seen[role]})
         crashpoints.reached("after_upload")
-        return str(claim.uploads[role]["asset_id"]), True
+        return str(claim.uploads[role]["asset_id"]), role
 
     def _upload(self, spool: Spool, claim: Claim, roles: list[str]) -> tuple[dict[str, str], str]:
         """The members' assetIds, and the member checked as its upload ended ("" for none).

@@ -481,8 +481,9 @@ class Spool:
                 os.rename(self.work / spare, claim.dir)
             except FileNotFoundError:
                 continue  # removed meanwhile; if the inbox is away, mkdir says so below
-            crashpoints.reached("after_spare_taken")
-            # Emptied when it was kept; truncated again in case a crash cut that short.
+            crashpoints.reached(crashpoints.SPARE_TAKEN)
+            # Emptied when it was kept; O_TRUNC all the same, so that no claim can
+            # ever start after another one's lines (a spare is only ours to write).
             return os.open(claim.state_file, flags | os.O_TRUNC, 0o600)
         os.mkdir(claim.dir, 0o700)
         return os.open(claim.state_file, flags | os.O_EXCL, 0o600)
@@ -512,10 +513,7 @@ class Spool:
     def _discard(self, claim: Claim) -> None:
         """Remove a claim that took nothing: only our own claim file is in it."""
         self.carried.discard(claim.id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(claim.state_file)
-        with contextlib.suppress(OSError):
-            os.rmdir(claim.dir)
+        _remove_empty(claim.dir)
 
     def save(self, claim: Claim) -> None:
         """Append the claim's state as a line and fsync it (its name is durable already)."""

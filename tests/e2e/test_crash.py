@@ -26,7 +26,7 @@ from support import (
 
 from flowflexd.emulator import Emulator
 from flowflexd.inbox.spool import SPARE_PREFIX
-from flowflexd.support.crashpoints import POINTS
+from flowflexd.support.crashpoints import POINTS, SPARE_TAKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,7 +179,7 @@ def test_a_kill_after_a_spare_folder_was_taken_leaves_nothing_behind(
     config = layout(tmp_path, emulator)
     inbox = tmp_path / "inbox"
     work = inbox / ".flowflexd" / "work"
-    proc = run_daemon(config, FLOWFLEXD_CRASH_AT="after_spare_taken")
+    proc = run_daemon(config, FLOWFLEXD_CRASH_AT=SPARE_TAKEN)
     try:
         proc.wait_for_log("flowflexd ready")
         drop(inbox, "INV-1.json", b'{"n": 1}')
