@@ -400,7 +400,7 @@ def write_config(
 
 
 class RunningDaemon:
-    """The real daemon (scheduler, workers, watchdog observers) on a thread."""
+    """The real daemon (scheduler, workers, folder watches) on a thread."""
 
     def __init__(
         self,

@@ -385,13 +385,13 @@ class Daemon:
         log.info("serving /metrics and /healthz", listen=self._metrics_server.address)
 
     def health(self) -> Health:
-        """What /healthz answers: workers, observers, and whether FlowFlex takes our credentials."""
+        """What /healthz answers: workers, folder watches, FlowFlex taking our credentials."""
         if not self.ready.is_set():
             return Health(False, "starting")
         if self._stopping:
             return Health(False, "stopping")
         if not self.healthy():
-            return Health(False, "a worker or a folder observer stopped")
+            return Health(False, "a worker or a folder's watch stopped")
         gates = self.scheduler.gates()
         refused = [g for g in gates.values() if g.kind is Pause.CONFIG]
         if refused:
@@ -408,7 +408,7 @@ class Daemon:
         return Health(True, "sending")
 
     def healthy(self) -> bool:
-        """Workers and observers are all running (the heartbeat's condition)."""
+        """Workers and folder watches are all running (the heartbeat's condition)."""
         watching = self.once or all(i.watcher.alive() for i in self.inboxes if i.online)
         return self.scheduler.pool.alive() >= self.config.workers and watching
 
@@ -634,7 +634,7 @@ class Daemon:
             return
         self.heartbeats_withheld += 1
         log.error(
-            "unhealthy: a worker or an observer stopped; withholding the watchdog "
+            "unhealthy: a worker or a folder's watch stopped; withholding the watchdog "
             "heartbeat so systemd restarts flowflexd"
         )
 

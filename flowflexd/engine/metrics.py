@@ -4,7 +4,7 @@ Counters and histograms are fed as things happen (a file finished, an API
 answer, an upload timed); gauges are read at scrape time from the daemon's
 snapshot, which the scheduler thread replaces whole, so a scrape never
 touches the scheduler's own structures. ``/healthz`` answers 200 while every
-worker and observer runs and FlowFlex has not refused our credentials, else
+worker and folder watch runs and FlowFlex has not refused our credentials, else
 503, each with a one-line JSON reason.
 """
 
