@@ -20,7 +20,8 @@ ignored_idle`` (an idle inbox holding 20,000 files no rule takes); ``--only
 rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
 with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
-the SDK loop and three floors (requests, urllib3, http.client); ``--only
+the SDK loop and three floors (requests, urllib3, http.client), beside the
+durable file work alone (no HTTP); ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
 of the same file to the same emulator. The emulator
 runs in its own process; so does the daemon.
@@ -351,6 +352,58 @@ def floor_http_client(url: str, payloads: list[bytes], threads: int) -> None:
     _floor_threads(payloads, threads, one)
 
 
+def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
+    """The file work the durability promise asks for, in 4 threads, and no HTTP at all.
+
+    Per file what a claim needs before the upload (its record written and
+    fsynced, the file renamed in, the three folders fsynced), one read of the
+    file, the asset's line fsynced before the event, a link into done and the
+    claim's names removed. Claim folders are reused, as flowflexd's spares are;
+    the journal and the done folder's fsyncs, one per batch, are left out.
+    """
+    inbox, work, done = root / "inbox", root / "work", root / "done"
+    for folder in (work, done):
+        folder.mkdir(parents=True)
+    local = threading.local()
+
+    def fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def one(item: tuple[int, Path]) -> None:
+        i, path = item
+        claim = getattr(local, "claim", None)
+        if claim is None:
+            claim = local.claim = str(work / f"c{threading.get_ident()}")
+            os.mkdir(claim)
+        record, member = f"{claim}/claim.jsonl", f"{claim}/{path.name}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+        fd = os.open(record, flags, 0o600)
+        try:
+            os.write(fd, json.dumps({"id": i, "key": f"k-{i}", "file": path.name}).encode())
+            os.rename(path, member)
+            os.fsync(fd)
+            fsync_dir(claim)
+            fsync_dir(str(work))
+            fsync_dir(str(inbox))
+            src = os.open(member, os.O_RDONLY)
+            try:
+                os.pread(src, os.fstat(src).st_size, 0)
+            finally:
+                os.close(src)
+            os.write(fd, json.dumps({"asset": f"a-{i}"}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(member, done / path.name)
+        os.unlink(member)
+
+    _floor_threads(files, threads, one)
+
+
 def own_cpu() -> float:
     times = os.times()
     return times.user + times.system
@@ -362,11 +415,13 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     2,000 files of 20 kB at 0 ms, 4 workers (threads for the floors), medians of
     ``--repeat`` interleaved runs. The emulator is another process, never counted;
     the baselines run in this process, measured with os.times(), one at a time.
+    Beside them, the durable file work alone (``floor_durable_files``): no floor
+    of the three calls does any, and flowflexd cannot do less of it.
     """
     payloads = make_payloads(args.cpu_files, args.size)
     emulator = Emulator(root, 0)
     runs: dict[str, list[float]] = {
-        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client")
+        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client", "files")
     }
     rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
     n = len(payloads)
@@ -380,6 +435,11 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 before = own_cpu()
                 floor(emulator.url, payloads, 4)
                 runs[name].append((own_cpu() - before) / n * 1000)
+            files_at = root / f"files{i}"
+            files = write_files(files_at / "inbox", payloads, "f")  # not counted
+            before = own_cpu()
+            floor_durable_files(files_at, files, 4)
+            runs["files"].append((own_cpu() - before) / n * 1000)
             before = own_cpu()
             rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
             runs["sdk"].append((own_cpu() - before) / n * 1000)
@@ -404,7 +464,14 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "workers": 4,
         "runs_each": args.repeat,
         "cpu_ms_per_file": ms,
-        "flowflexd_vs": {k: round(ms["flowflexd"] / ms[k], 2) for k in ms if k != "flowflexd"},
+        "flowflexd_vs": {
+            k: round(ms["flowflexd"] / ms[k], 2) for k in ms if k not in ("flowflexd", "files")
+        },
+        # What a client of the three calls that kept the durability promise could not go below.
+        "http_client_and_files_ms": round(ms["http_client"] + ms["files"], 2),
+        "flowflexd_vs_http_client_and_files": round(
+            ms["flowflexd"] / (ms["http_client"] + ms["files"]), 2
+        ),
         "files_per_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -76,7 +78,9 @@ def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Pat
     assert idle["cpu_seconds_per_minute"] >= 0
 
 
-def test_the_cpu_part_measures_flowflexd_the_sdk_and_the_three_floors(tmp_path: Path) -> None:
+def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_work(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "cpu.json"
     done = bench(*("--only", "cpu", "--cpu-files", "40", "--repeat", "1", "--json", str(out)))
 
@@ -84,6 +88,11 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_and_the_three_floors(tmp_path: 
     cpu = json.loads(out.read_text())["cpu"]
     assert cpu["files"] == 40
     measured = cpu["cpu_ms_per_file"]
-    assert set(measured) == {"flowflexd", "sdk", "requests", "urllib3", "http_client"}
+    assert set(measured) == {"flowflexd", "sdk", "requests", "urllib3", "http_client", "files"}
     assert all(ms > 0 for ms in measured.values())
     assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
+    both = cpu["http_client_and_files_ms"]
+    assert both == pytest.approx(measured["http_client"] + measured["files"], abs=0.01)
+    assert cpu["flowflexd_vs_http_client_and_files"] == pytest.approx(
+        measured["flowflexd"] / both, abs=0.01
+    )
