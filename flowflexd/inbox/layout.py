@@ -72,7 +72,29 @@ def walk(inbox: Path, owned: set[str], max_depth: int | None) -> Iterator[str]:
     Owned, hidden and junk folders are not entered, nor folders deeper than
     ``max_depth`` levels, nor folders behind a symbolic link.
     """
-    stack = [""]
+    return (rel for rel, is_folder in _entries(inbox, owned, max_depth, "") if not is_folder)
+
+
+def folders(inbox: Path, owned: set[str], max_depth: int | None, below: str = "") -> Iterator[str]:
+    """Every folder ``walk`` enters under ``below`` (a relative path; "": the inbox)."""
+    return (rel for rel, is_folder in _entries(inbox, owned, max_depth, below) if is_folder)
+
+
+def entered(folder: str, owned: set[str], max_depth: int | None) -> bool:
+    """Whether ``walk`` enters ``folder`` (relative, "/"-separated), as far as its path tells."""
+    parts = folder.split("/")
+    if max_depth is not None and len(parts) > max_depth:
+        return False
+    return not any(
+        "/".join(parts[: i + 1]) in owned or skipped_folder(part) for i, part in enumerate(parts)
+    )
+
+
+def _entries(
+    inbox: Path, owned: set[str], max_depth: int | None, below: str
+) -> Iterator[tuple[str, bool]]:
+    """(relative path, True for a folder entered) for all under ``below`` that walk sees."""
+    stack = [below]
     while stack:
         below = stack.pop()
         try:
@@ -87,8 +109,9 @@ def walk(inbox: Path, owned: set[str], max_depth: int | None) -> Iterator[str]:
                     continue
                 if max_depth is None or depth <= max_depth:
                     stack.append(rel)
+                    yield rel, True
             else:
-                yield rel
+                yield rel, False
 
 
 def suffixed(name: str, tag: str) -> str:

@@ -136,7 +136,9 @@ class Inbox:
                     self.said_offline = True
                 self.online = False
                 return []
-            if self.said_offline or self.identity is not None:
+            if self.online and identity == self.identity:
+                log.warning("this folder's watch stopped; watching it again", folder=str(self.path))
+            elif self.said_offline or self.identity is not None:
                 log.info("inbox is back", folder=str(self.path))
             self.said_offline = False
             return self._go_online(now)
@@ -147,10 +149,21 @@ class Inbox:
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float, rescan_seconds: float) -> None:
         """New settings for the same inbox: what is queued or claimed stays as it is."""
-        restart = (folder.poll, folder.poll_interval, folder.recursive) != (
+        # What the watch was built from (a tree's watches follow depth and owned folders).
+        restart = (
+            folder.poll,
+            folder.poll_interval,
+            folder.recursive,
+            folder.max_depth,
+            folder.done,
+            folder.failed,
+        ) != (
             self.folder.poll,
             self.folder.poll_interval,
             self.folder.recursive,
+            self.folder.max_depth,
+            self.folder.done,
+            self.folder.failed,
         )
         self.folder = folder
         self.spool.folder = folder

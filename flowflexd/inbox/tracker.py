@@ -342,14 +342,8 @@ class Tracker:
             return True
         if "/" not in name:
             return False
-        folders = name.split("/")[:-1]
-        if not self.folder.recursive or (
-            self.folder.max_depth is not None and len(folders) > self.folder.max_depth
-        ):
-            return True
-        return any(
-            "/".join(folders[: i + 1]) in self._skip or layout.skipped_folder(part)
-            for i, part in enumerate(folders)
+        return not self.folder.recursive or not layout.entered(
+            name.rpartition("/")[0], self._skip, self.folder.max_depth
         )
 
     def _enter(self, folder: str) -> None:

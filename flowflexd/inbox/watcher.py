@@ -1,4 +1,4 @@
-"""watchdog's inotify (or its polling observer), one watch per inbox, turned into name hints.
+"""watchdog's inotify (or its polling observer), one inbox at a time, turned into name hints.
 
 Events are only hints: a hint says "look at this name again", never "this
 file is complete". Names are matched in our own code, not by watchdog's
@@ -6,12 +6,14 @@ pattern handler (which drops a rename whose old name it ignores, such as
 ``scan.tmp`` to ``scan.pdf``). When the kernel's inotify limits are reached,
 the folder falls back to polling instead of going silent.
 
-A flat inbox (not ``recursive``) takes its events straight from watchdog's
-inotify reader thread. Its observer would pass each event through three more
-threads (the move grouper, the emitter, the dispatcher), to pair moves and
-build event objects that a name hint does not need; at a few events per
-file, those hand-offs were 8 % of the daemon's CPU per file. A tree keeps the
-observer, whose emitter adds and moves the watches of its subfolders.
+With inotify, an inbox's events come straight from watchdog's inotify reader
+thread (``InotifyFD``), one callback per event. watchdog's observer would
+pass each event through three more threads (the move grouper, the emitter,
+the dispatcher) to pair moves and build event objects that a name hint does
+not need; at a few events per file, those hand-offs were 8 % of the daemon's
+CPU per file. In a tree, the watch keeps a watch on each folder the tracker
+takes files from, and never on flowflexd's own (the work area below
+``.flowflexd`` changes with every claim) or on hidden, junk or too deep ones.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from watchdog.events import (
@@ -27,17 +30,9 @@ from watchdog.events import (
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
     EVENT_TYPE_OPENED,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify_c import (
     CallbackId,
@@ -50,33 +45,24 @@ from watchdog.observers.inotify_c import (
 from watchdog.observers.polling import PollingObserver
 
 from flowflexd.config.model import Folder
+from flowflexd.inbox import layout
 
 log = structlog.get_logger("flowflexd.inbox.watcher")
 
 Hint = Callable[[str | None], None]  # a name to look at again; None: rescan the folder
 
-# With inotify, a file that appeared, was closed after writing, or moved is
-# enough of a hint: the tracker re-checks a file that is still changing on
-# its own schedule, so per-write "modified" events would only add work.
-INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-    DirCreatedEvent,  # a new folder (per user or device) is entered at once with recursive
-]
-
-# The kernel mask watchdog's emitter asks for with INOTIFY_EVENTS, so that a
-# flat inbox and a tree sharing a watch (one inotify instance per process)
-# never rewrite each other's mask.
-FLAT_MASK = Mask(
+# A file that appeared, was closed after writing, moved or went is enough of a
+# hint: the tracker re-checks a file that is still changing on its own
+# schedule, so per-write "modified" events would only add work. The folder
+# itself going away (deleted, or moved) asks for a look at the whole inbox.
+INOTIFY_MASK = Mask(
     InotifyConstants.IN_CREATE
     | InotifyConstants.IN_CLOSE_WRITE
     | InotifyConstants.IN_MOVE
     | InotifyConstants.IN_DELETE
     | InotifyConstants.IN_DELETE_SELF
+    | InotifyConstants.IN_MOVE_SELF
+    | InotifyConstants.IN_ONLYDIR
     | InotifyConstants.IN_DONT_FOLLOW
 )
 
@@ -86,7 +72,13 @@ INOTIFY_LIMITS = {
 }
 
 
+def _limit_fix(sysctl: str) -> str:
+    return f"raise it: sysctl -w {sysctl}=<larger>, and persist it in /etc/sysctl.d/"
+
+
 class _Handler(FileSystemEventHandler):
+    """Polling: watchdog's events on the inbox (and below, in a tree) as name hints."""
+
     def __init__(self, inbox: str, hint: Hint, *, recursive: bool) -> None:
         self._inbox = inbox
         self._below = inbox.rstrip("/") + "/"
@@ -114,41 +106,147 @@ class _Handler(FileSystemEventHandler):
                 self._hint(None)
 
 
-class _FlatWatch:
-    """One inotify watch on a flat inbox; watchdog's reader thread calls it per event.
+class _InotifyWatch:
+    """The inotify watches of one inbox (and of its folders, in a tree).
 
-    It only passes names on: a name in the inbox, or None (look at the whole
-    folder) when the inbox itself went away or the kernel's queue overflowed
-    and events were lost.
+    watchdog's reader thread calls ``on_event`` and the others; ``stop`` is
+    called from the daemon's thread. A hint is a path below the inbox, or None
+    (look at the whole folder) when the inbox went away, the kernel's event
+    queue overflowed, or a folder moved out of the tree with its files.
     """
 
-    def __init__(self, inbox: str, hint: Hint) -> None:
+    def __init__(self, folder: Folder, hint: Hint) -> None:
+        self._inbox = str(folder.path)
+        self._tree = folder.recursive
+        self._max_depth = folder.max_depth
+        self._owned = layout.owned_names(folder.path, folder.done, folder.failed)
         self._hint = hint
-        self._lock = threading.Lock()  # stop() and the reader thread; no hint after stop
+        self._lock = threading.Lock()  # the reader thread and stop(); no hint after stop
         self._live = True
         self._id = CallbackId(id(self))
         self._reader = InotifyFD.get_instance()
-        self._wd: WatchDescriptor = self._reader.add_callback(
-            os.fsencode(inbox), FLAT_MASK, self, self._id
-        )
+        self._folders: dict[WatchDescriptor, str] = {}  # a watch -> its folder ("": the inbox)
+        self._watches: dict[str, WatchDescriptor] = {}  # and back
+        try:
+            self._watch_below("")
+        except OSError:
+            self._unwatch(list(self._folders))
+            raise
+
+    # ------------------------------------------------------ the reader thread
 
     def on_event(self, event: InotifyEvent) -> None:
         with self._lock:
-            if self._live:
-                self._hint(os.fsdecode(event.name) if event.name else None)
+            if not self._live:
+                return
+            folder = self._folders.get(event.wd)
+            if folder is None:
+                return  # a watch given up; its IN_IGNORED is on its way
+            if not event.name:
+                if folder == "":
+                    self._hint(None)  # the inbox itself was removed or moved
+                return  # a subfolder: its parent's event says the same
+            path = f"{folder}/{os.fsdecode(event.name)}" if folder else os.fsdecode(event.name)
+            if self._tree and event.is_directory:
+                if event.is_create or event.is_moved_to:
+                    self._watch_new(path)
+                elif event.is_moved_from:
+                    # Its files went with it, or now have other paths: look at all.
+                    self._unwatch([wd for wd, f in self._folders.items() if _within(f, path)])
+                    self._hint(None)
+            self._hint(path)
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
-        # The inbox was removed, or its file system unmounted: alive() says so,
-        # and the inbox's own checks decide whether it is gone or back.
+        # A watched folder was removed, or its file system unmounted.
         with self._lock:
-            if self._live:
-                self._live = False
+            if self._forget(wd) == "" and self._live:
+                self._live = False  # alive() says so; the inbox's own checks decide what next
                 self._hint(None)
 
     def on_queue_overflow(self) -> None:
         with self._lock:
-            if self._live:
-                self._hint(None)
+            if not self._live:
+                return
+            log.warning(
+                "inotify's queue overflowed, events were lost; looking at the whole folder",
+                folder=self._inbox,
+                fix="if this comes often, raise fs.inotify.max_queued_events (sysctl)",
+            )
+            if self._tree:
+                # Folders made or moved while events were lost: watch the tree afresh.
+                self._unwatch([wd for wd, f in self._folders.items() if f])
+                try:
+                    self._watch_below("")
+                except OSError as err:
+                    self._give_up(err)
+            self._hint(None)
+
+    # ------------------------------------------------------------ internals
+
+    def _watch_below(self, below: str) -> None:
+        """Watch ``below`` and, in a tree, every folder under it that files are taken from.
+
+        The limits raise (OSError with ENOSPC or EMFILE); a folder that went
+        or cannot be read is left out, as the tracker's walk leaves it out.
+        """
+        self._add(below, strict=True)
+        if self._tree:
+            for folder in layout.folders(Path(self._inbox), self._owned, self._max_depth, below):
+                self._add(folder, strict=False)
+
+    def _add(self, folder: str, *, strict: bool) -> None:
+        if folder in self._watches:
+            # Seen twice: mkdir -p makes a folder and the folders in it before their
+            # watches exist. (A folder removed and made again was forgotten first:
+            # its watch's IN_IGNORED comes before the new folder's IN_CREATE.)
+            return
+        path = os.path.join(self._inbox, folder) if folder else self._inbox
+        try:
+            wd = self._reader.add_callback(os.fsencode(path), INOTIFY_MASK, self, self._id)
+        except OSError as err:
+            if strict or err.errno in INOTIFY_LIMITS:
+                raise
+            return
+        self._folders[wd] = folder
+        self._watches[folder] = wd
+
+    def _watch_new(self, folder: str) -> None:
+        """A folder made or moved into the tree: watch it and all below it (mkdir -p, a move)."""
+        if not layout.entered(folder, self._owned, self._max_depth):
+            return
+        try:
+            self._watch_below(folder)
+        except OSError as err:
+            if err.errno in INOTIFY_LIMITS:
+                self._give_up(err)
+            # Otherwise gone again, or unreadable: the tracker sees the same.
+
+    def _give_up(self, err: OSError) -> None:
+        """Out of watches for a new folder: stop, so that the inbox restarts its watch, polling."""
+        log.error(
+            "inotify limit reached for a new subfolder; this folder's watch starts again",
+            folder=self._inbox,
+            error=str(err),
+            fix=_limit_fix(INOTIFY_LIMITS[err.errno or 0]),
+        )
+        self._live = False
+        self._hint(None)
+
+    def _forget(self, wd: WatchDescriptor) -> str | None:
+        folder = self._folders.pop(wd, None)
+        if folder is not None and self._watches.get(folder) == wd:
+            del self._watches[folder]
+        return folder
+
+    def _unwatch(self, wds: list[WatchDescriptor]) -> None:
+        for wd in wds:
+            self._forget(wd)
+        try:
+            self._reader.remove_callbacks([(wd, self._id) for wd in wds])
+        except OSError as err:
+            log.debug("inotify watch removal failed", error=str(err))
+
+    # ------------------------------------------------------- daemon's thread
 
     def alive(self) -> bool:
         return self._live and self._reader.is_alive()
@@ -156,10 +254,11 @@ class _FlatWatch:
     def stop(self) -> None:
         with self._lock:
             self._live = False
-        try:
-            self._reader.remove_callbacks([(self._wd, self._id)])
-        except OSError as err:
-            log.debug("inotify watch removal failed", error=str(err))
+            self._unwatch(list(self._folders))
+
+
+def _within(folder: str, top: str) -> bool:
+    return folder == top or folder.startswith(top + "/")
 
 
 class FolderWatcher:
@@ -168,66 +267,54 @@ class FolderWatcher:
     def __init__(self, folder: Folder) -> None:
         self.folder = folder
         self._observer: BaseObserver | None = None
-        self._flat: _FlatWatch | None = None
+        self._inotify: _InotifyWatch | None = None
         self.mode = "stopped"
 
     def start(self, hint: Hint) -> str:
         """Start watching, calling ``hint`` for every name an event concerns; returns the mode."""
         inbox = str(self.folder.path)
-        recursive = self.folder.recursive
-        handler = _Handler(inbox, hint, recursive=recursive)
         if not self.folder.poll:
-            observer: BaseObserver | None = None
             try:
-                # watchdog opens its inotify instance on first use: here, or in the constructor.
-                if recursive:
-                    observer = Observer()
-                    observer.schedule(handler, inbox, recursive=True, event_filter=INOTIFY_EVENTS)
-                    observer.start()
-                else:
-                    self._flat = _FlatWatch(inbox, hint)
+                self._inotify = _InotifyWatch(self.folder, hint)
             except OSError as err:
                 sysctl = INOTIFY_LIMITS.get(err.errno or 0)
                 if sysctl is None:
                     raise
-                if observer is not None:
-                    _stop_quietly(observer)
                 log.error(
                     "inotify limit reached; this folder falls back to polling",
                     folder=inbox,
                     error=str(err),
-                    fix=f"raise it: sysctl -w {sysctl}=<larger>, and persist it in /etc/sysctl.d/",
+                    fix=_limit_fix(sysctl),
                 )
             else:
-                self._observer = observer
                 self.mode = "inotify"
                 return self.mode
         observer = PollingObserver(timeout=self.folder.poll_interval)
-        observer.schedule(handler, inbox, recursive=recursive)
+        observer.schedule(
+            _Handler(inbox, hint, recursive=self.folder.recursive),
+            inbox,
+            recursive=self.folder.recursive,
+        )
         observer.start()
         self._observer = observer
         self.mode = "polling" if self.folder.poll else "polling (inotify limit)"
         return self.mode
 
     def alive(self) -> bool:
-        if self._flat is not None:
-            return self._flat.alive()
+        if self._inotify is not None:
+            return self._inotify.alive()
         return self._observer is not None and self._observer.is_alive()
 
     def stop(self) -> None:
-        if self._flat is not None:
-            self._flat.stop()
-            self._flat = None
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify = None
         if self._observer is not None:
-            _stop_quietly(self._observer)
+            try:
+                self._observer.stop()
+                if self._observer.is_alive():
+                    self._observer.join(timeout=5)
+            except (OSError, RuntimeError) as err:
+                log.debug("observer stop failed", error=str(err))
             self._observer = None
         self.mode = "stopped"
-
-
-def _stop_quietly(observer: BaseObserver) -> None:
-    try:
-        observer.stop()
-        if observer.is_alive():
-            observer.join(timeout=5)
-    except (OSError, RuntimeError) as err:
-        log.debug("observer stop failed", error=str(err))

@@ -249,6 +249,40 @@ def test_a_tree_over_the_watch_limit_falls_back_to_polling_it_whole(
     assert "fs.inotify.max_user_watches" in line["fix"]
 
 
+def test_a_tree_that_outgrows_the_watch_limit_says_so_and_polls(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (tmp_path / "inbox" / "alice").mkdir(parents=True)
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[{**spec(tmp_path), "recursive": True}]
+    )
+    use_up = watch_hog(tmp_path)
+    taken: list[int] = []
+    proc = run_daemon(config)
+    try:
+        proc.wait_for_log("watching", mode="inotify")
+        use_up(taken)
+        (tmp_path / "inbox" / "bob").mkdir()  # no watch left for it
+        line = proc.wait_for_log(
+            "inotify limit reached for a new subfolder; this folder's watch starts again"
+        )
+        assert "fs.inotify.max_user_watches" in line["fix"]
+        proc.wait_for_log("this folder's watch stopped; watching it again")
+        proc.wait_for_log("watching", mode="polling (inotify limit)")
+        for fd in taken:
+            os.close(fd)
+        taken.clear()
+        drop(tmp_path / "inbox" / "bob", "grown.pdf", b"%PDF\n%%EOF")
+        wait_until(lambda: "grown.pdf" in files_in(tmp_path / "done"), timeout=20)
+        assert not any("inbox is back" in line for line in proc.snapshot())
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        for fd in taken:
+            os.close(fd)
+        proc.stop()
+
+
 def test_the_inotify_instance_limit_falls_back_to_polling(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -264,3 +298,46 @@ def test_the_inotify_instance_limit_falls_back_to_polling(
     line = falls_back_to_polling(tmp_path, emulator, use_up)
 
     assert "fs.inotify.max_user_instances" in line["fix"]
+
+
+@contextlib.contextmanager
+def inotify_queue_of(events: int) -> Iterator[None]:
+    """A small kernel event queue for the inotify instances made meanwhile (root only)."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    if not os.access(knob, os.W_OK):
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    before = knob.read_text()
+    knob.write_text(str(events))
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
+def test_events_lost_to_a_full_inotify_queue_are_caught_up_at_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A burst larger than the kernel's queue overflows it; the daemon then looks at
+    the whole folder at once, not at the next periodic rescan an hour later."""
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], rescan_seconds=3600
+    )
+    with inotify_queue_of(16):  # read when the daemon makes its inotify instance
+        proc = run_daemon(config)
+        try:
+            proc.wait_for_log("watching", mode="inotify")
+        except BaseException:
+            proc.stop()
+            raise
+    try:
+        names = [f"burst-{i:03}.pdf" for i in range(300)]
+        for name in names:
+            drop(tmp_path / "inbox", name, b"%PDF\n%%EOF")
+        wait_until(lambda: set(names) <= files_in(tmp_path / "done"), timeout=60)
+        proc.wait_for_log(
+            "inotify's queue overflowed, events were lost; looking at the whole folder"
+        )
+        proc.proc.terminate()
+        assert proc.wait_exit() == 0
+    finally:
+        proc.stop()

@@ -1,12 +1,12 @@
 """The watcher on real folders with the kernel's inotify: which names it hints, and when.
 
-A flat inbox takes its events from watchdog's inotify reader directly, a
-tree through watchdog's observer; both must hint the same names.
+Events come from watchdog's inotify reader thread; in a tree, the watcher
+keeps the watches of its folders itself, so these tests pin which folders it
+watches as they are made, moved and removed.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import time
@@ -22,7 +22,9 @@ from flowflexd.inbox.watcher import FolderWatcher
 Hints = queue.SimpleQueue[str | None]
 
 
-def folder(path: Path, *, recursive: bool = False, poll: bool = False) -> Folder:
+def folder(
+    path: Path, *, recursive: bool = False, poll: bool = False, max_depth: int | None = None
+) -> Folder:
     path.mkdir(exist_ok=True)
     done, failed = path.parent / "done", path.parent / "failed"
     return Folder(
@@ -33,7 +35,30 @@ def folder(path: Path, *, recursive: bool = False, poll: bool = False) -> Folder
         recursive=recursive,
         poll=poll,
         poll_interval=0.1,
+        max_depth=max_depth,
     )
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[tuple[FolderWatcher, Hints]]:
+    (tmp_path / "tree" / "alice").mkdir(parents=True)
+    watcher = FolderWatcher(folder(tmp_path / "tree", recursive=True, max_depth=3))
+    hints: Hints = queue.SimpleQueue()
+    assert watcher.start(hints.put) == "inotify"
+    yield watcher, hints
+    watcher.stop()
+
+
+def quiet(hints: Hints, seconds: float = 0.5) -> list[str | None]:
+    """What else comes within ``seconds`` (to show that something does not)."""
+    got: list[str | None] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            got.append(hints.get(timeout=left))
+        except queue.Empty:
+            break
+    return got
 
 
 @pytest.fixture
@@ -161,20 +186,87 @@ def test_two_flat_inboxes_on_one_inotify_reader_each_hear_only_their_own(tmp_pat
         second.stop()
 
 
-def test_a_tree_hints_paths_below_the_inbox_through_the_observer(tmp_path: Path) -> None:
-    watcher = FolderWatcher(folder(tmp_path / "tree", recursive=True))
-    hints: Hints = queue.SimpleQueue()
-    assert watcher.start(hints.put) == "inotify"
-    try:
-        sub = tmp_path / "tree" / "alice" / "2026"
-        sub.mkdir(parents=True)
-        hinted(hints, "alice")
-        (sub / "scan.pdf").write_bytes(b"%PDF")
-        hinted(hints, os.path.join("alice", "2026", "scan.pdf"))
-        assert watcher.alive()
-    finally:
-        watcher.stop()
-    assert not watcher.alive()
+def test_a_tree_watches_folders_made_below_it_at_any_depth_at_once(
+    tree: tuple[FolderWatcher, Hints], tmp_path: Path
+) -> None:
+    watcher, hints = tree
+    (tmp_path / "tree" / "alice" / "scan.pdf").write_bytes(b"%PDF")
+    hinted(hints, "alice/scan.pdf")
+    deep = tmp_path / "tree" / "bob" / "2026" / "12"
+    # mkdir -p: the inner folders may come before the outer one's watch. Each
+    # folder is watched before it is hinted, so the tracker's walk of a hinted
+    # folder finds what was written before the watch, and events tell the rest.
+    deep.mkdir(parents=True)
+    hinted(hints, "bob")
+    quiet(hints)  # until the watcher has seen all three folders
+    (deep / "late.pdf").write_bytes(b"%PDF")
+    hinted(hints, "bob/2026/12/late.pdf")
+    assert watcher.alive()
+
+
+def test_a_tree_never_watches_flowflexds_own_hidden_or_too_deep_folders(
+    tree: tuple[FolderWatcher, Hints], tmp_path: Path
+) -> None:
+    _, hints = tree
+    root = tmp_path / "tree"
+    for below in (".flowflexd/work/3f2a", ".snapshot", "@eaDir", "a/b/c/d"):
+        (root / below).mkdir(parents=True)
+    hinted(hints, ".flowflexd", ".snapshot", "@eaDir", "a")
+    quiet(hints)
+    for below in (".flowflexd/work/3f2a", ".snapshot", "@eaDir", "a/b/c/d"):
+        (root / below / "x.pdf").write_bytes(b"%PDF")
+    (root / "a" / "b" / "c" / "deepest-taken.pdf").write_bytes(b"%PDF")
+    got = hinted(hints, "a/b/c/deepest-taken.pdf")
+    got.update(quiet(hints))
+    assert got == {"a/b/c/deepest-taken.pdf"}
+
+
+def test_a_folder_moved_inside_the_tree_is_watched_under_its_new_path(
+    tree: tuple[FolderWatcher, Hints], tmp_path: Path
+) -> None:
+    _, hints = tree
+    root = tmp_path / "tree"
+    (root / "alice" / "2026").mkdir()
+    hinted(hints, "alice/2026")
+    (root / "alice" / "2026").rename(root / "archive-2026")
+    # Its files now have other paths: the whole folder is looked at again.
+    hinted(hints, None, "alice/2026", "archive-2026")
+    (root / "archive-2026" / "moved.pdf").write_bytes(b"%PDF")
+    got = hinted(hints, "archive-2026/moved.pdf")
+    got.update(quiet(hints))
+    assert "alice/2026/moved.pdf" not in got
+
+
+def test_a_folder_moved_out_of_the_tree_is_no_longer_watched(
+    tree: tuple[FolderWatcher, Hints], tmp_path: Path
+) -> None:
+    watcher, hints = tree
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "tree" / "alice").rename(elsewhere)
+    hinted(hints, None, "alice")
+    quiet(hints)
+    (elsewhere / "gone.pdf").write_bytes(b"%PDF")
+    assert quiet(hints) == []
+    # A folder moved in from outside is watched, and its files looked at by the tracker.
+    elsewhere.rename(tmp_path / "tree" / "back")
+    hinted(hints, "back")
+    (tmp_path / "tree" / "back" / "new.pdf").write_bytes(b"%PDF")
+    hinted(hints, "back/new.pdf")
+    assert watcher.alive()
+
+
+def test_a_removed_subfolder_leaves_the_tree_watched(
+    tree: tuple[FolderWatcher, Hints], tmp_path: Path
+) -> None:
+    watcher, hints = tree
+    shutil.rmtree(tmp_path / "tree" / "alice")
+    hinted(hints, "alice")
+    (tmp_path / "tree" / "after.pdf").write_bytes(b"%PDF")
+    hinted(hints, "after.pdf")
+    assert watcher.alive()
+    shutil.rmtree(tmp_path / "tree")
+    hinted(hints, None)
+    wait_until(lambda: not watcher.alive(), timeout=10, what="the watcher to say it is not alive")
 
 
 def test_a_polled_inbox_hints_the_same_names(tmp_path: Path) -> None:
