@@ -60,21 +60,6 @@ def guard(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return {key: _scrub(value, secrets) for key, value in event_dict.items()}
 
 
-_WATCHDOG_INOTIFY = "watchdog.observers.inotify"
-
-
-class _WatchdogStopNoise(logging.Filter):
-    """Drop the ERROR watchdog 7.1 logs when an observer stops.
-
-    Its emitter loop runs once more after the stop took its inotify handle
-    away, logs "called when the thread is inactive" and returns: harmless,
-    but an operator would read an ERROR on every shutdown and reload.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "called when the thread is inactive" not in str(record.msg)
-
-
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that keeps a live status line (``once`` on a terminal) below its lines.
 
@@ -215,9 +200,3 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     # Their chatter at info is per connection or per inotify event: too much.
     for noisy in ("urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # On the one logger that says it, not the handler: a handler filter would
-    # render every line's event dict to a string just to look for the phrase.
-    noise = logging.getLogger(_WATCHDOG_INOTIFY)
-    for stale in [f for f in noise.filters if isinstance(f, _WatchdogStopNoise)]:
-        noise.removeFilter(stale)
-    noise.addFilter(_WatchdogStopNoise())

@@ -179,7 +179,7 @@ def test_run_reports_ready_status_heartbeats_reload_and_stop(
     finally:
         proc.stop()
 
-    # Stopping watchdog's observers (at the reload and at the stop) is not an error.
+    # Stopping the folders' watches (at the reload and at the stop) is not an error.
     assert [line for line in proc.json_lines() if line.get("level") == "error"] == []
     reload_message = notify_socket.drain()[reloading].splitlines()
     assert reload_message[0] == "RELOADING=1"
