@@ -96,13 +96,13 @@ def _entries(
     """(relative path, True for a folder entered) for all under ``below`` that walk sees."""
     stack = [below]
     while stack:
-        below = stack.pop()
+        at = stack.pop()
         try:
-            entries = list(os.scandir(inbox / below if below else inbox))
+            entries = list(os.scandir(inbox / at if at else inbox))
         except OSError:
             continue
         for entry in entries:
-            rel = f"{below}/{entry.name}" if below else entry.name
+            rel = f"{at}/{entry.name}" if at else entry.name
             if entry.is_dir(follow_symlinks=False):
                 depth = rel.count("/") + 1
                 if rel in owned or skipped_folder(entry.name):

@@ -149,22 +149,7 @@ class Inbox:
 
     def reconfigure(self, folder: Folder, *, settle_seconds: float, rescan_seconds: float) -> None:
         """New settings for the same inbox: what is queued or claimed stays as it is."""
-        # What the watch was built from (a tree's watches follow depth and owned folders).
-        restart = (
-            folder.poll,
-            folder.poll_interval,
-            folder.recursive,
-            folder.max_depth,
-            folder.done,
-            folder.failed,
-        ) != (
-            self.folder.poll,
-            self.folder.poll_interval,
-            self.folder.recursive,
-            self.folder.max_depth,
-            self.folder.done,
-            self.folder.failed,
-        )
+        restart = _watched_as(folder) != _watched_as(self.folder)
         self.folder = folder
         self.spool.folder = folder
         self.rescan_seconds = rescan_seconds
@@ -199,3 +184,15 @@ class Inbox:
         self.watcher.stop()
         mode = self.watcher.start(self._hint)
         log.info("watching", folder=str(self.path), mode=mode)
+
+
+def _watched_as(folder: Folder) -> tuple[object, ...]:
+    """What a folder's watch is built from (a tree's watches follow depth and owned folders)."""
+    return (
+        folder.poll,
+        folder.poll_interval,
+        folder.recursive,
+        folder.max_depth,
+        folder.done,
+        folder.failed,
+    )

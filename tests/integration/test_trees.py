@@ -190,6 +190,29 @@ def test_a_reload_that_turns_recursive_on_takes_what_waits_in_subfolders(
         wait_until(lambda: files_in(layout.done) == {"top.pdf", "waiting.pdf"})
 
 
+def test_a_reload_that_deepens_max_depth_watches_the_folders_it_now_takes_from(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    (layout.inbox / "a" / "b").mkdir(parents=True)  # depth 2: not watched with max_depth 1
+    shallow = tree_config(tmp_path, emulator, max_depth=1)
+    deeper = tmp_path / "deeper.yaml"
+    spec = yaml.safe_load(shallow.read_text())
+    spec["folders"][0]["max_depth"] = 3
+    deeper.write_text(yaml.safe_dump(spec))
+    deeper.chmod(0o600)
+    with RunningDaemon(shallow, reload_config=lambda: load(deeper)) as running:
+        running.daemon.request_reload()
+        wait_until(lambda: running.daemon.config.folders[0].max_depth == 3)
+        # Past the reload's own look at the tree: a file at the top goes through.
+        drop(layout.inbox, "after-reload.pdf", b"%PDF top" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"after-reload.pdf"})
+        # Only a watch on a/b can tell of this one; rescans are 10 minutes apart.
+        (layout.inbox / "a" / "b" / "c").mkdir()
+        drop(layout.inbox / "a" / "b" / "c", "deep.pdf", b"%PDF deep" + PDF_END)
+        wait_until(lambda: "deep.pdf" in files_in(layout.done))
+
+
 @pytest.mark.parametrize("recursive", [True, False])
 def test_status_counts_what_waits_where_files_are_taken_from(
     tmp_path: Path, emulator: Emulator, recursive: bool
