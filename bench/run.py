@@ -55,6 +55,7 @@ import urllib3
 import yaml
 
 import flowflexd.client as flowflexd_client
+from flowflexd.support.durable import fsync_dir
 
 HERE = Path(__file__).resolve().parent
 FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
@@ -366,13 +367,6 @@ def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
         folder.mkdir(parents=True)
     local = threading.local()
 
-    def fsync_dir(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def one(item: tuple[int, Path]) -> None:
         i, path = item
         claim = getattr(local, "claim", None)
@@ -387,8 +381,8 @@ def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
             os.rename(path, member)
             os.fsync(fd)
             fsync_dir(claim)
-            fsync_dir(str(work))
-            fsync_dir(str(inbox))
+            fsync_dir(work)
+            fsync_dir(inbox)
             src = os.open(member, os.O_RDONLY)
             try:
                 os.pread(src, os.fstat(src).st_size, 0)

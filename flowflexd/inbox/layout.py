@@ -104,10 +104,7 @@ def _entries(
         for entry in entries:
             rel = f"{at}/{entry.name}" if at else entry.name
             if entry.is_dir(follow_symlinks=False):
-                depth = rel.count("/") + 1
-                if rel in owned or skipped_folder(entry.name):
-                    continue
-                if max_depth is None or depth <= max_depth:
+                if entered(rel, owned, max_depth):
                     stack.append(rel)
                     yield rel, True
             else:
