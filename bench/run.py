@@ -20,8 +20,9 @@ ignored_idle`` (an idle inbox holding 20,000 files no rule takes); ``--only
 rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
 with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
-the SDK loop and three floors (requests, urllib3, http.client), beside the
-durable file work alone (no HTTP); ``--only
+the SDK loop and three floors (requests, urllib3, http.client), beside
+flowflexd's own client making the three calls from memory and the durable
+file work alone (no HTTP); ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
 of the same file to the same emulator. The emulator
 runs in its own process; so does the daemon.
@@ -353,6 +354,28 @@ def floor_http_client(url: str, payloads: list[bytes], threads: int) -> None:
     _floor_threads(payloads, threads, one)
 
 
+def own_client_calls(url: str, payloads: list[bytes], threads: int) -> None:
+    """The three calls per file through flowflexd's own client, as its workers make them.
+
+    The bytes come from memory and nothing is written: beside the http.client
+    floor, this shows what the client's layers (checks, retries, deadlines,
+    redaction, its own HTTP path) cost over the bare calls.
+    """
+    client = flowflexd_client.FlowFlex(
+        api_key=API_KEY, api_secret=API_SECRET, integration_code=CODE, base_url=url
+    )
+
+    def one(item: tuple[int, bytes]) -> None:
+        i, data = item
+        asset = client.upload_file(client.file(data, filename=f"o-{i}.pdf"))
+        client.fire_event("bench.client", {"file": asset}, f"o-{i}-{time.time_ns()}")
+
+    try:
+        _floor_threads(payloads, threads, one)
+    finally:
+        client.close()
+
+
 def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
     """The file work the durability promise asks for, in 4 threads, and no HTTP at all.
 
@@ -409,13 +432,14 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     2,000 files of 20 kB at 0 ms, 4 workers (threads for the floors), medians of
     ``--repeat`` interleaved runs. The emulator is another process, never counted;
     the baselines run in this process, measured with os.times(), one at a time.
-    Beside them, the durable file work alone (``floor_durable_files``): no floor
-    of the three calls does any, and flowflexd cannot do less of it.
+    Beside them, flowflexd's own client making the three calls (``own_client_calls``),
+    and the durable file work alone (``floor_durable_files``): no floor of the
+    three calls does any, and flowflexd cannot do less of it.
     """
     payloads = make_payloads(args.cpu_files, args.size)
     emulator = Emulator(root, 0)
     runs: dict[str, list[float]] = {
-        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client", "files")
+        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client", "client", "files")
     }
     rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
     n = len(payloads)
@@ -425,6 +449,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 ("requests", baseline_b),
                 ("urllib3", floor_urllib3),
                 ("http_client", floor_http_client),
+                ("client", own_client_calls),
             ):
                 before = own_cpu()
                 floor(emulator.url, payloads, 4)
@@ -459,8 +484,12 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "runs_each": args.repeat,
         "cpu_ms_per_file": ms,
         "flowflexd_vs": {
-            k: round(ms["flowflexd"] / ms[k], 2) for k in ms if k not in ("flowflexd", "files")
+            k: round(ms["flowflexd"] / ms[k], 2)
+            for k in ms
+            if k not in ("flowflexd", "client", "files")
         },
+        # Whether the daemon's HTTP path is at the floor: its client alone against http.client.
+        "client_vs_http_client": round(ms["client"] / ms["http_client"], 2),
         # What a client of the three calls that kept the durability promise could not go below.
         "http_client_and_files_ms": round(ms["http_client"] + ms["files"], 2),
         "flowflexd_vs_http_client_and_files": round(

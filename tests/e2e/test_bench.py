@@ -88,9 +88,14 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     cpu = json.loads(out.read_text())["cpu"]
     assert cpu["files"] == 40
     measured = cpu["cpu_ms_per_file"]
-    assert set(measured) == {"flowflexd", "sdk", "requests", "urllib3", "http_client", "files"}
+    assert set(measured) == {
+        "flowflexd", "sdk", "requests", "urllib3", "http_client", "client", "files"
+    }  # fmt: skip
     assert all(ms > 0 for ms in measured.values())
     assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
+    assert cpu["client_vs_http_client"] == pytest.approx(
+        measured["client"] / measured["http_client"], abs=0.01
+    )
     both = cpu["http_client_and_files_ms"]
     assert both == pytest.approx(measured["http_client"] + measured["files"], abs=0.01)
     assert cpu["flowflexd_vs_http_client_and_files"] == pytest.approx(
