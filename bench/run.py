@@ -21,8 +21,8 @@ rate_limit`` sends 1,000 files to an emulator with a quota of 50 events/s,
 with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
 the SDK loop and three floors (requests, urllib3, http.client), beside
-flowflexd's own client making the three calls from memory and the durable
-file work alone (no HTTP); ``--only
+flowflexd's own client making the three calls from memory, flowflexd with
+one worker, and the durable file work alone (no HTTP); ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
 of the same file to the same emulator. The emulator
 runs in its own process; so does the daemon.
@@ -426,6 +426,22 @@ def own_cpu() -> float:
     return times.user + times.system
 
 
+def daemon_cpu(root: Path, url: str, payloads: list[bytes], workers: int) -> tuple[float, float]:
+    """flowflexd's CPU ms per delivered file, and its files/s, with ``workers`` workers."""
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5)
+    try:
+        before = daemon.cpu_seconds()
+        started = time.monotonic()
+        write_files(inbox, payloads, "c")
+        finished = wait_count(root / "inbox-done", len(payloads), timeout=900)
+        used = daemon.cpu_seconds() - before
+    finally:
+        daemon.stop()
+    return used / len(payloads) * 1000, len(payloads) / (finished - started)
+
+
 def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """CPU (user+sys) per delivered file: flowflexd, the SDK loop and three floors.
 
@@ -434,12 +450,17 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     the baselines run in this process, measured with os.times(), one at a time.
     Beside them, flowflexd's own client making the three calls (``own_client_calls``),
     and the durable file work alone (``floor_durable_files``): no floor of the
-    three calls does any, and flowflexd cannot do less of it.
+    three calls does any, and flowflexd cannot do less of it. And flowflexd with
+    one worker: what its threads cost in taking turns at the interpreter lock.
     """
     payloads = make_payloads(args.cpu_files, args.size)
     emulator = Emulator(root, 0)
     runs: dict[str, list[float]] = {
-        k: [] for k in ("flowflexd", "sdk", "requests", "urllib3", "http_client", "client", "files")
+        k: []
+        for k in (
+            *("flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client"),
+            *("client", "files"),
+        )
     }
     rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
     n = len(payloads)
@@ -462,18 +483,11 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             before = own_cpu()
             rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
             runs["sdk"].append((own_cpu() - before) / n * 1000)
-            inbox = root / f"cpu{i}" / "inbox"
-            inbox.mkdir(parents=True)
-            daemon = Daemon(root / f"cpu{i}", emulator.url, [inbox], workers=4, settle=0.5)
-            try:
-                before = daemon.cpu_seconds()
-                started = time.monotonic()
-                write_files(inbox, payloads, "c")
-                finished = wait_count(root / f"cpu{i}" / "inbox-done", n, timeout=900)
-                runs["flowflexd"].append((daemon.cpu_seconds() - before) / n * 1000)
-                rates["flowflexd"].append(n / (finished - started))
-            finally:
-                daemon.stop()
+            ms, rate = daemon_cpu(root / f"cpu{i}", emulator.url, payloads, 4)
+            runs["flowflexd"].append(ms)
+            rates["flowflexd"].append(rate)
+            ms, _ = daemon_cpu(root / f"one{i}", emulator.url, payloads, 1)
+            runs["flowflexd_1_worker"].append(ms)
     finally:
         emulator.stop()
     ms = {k: round(statistics.median(v), 2) for k, v in runs.items()}
@@ -486,7 +500,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "flowflexd_vs": {
             k: round(ms["flowflexd"] / ms[k], 2)
             for k in ms
-            if k not in ("flowflexd", "client", "files")
+            if k not in ("flowflexd", "flowflexd_1_worker", "client", "files")
         },
         # Whether the daemon's HTTP path is at the floor: its client alone against http.client.
         "client_vs_http_client": round(ms["client"] / ms["http_client"], 2),

@@ -89,7 +89,8 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     assert cpu["files"] == 40
     measured = cpu["cpu_ms_per_file"]
     assert set(measured) == {
-        "flowflexd", "sdk", "requests", "urllib3", "http_client", "client", "files"
+        "flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client", "client",
+        "files",
     }  # fmt: skip
     assert all(ms > 0 for ms in measured.values())
     assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
