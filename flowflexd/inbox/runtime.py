@@ -64,7 +64,7 @@ class Inbox:
         self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
         self.watcher = FolderWatcher(folder)
         self.rescan_seconds = rescan_seconds
-        self.watch = watch  # False for ``once``: one look, no observer
+        self.watch = watch  # False for ``once``: one look, no watch
         self._hint = hint(self)
         self.online = False
         self.identity: tuple[int, int] | None = None
