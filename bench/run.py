@@ -445,16 +445,17 @@ def daemon_cpu(root: Path, url: str, payloads: list[bytes], workers: int) -> tup
 def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """CPU (user+sys) per delivered file: flowflexd, the SDK loop and three floors.
 
-    2,000 files of 20 kB at 0 ms, 4 workers (threads for the floors), medians of
-    ``--repeat`` interleaved runs. The emulator is another process, never counted;
-    the baselines run in this process, measured with os.times(), one at a time.
+    2,000 files of 20 kB at 0 ms (``--cpu-latency``), 4 workers (threads for the
+    floors), medians of ``--repeat`` interleaved runs. The emulator is another
+    process, never counted; the baselines run in this process, measured with
+    os.times(), one at a time.
     Beside them, flowflexd's own client making the three calls (``own_client_calls``),
     and the durable file work alone (``floor_durable_files``): no floor of the
     three calls does any, and flowflexd cannot do less of it. And flowflexd with
     one worker: what its threads cost in taking turns at the interpreter lock.
     """
     payloads = make_payloads(args.cpu_files, args.size)
-    emulator = Emulator(root, 0)
+    emulator = Emulator(root, args.cpu_latency)
     runs: dict[str, list[float]] = {
         k: []
         for k in (
@@ -494,6 +495,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {
         "files": n,
         "size": args.size,
+        "latency_ms": args.cpu_latency,
         "workers": 4,
         "runs_each": args.repeat,
         "cpu_ms_per_file": ms,
@@ -929,6 +931,12 @@ def arguments() -> argparse.Namespace:
         "writes bench/results/workers.json unless --json says otherwise",
     )
     parser.add_argument("--cpu-files", type=int, default=2000, help="cpu: files per run")
+    parser.add_argument(
+        "--cpu-latency",
+        type=float,
+        default=0.0,
+        help="cpu: the emulator's latency in ms (the targets are at 0; a far API is 50 or more)",
+    )
     parser.add_argument("--quota", type=float, default=50, help="rate_limit: events/s quota")
     parser.add_argument("--rate-files", type=int, default=1000, help="rate_limit: files sent")
     parser.add_argument("--json", type=Path, default=None)

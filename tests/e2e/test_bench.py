@@ -87,6 +87,7 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     assert done.returncode == 0, done.stdout + done.stderr
     cpu = json.loads(out.read_text())["cpu"]
     assert cpu["files"] == 40
+    assert cpu["latency_ms"] == 0
     measured = cpu["cpu_ms_per_file"]
     assert set(measured) == {
         "flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client", "client",
