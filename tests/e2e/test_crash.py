@@ -85,9 +85,12 @@ def test_a_kill_at_each_step_loses_nothing_and_sends_once(
     [claim] = claims(tmp_path)  # the file is claimed, with its key, whatever the step
     # Killed before the commit, the files are in done already: the journey is over
     # once the claim has left the work area too (a stop before a worker took the
-    # resumed claim would rightly leave it for the next start).
+    # resumed claim would rightly leave it for the next start). Claim folders are
+    # counted, not read: the daemon empties a finished claim's file just before
+    # it renames the folder into a spare, and a read between the two finds no claim.
     every = {"INV-1.pdf", "INV-1.json"}
-    run_until(config, lambda: files_in(tmp_path / "done") == every and not claims(tmp_path))
+    inbox_done = tmp_path / "done"
+    run_until(config, lambda: files_in(inbox_done) == every and not claim_dirs(inbox))
 
     assert (tmp_path / "done" / "INV-1.pdf").read_bytes() == b"%PDF crash test\n%%EOF"
     assert (tmp_path / "done" / "INV-1.json").read_bytes() == b'{"n": 1}'
