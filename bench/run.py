@@ -422,8 +422,11 @@ def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
 
 
 def own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
+    """This process's user+sys CPU seconds, all threads, to the nanosecond.
+
+    os.times() counts in clock ticks (10 ms): a small run's baseline could read 0.
+    """
+    return time.process_time()
 
 
 def daemon_cpu(root: Path, url: str, payloads: list[bytes], workers: int) -> tuple[float, float]:
@@ -448,7 +451,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     2,000 files of 20 kB at 0 ms (``--cpu-latency``), 4 workers (threads for the
     floors), medians of ``--repeat`` interleaved runs. The emulator is another
     process, never counted; the baselines run in this process, measured with
-    os.times(), one at a time.
+    time.process_time(), one at a time.
     Beside them, flowflexd's own client making the three calls (``own_client_calls``),
     and the durable file work alone (``floor_durable_files``): no floor of the
     three calls does any, and flowflexd cannot do less of it. And flowflexd with
