@@ -102,7 +102,7 @@ def _entries(
         except OSError:
             continue
         for entry in entries:
-            rel = f"{at}/{entry.name}" if at else entry.name
+            rel = join_path(at, entry.name)
             if entry.is_dir(follow_symlinks=False):
                 if entered(rel, owned, max_depth):
                     stack.append(rel)

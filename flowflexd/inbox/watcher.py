@@ -22,7 +22,6 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 from watchdog.events import (
@@ -116,6 +115,7 @@ class _InotifyWatch:
     """
 
     def __init__(self, folder: Folder, hint: Hint) -> None:
+        self._root = folder.path
         self._inbox = str(folder.path)
         self._tree = folder.recursive
         self._max_depth = folder.max_depth
@@ -146,7 +146,7 @@ class _InotifyWatch:
                 if folder == "":
                     self._hint(None)  # the inbox itself was removed or moved
                 return  # a subfolder: its parent's event says the same
-            path = f"{folder}/{os.fsdecode(event.name)}" if folder else os.fsdecode(event.name)
+            path = layout.join_path(folder, os.fsdecode(event.name))
             if self._tree and event.is_directory:
                 if event.is_create or event.is_moved_to:
                     self._watch_new(path)
@@ -191,7 +191,7 @@ class _InotifyWatch:
         """
         self._add(below, strict=True)
         if self._tree:
-            for folder in layout.folders(Path(self._inbox), self._owned, self._max_depth, below):
+            for folder in layout.folders(self._root, self._owned, self._max_depth, below):
                 self._add(folder, strict=False)
 
     def _add(self, folder: str, *, strict: bool) -> None:
