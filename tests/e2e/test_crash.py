@@ -89,8 +89,7 @@ def test_a_kill_at_each_step_loses_nothing_and_sends_once(
     # counted, not read: the daemon empties a finished claim's file just before
     # it renames the folder into a spare, and a read between the two finds no claim.
     every = {"INV-1.pdf", "INV-1.json"}
-    inbox_done = tmp_path / "done"
-    run_until(config, lambda: files_in(inbox_done) == every and not claim_dirs(inbox))
+    run_until(config, lambda: files_in(tmp_path / "done") == every and not claim_dirs(inbox))
 
     assert (tmp_path / "done" / "INV-1.pdf").read_bytes() == b"%PDF crash test\n%%EOF"
     assert (tmp_path / "done" / "INV-1.json").read_bytes() == b'{"n": 1}'
