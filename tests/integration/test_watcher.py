@@ -7,6 +7,7 @@ watches as they are made, moved and removed.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import shutil
 import time
@@ -59,6 +60,30 @@ def quiet(hints: Hints, seconds: float = 0.5) -> list[str | None]:
         except queue.Empty:
             break
     return got
+
+
+def until_watched(hints: Hints, folder: Path, below: str, timeout: float = 10.0) -> None:
+    """Make probes in ``folder`` until one is hinted: then its watch is in place.
+
+    A folder's watch is added by the reader thread a moment after the event
+    that made it; this polls for it with a deadline rather than waiting a while.
+    A probe is a folder: making one is a single event, so no hint of it is left
+    over for the test to find.
+    """
+    deadline = time.monotonic() + timeout
+    for i in itertools.count():
+        probe = f"probe-{i}"
+        (folder / probe).mkdir()
+        wanted = f"{below}/{probe}"
+        until = min(deadline, time.monotonic() + 0.1)
+        while (left := until - time.monotonic()) > 0:
+            try:
+                if hints.get(timeout=left) == wanted:
+                    return
+            except queue.Empty:
+                break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{below} was not watched within {timeout}s")
 
 
 @pytest.fixture
@@ -198,7 +223,7 @@ def test_a_tree_watches_folders_made_below_it_at_any_depth_at_once(
     # folder finds what was written before the watch, and events tell the rest.
     deep.mkdir(parents=True)
     hinted(hints, "bob")
-    quiet(hints)  # until the watcher has seen all three folders
+    until_watched(hints, deep, "bob/2026/12")
     (deep / "late.pdf").write_bytes(b"%PDF")
     hinted(hints, "bob/2026/12/late.pdf")
     assert watcher.alive()
@@ -212,7 +237,7 @@ def test_a_tree_never_watches_flowflexds_own_hidden_or_too_deep_folders(
     for below in (".flowflexd/work/3f2a", ".snapshot", "@eaDir", "a/b/c/d"):
         (root / below).mkdir(parents=True)
     hinted(hints, ".flowflexd", ".snapshot", "@eaDir", "a")
-    quiet(hints)
+    until_watched(hints, root / "a" / "b" / "c", "a/b/c")
     for below in (".flowflexd/work/3f2a", ".snapshot", "@eaDir", "a/b/c/d"):
         (root / below / "x.pdf").write_bytes(b"%PDF")
     (root / "a" / "b" / "c" / "deepest-taken.pdf").write_bytes(b"%PDF")
