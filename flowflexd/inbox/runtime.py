@@ -28,6 +28,7 @@ from flowflexd.inbox.spool import (
     FolderUnavailable,
     Spool,
     Unreadable,
+    unusable,
 )
 from flowflexd.inbox.tracker import Tracker
 from flowflexd.inbox.watcher import FolderWatcher
@@ -87,14 +88,7 @@ class Inbox:
         except FolderMisplaced:
             raise
         except FolderUnavailable as err:
-            log.error(
-                "inbox unavailable; other folders keep running",
-                folder=str(self.path),
-                error=err.message,
-                hint=err.hint,
-            )
-            self.said_offline = True
-            self.next_rescan = now + OFFLINE_CHECK_SECONDS
+            self._unavailable(err, now)
             return []
         why = lease_problem(self.folder)
         if why is not None:
@@ -130,11 +124,7 @@ class Inbox:
             try:
                 self.spool.prepare()
             except UserError as err:
-                self.next_rescan = now + OFFLINE_CHECK_SECONDS
-                if not self.said_offline:
-                    log.error("inbox unavailable", folder=str(self.path), error=str(err))
-                    self.said_offline = True
-                self.online = False
+                self._unavailable(err, now)
                 return []
             if self.online and identity == self.identity:
                 log.warning("this folder's watch stopped; watching it again", folder=str(self.path))
@@ -153,16 +143,20 @@ class Inbox:
         self.folder = folder
         self.spool.folder = folder
         self.rescan_seconds = rescan_seconds
+        now = time.monotonic()
         try:
             self.spool.prepare()  # a new done or failed folder must exist
         except UserError as err:
-            log.error("inbox unavailable", folder=str(folder.path), error=str(err))
-            self.online = False
+            self._unavailable(err, now)
         self.tracker.reconfigure(folder, settle_seconds=settle_seconds)
         self.watcher.folder = folder
         if restart and self.online and self.watch:
-            self._watch()
-        self.next_rescan = min(self.next_rescan, time.monotonic())
+            try:
+                self._watch()
+            except OSError as err:
+                self.watcher.stop()
+                self._unavailable(unusable(self.path, err), now)
+        self.next_rescan = min(self.next_rescan, now)
 
     def close(self) -> None:
         """No longer this daemon's: stop watching, give up the lock, leave the ledger."""
@@ -172,13 +166,41 @@ class Inbox:
 
     def _go_online(self, now: float) -> list[Claim | Unreadable]:
         self.identity = inbox_identity(self.path)
+        found: list[Claim | Unreadable] = []
+        try:
+            if self.watch:
+                self._watch()
+            for item in self.spool.pending():
+                found.append(item)
+        except (OSError, FolderUnavailable) as err:
+            # Gone or changed again while it was being taken up (a share remounting):
+            # nothing of it counts, and the next look finds its claims afresh.
+            self.watcher.stop()
+            for item in found:
+                if isinstance(item, Claim):
+                    self.spool.carried.discard(item.id)
+            if isinstance(err, OSError):
+                err = unusable(self.path, err)
+            self._unavailable(err, now)
+            return []
         self.online = True
-        pending = list(self.spool.pending())
-        if self.watch:
-            self._watch()
         self.tracker.rescan()
         self.next_rescan = now + self.rescan_seconds
-        return pending
+        return found
+
+    def _unavailable(self, err: UserError, now: float) -> None:
+        """The inbox cannot be used now: said once, looked at again every few seconds."""
+        self.online = False
+        self.next_rescan = now + OFFLINE_CHECK_SECONDS
+        if not self.said_offline:
+            log.error(
+                "inbox unavailable; other folders keep running, this one is looked at "
+                "again every few seconds",
+                folder=str(self.path),
+                error=err.message,
+                hint=err.hint,
+            )
+            self.said_offline = True
 
     def _watch(self) -> None:
         self.watcher.stop()

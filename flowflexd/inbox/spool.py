@@ -67,6 +67,22 @@ class FolderMisplaced(FolderUnavailable):
     """done or failed is on another filesystem than its inbox: a configuration error."""
 
 
+def unusable(inbox: Path, err: OSError) -> FolderUnavailable:
+    """An inbox that failed while being taken up: the folder, the error, the fix."""
+    where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
+    if isinstance(err, PermissionError):
+        return FolderUnavailable(
+            f"flowflexd's user may not write in {inbox}: {err.strerror}{where}",
+            hint="give flowflexd's user write access to the inbox (the group that owns it, "
+            "with group write); `flowflexd check --as-user USER` shows what that user may do",
+        )
+    return FolderUnavailable(
+        f"cannot take up {inbox}: {err.strerror or err}{where}",
+        hint="it changed or went while flowflexd was taking it up (a share remounting?); "
+        "it is looked at again every few seconds",
+    )
+
+
 # --------------------------------------------------------------------- claims
 
 
@@ -331,12 +347,19 @@ class Spool:
                     f"cannot create {path}: {err.strerror}",
                     hint="create it, or give flowflexd's user write access to its parent",
                 ) from err
-        self._make_home()
-        inbox_dev = os.stat(self.inbox).st_dev
-        places = (("done", self.folder.done), ("failed", self.folder.failed), ("work", self.work))
-        for label, path in places:
-            self._refuse_elsewhere(label, path, os.stat(path).st_dev, inbox_dev)
-        self._lock()
+        try:
+            self._make_home()
+            inbox_dev = os.stat(self.inbox).st_dev
+            places = (
+                ("done", self.folder.done),
+                ("failed", self.folder.failed),
+                ("work", self.work),
+            )
+            for label, path in places:
+                self._refuse_elsewhere(label, path, os.stat(path).st_dev, inbox_dev)
+            self._lock()
+        except OSError as err:
+            raise unusable(self.inbox, err) from err
 
     def _refuse_elsewhere(self, label: str, path: Path, device: int, inbox_device: int) -> None:
         if device != inbox_device:
@@ -552,6 +575,8 @@ class Spool:
         inbox. A claim whose claim file cannot be read (missing, torn,
         zero-filled, mistyped, not a file) comes as ``Unreadable``: its key
         is lost, so its files must not be sent again under a new one unseen.
+        The inbox going while it is listed raises FileNotFoundError: a claim
+        folder gone with it is away, not unreadable.
         """
         try:
             self._make_home()
@@ -576,16 +601,9 @@ class Spool:
                 if claim.id != entry.name:
                     raise ValueError("the claim file belongs to another claim")
             except (ValueError, FileRejected, OSError) as err:
-                if _holds_nothing(claim_dir):
-                    # Killed making a claim, before its record was written: there is
-                    # nothing to send and no key to keep.
-                    _remove_empty(claim_dir)
-                    continue
-                if isinstance(err, FileNotFoundError):
-                    yield Unreadable(entry.name, claim_dir, "its claim file is missing")
-                    continue
-                reason = err.message if isinstance(err, FileRejected) else str(err)
-                yield Unreadable(entry.name, claim_dir, f"its claim file {reason}")
+                lost = self._unreadable(claim_dir, err)
+                if lost is not None:
+                    yield lost
                 continue
             decided = claim.answer is not None or claim.reject is not None
             if (
@@ -599,6 +617,22 @@ class Spool:
             self._take_companions(claim)
             self.carried.add(claim.id)
             yield claim
+
+    def _unreadable(self, claim_dir: Path, err: Exception) -> Unreadable | None:
+        """A claim folder whose claim file cannot be read; None: nothing left to set aside."""
+        if _holds_nothing(claim_dir):
+            # Killed making a claim, before its record was written: there is
+            # nothing to send and no key to keep.
+            _remove_empty(claim_dir)
+            return None
+        if not isinstance(err, FileNotFoundError):
+            reason = err.message if isinstance(err, FileRejected) else str(err)
+            return Unreadable(claim_dir.name, claim_dir, f"its claim file {reason}")
+        if os.path.lexists(claim_dir):
+            return Unreadable(claim_dir.name, claim_dir, "its claim file is missing")
+        if not os.path.isdir(self.work):
+            raise err  # the inbox went while it was listed: its claims are away, not lost
+        return None  # removed meanwhile: nothing is left to set aside
 
     def set_aside(
         self, lost: Unreadable, *, primary: str, report: dict[str, Any] | None

@@ -31,6 +31,9 @@ from flowflexd.emulator import Emulator
 NOBODY = 65534
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
 NO_LEASE = "cannot tell whether another process still writes files here"
+UNAVAILABLE = (
+    "inbox unavailable; other folders keep running, this one is looked at again every few seconds"
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -199,6 +202,49 @@ def test_a_config_the_service_user_cannot_read_names_the_user_and_the_fix(
     )
     group = grp.getgrgid(NOBODY).gr_name  # nogroup on Debian
     assert f"chgrp {group} {config} && chmod 640 {config}" in done.stderr
+
+
+def test_an_inbox_the_service_user_may_not_write_is_named_and_taken_once_it_may(
+    base: Path, emulator: Emulator
+) -> None:
+    """The install steps' likeliest slip: an inbox flowflexd's user may not write in. The
+    daemon says which and what to do, once; the other inboxes keep running; and the inbox
+    is taken up by itself once the user may write there (no restart)."""
+    scans = base / "scans"
+    for folder in (base, scans):
+        for name in ("inbox", "done", "failed"):
+            (folder / name).mkdir(parents=True)
+            os.chown(folder / name, NOBODY, NOBODY)
+    (base / "state").mkdir()
+    os.chown(base / "state", NOBODY, NOBODY)
+    os.chown(scans / "inbox", 0, 0)  # root's, mode 755: nobody may read it, not write in it
+    folders = [folder_spec(base, [PDF]), folder_spec(scans, [PDF])]
+    config = write_config(base / "config.yaml", emulator, folders=folders)
+    os.chown(config, NOBODY, NOBODY)
+    drop(scans / "inbox", "waited.pdf", pdf(b"waited"))
+
+    proc = run_as_nobody(config, cap_lease=True)
+    try:
+        said = proc.wait_for_log(UNAVAILABLE)
+        drop(base / "inbox", "meanwhile.pdf", pdf(b"meanwhile"))
+        wait_until(lambda: files_in(base / "done") == {"meanwhile.pdf"})
+        os.chown(scans / "inbox", NOBODY, NOBODY)  # the fix
+        proc.wait_for_log("inbox is back", folder=str(scans / "inbox"), timeout=20)
+        wait_until(lambda: files_in(scans / "done") == {"waited.pdf"}, timeout=20)
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()
+
+    assert said["folder"] == str(scans / "inbox")
+    assert said["error"] == (
+        f"flowflexd's user may not write in {scans / 'inbox'}: Permission denied "
+        f"({scans / 'inbox' / '.flowflexd'})"
+    )
+    assert "give flowflexd's user write access to the inbox" in said["hint"]
+    assert "flowflexd check --as-user" in said["hint"]
+    unavailable = [line for line in proc.json_lines() if line.get("event") == UNAVAILABLE]
+    assert len(unavailable) == 1  # said once, not at every look
+    assert len(emulator.events()) == 2
 
 
 def test_check_as_the_service_user_sees_what_that_user_may_write(

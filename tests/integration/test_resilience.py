@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from support import (
     RunningDaemon,
+    SpoolRun,
     claim_dirs,
     drop,
     files_in,
@@ -26,6 +27,8 @@ from support import (
 )
 
 from flowflexd.emulator import Emulator
+from flowflexd.inbox.spool import Claim, Spool, Unreadable
+from flowflexd.inbox.watcher import FolderWatcher
 
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc"}
 
@@ -166,6 +169,68 @@ def test_an_inbox_replaced_by_another_folder_is_watched_again(
         wait_until(lambda: "came-with-it.pdf" in files_in(tmp_path / "done"), timeout=20)
         drop(tmp_path / "inbox", "later.pdf", b"%PDF later\n%%EOF")  # the new folder's events
         wait_until(lambda: "later.pdf" in files_in(tmp_path / "done"), timeout=20)
+
+
+def test_an_inbox_that_goes_just_before_its_watch_is_away_not_a_crash(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share unmounting between the daemon's look at an inbox and its watch."""
+    inbox, away = tmp_path / "inbox", tmp_path / "unmounted"
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    real = FolderWatcher.start
+    gone: list[bool] = []
+
+    def start(watcher: FolderWatcher, hint: Callable[[str | None], None]) -> str:
+        if not gone:
+            gone.append(True)
+            os.rename(inbox, away)
+        return real(watcher, hint)
+
+    monkeypatch.setattr(FolderWatcher, "start", start)
+    with RunningDaemon(config) as running:
+        wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
+        drop(away, "while-away.pdf", b"%PDF away\n%%EOF")
+        os.rename(away, inbox)
+        wait_until(lambda: "while-away.pdf" in files_in(tmp_path / "done"), timeout=20)
+        assert running.daemon.snapshot.offline == ()
+
+    assert len(emulator.events()) == 1
+
+
+def test_an_inbox_that_goes_while_its_claims_are_listed_loses_none_of_them(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims an earlier run left are found again when the inbox is back, none set aside
+    as unreadable because the share flapped while they were listed."""
+    run = SpoolRun(tmp_path, emulator)
+    left = [run.claim("first.pdf"), run.claim("second.pdf")]
+    run.spool.unlock()
+    inbox, away = run.layout.inbox, tmp_path / "unmounted"
+    real = Spool.pending
+    gone: list[bool] = []
+
+    def pending(spool: Spool) -> Iterator[Claim | Unreadable]:
+        first = not gone
+        for item in real(spool):
+            yield item
+            if first and not gone:
+                gone.append(True)
+                os.rename(inbox, away)  # after the first claim, before the second
+        if first:
+            os.rename(away, inbox)  # back at once: only a listing that noticed knows it went
+
+    monkeypatch.setattr(Spool, "pending", pending)
+    with RunningDaemon(tmp_path / "config.yaml") as running:
+        # The listing noticed: the inbox is away (its claims with it), not its claims lost.
+        wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
+        os.rename(away, inbox)
+        wait_until(lambda: files_in(run.layout.done) == {"first.pdf", "second.pdf"}, timeout=20)
+        wait_until(lambda: claim_dirs(inbox) == [])
+
+    assert files_in(run.layout.failed) == set()
+    keys = sorted(e["idempotency_key"] for e in emulator.events())
+    assert keys == sorted(c.key for c in left)
+    assert emulator.stats()["event_replays"] == 0
 
 
 def falls_back_to_polling(
