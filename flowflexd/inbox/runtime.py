@@ -154,8 +154,7 @@ class Inbox:
             try:
                 self._watch()
             except OSError as err:
-                self.watcher.stop()
-                self._unavailable(unusable(self.path, err), now)
+                self._unavailable(err, now)
         self.next_rescan = min(self.next_rescan, now)
 
     def close(self) -> None:
@@ -175,12 +174,9 @@ class Inbox:
         except (OSError, FolderUnavailable) as err:
             # Gone or changed again while it was being taken up (a share remounting):
             # nothing of it counts, and the next look finds its claims afresh.
-            self.watcher.stop()
             for item in found:
                 if isinstance(item, Claim):
                     self.spool.carried.discard(item.id)
-            if isinstance(err, OSError):
-                err = unusable(self.path, err)
             self._unavailable(err, now)
             return []
         self.online = True
@@ -188,8 +184,11 @@ class Inbox:
         self.next_rescan = now + self.rescan_seconds
         return found
 
-    def _unavailable(self, err: UserError, now: float) -> None:
-        """The inbox cannot be used now: said once, looked at again every few seconds."""
+    def _unavailable(self, err: UserError | OSError, now: float) -> None:
+        """The inbox cannot be used now: unwatched, said once, looked at again in a few seconds."""
+        if isinstance(err, OSError):
+            err = unusable(self.path, err)
+        self.watcher.stop()
         self.online = False
         self.next_rescan = now + OFFLINE_CHECK_SECONDS
         if not self.said_offline:
