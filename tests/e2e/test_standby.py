@@ -10,11 +10,12 @@ from support import (
     Folders,
     LoggedProcess,
     child_env,
-    claims_in,
+    claim_dirs,
     drop,
     files_in,
     flowflexd_argv,
     pdf,
+    read_claim,
     run_daemon,
     wait_until,
 )
@@ -31,6 +32,22 @@ def config_for(tmp_path: Path, emulator: Emulator) -> Path:
     return Folders(tmp_path).config(
         emulator, [{"name": "scan", "pattern": "*.pdf", "event": "scan"}]
     )
+
+
+def claims_that_took_their_file(inbox: Path) -> dict[str, str]:
+    """File name to idempotency key, for the claims a killed daemon left holding their
+    file. One killed before its rename is undone at the start and its file claimed
+    anew (nothing was sent under that key); one killed before its claim line was
+    written holds nothing."""
+    work = inbox / ".flowflexd" / "work"
+    left = {}
+    for folder in claim_dirs(inbox):
+        if not (folder / "claim.jsonl").exists() or not (folder / "claim.jsonl").stat().st_size:
+            continue
+        claim = read_claim(folder)
+        if (work / claim["id"] / claim["members"]["file"]).exists():
+            left[claim["members"]["file"]] = claim["key"]
+    return left
 
 
 def test_the_standby_takes_over_when_the_active_daemon_is_killed(
@@ -53,21 +70,21 @@ def test_the_standby_takes_over_when_the_active_daemon_is_killed(
         wait_until(lambda: len(emulator.events()) >= 8, timeout=30)
         assert not any(r.get("event") == "flowflexd ready" for r in second.json_lines())
 
-        active.proc.send_signal(signal.SIGKILL)
-        assert active.wait_exit() == -signal.SIGKILL
-        killed_at = time.monotonic()
-        work = tmp_path / "inbox" / ".flowflexd" / "work"
-        # Claims that took their file: one killed before its rename is undone at the
-        # start and its file claimed anew (nothing was sent under that key).
-        left_claimed = {
-            c["members"]["file"]: c["key"]
-            for c in claims_in(tmp_path / "inbox")
-            if (work / c["id"] / c["members"]["file"]).exists()
-        }
+        # The standby is held still while the killed daemon's claims are read: it
+        # polls the lock every second, and one that takes over at once would be
+        # resuming (and releasing) the very claims being read.
+        second.proc.send_signal(signal.SIGSTOP)
+        try:
+            active.proc.send_signal(signal.SIGKILL)
+            assert active.wait_exit() == -signal.SIGKILL
+            left_claimed = claims_that_took_their_file(tmp_path / "inbox")
+        finally:
+            second.proc.send_signal(signal.SIGCONT)
+        free_at = time.monotonic()
         assert left_claimed  # workers were mid-file: the standby has claims to resume
 
         second.wait_for_log("flowflexd ready", timeout=10)
-        took = time.monotonic() - killed_at
+        took = time.monotonic() - free_at
         emulator.set_faults(latency_ms=0)
         wait_until(lambda: files_in(tmp_path / "done") == set(names), timeout=60)
     finally:
