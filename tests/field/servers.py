@@ -8,12 +8,14 @@ users are not flowflexd's user on a real file server.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +49,23 @@ def field_user() -> pwd.struct_passwd:
     """The unprivileged account every server writes as; created once, with a password."""
     if os.geteuid() != 0:
         pytest.skip("the field tier needs root: it runs servers and a local test account")
-    try:
+    # The suite runs in two processes (pytest-xdist): whichever comes first
+    # creates the account while the other waits on the lock.
+    with open(Path(tempfile.gettempdir()) / "flowflexd-field-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(FIELD_USER)
+        except KeyError:
+            pass
+        need("useradd", "chpasswd")
+        subprocess.run(
+            ["useradd", "--system", "--home-dir", "/", "--shell", "/bin/sh", FIELD_USER],
+            check=True,
+        )
+        subprocess.run(
+            ["chpasswd"], input=f"{FIELD_USER}:{FIELD_PASSWORD}\n", text=True, check=True
+        )
         return pwd.getpwnam(FIELD_USER)
-    except KeyError:
-        pass
-    need("useradd", "chpasswd")
-    subprocess.run(
-        ["useradd", "--system", "--home-dir", "/", "--shell", "/bin/sh", FIELD_USER], check=True
-    )
-    subprocess.run(["chpasswd"], input=f"{FIELD_USER}:{FIELD_PASSWORD}\n", text=True, check=True)
-    return pwd.getpwnam(FIELD_USER)
 
 
 @dataclass

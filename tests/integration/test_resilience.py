@@ -297,12 +297,14 @@ def watch_hog(tmp_path: Path) -> Callable[[list[int]], None]:
     return use_up
 
 
+@pytest.mark.alone
 def test_the_inotify_watch_limit_falls_back_to_polling(tmp_path: Path, emulator: Emulator) -> None:
     line = falls_back_to_polling(tmp_path, emulator, watch_hog(tmp_path))
 
     assert "fs.inotify.max_user_watches" in line["fix"]
 
 
+@pytest.mark.alone
 def test_a_tree_over_the_watch_limit_falls_back_to_polling_it_whole(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -315,6 +317,7 @@ def test_a_tree_over_the_watch_limit_falls_back_to_polling_it_whole(
     assert "fs.inotify.max_user_watches" in line["fix"]
 
 
+@pytest.mark.alone
 def test_a_tree_that_outgrows_the_watch_limit_says_so_and_polls(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -349,6 +352,7 @@ def test_a_tree_that_outgrows_the_watch_limit_says_so_and_polls(
         proc.stop()
 
 
+@pytest.mark.alone
 def test_the_inotify_instance_limit_falls_back_to_polling(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -380,6 +384,7 @@ def inotify_queue_of(events: int) -> Iterator[None]:
         knob.write_text(before)
 
 
+@pytest.mark.alone
 def test_events_lost_to_a_full_inotify_queue_are_caught_up_at_once(
     tmp_path: Path, emulator: Emulator
 ) -> None:
