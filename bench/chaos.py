@@ -35,6 +35,12 @@ from flowflexd.inbox.spool import SPARE_PREFIX
 from flowflexd.support.log import configure as configure_logging
 
 FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
+# The drain ends when every file is in done, or when none has reached done for
+# this long. A fifth of the calls failing, and each 429 holding the destination,
+# make how long the drain takes a matter of the machine's speed: a fixed limit
+# (files / 10 seconds) once ended a run on a slow day while the daemon was
+# still delivering, and counted the waiting files as lost.
+STALL_SECONDS = 180.0
 
 
 def write_config(root: Path, emulator: Emulator, workers: int) -> Path:
@@ -137,13 +143,18 @@ def chaos(
                 daemon.wait()
                 daemon = start_daemon(config, log)
             producer.join()
-            deadline = time.monotonic() + max(120.0, files / 10)
             done_dir = root / "done"
-            while time.monotonic() < deadline:
+            seen, progressed = -1, time.monotonic()
+            while time.monotonic() - progressed < STALL_SECONDS:
                 present = len(os.listdir(done_dir)) if done_dir.exists() else 0
-                if present >= len(producer.expected) and daemon.poll() is None:
+                if daemon.poll() is not None:
+                    break  # it exited by itself: nothing more will come
+                if present >= len(producer.expected):
                     break
+                if present != seen:
+                    seen, progressed = present, time.monotonic()
                 time.sleep(0.5)
+            exited_by_itself = daemon.poll()
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
         events = emulator.events()
@@ -151,9 +162,11 @@ def chaos(
 
     expected = producer.expected
     done = {p.name: p for p in (root / "done").iterdir()} if (root / "done").exists() else {}
-    intact = sum(
-        1 for name, digest in expected.items() if name in done and sha256_file(done[name]) == digest
-    )
+    intact = {
+        name
+        for name, digest in expected.items()
+        if name in done and sha256_file(done[name]) == digest
+    }
     events_per_file: dict[str, int] = {}
     for event in events:
         names = [a["filename"] for a in event["assets"].values()]
@@ -168,12 +181,22 @@ def chaos(
     }
     leftovers["inbox"] = [n for n in leftovers["inbox"] if n != ".flowflexd"]
     work = root / "inbox" / ".flowflexd" / "work"
+    claims = (
+        [work / n for n in os.listdir(work) if not n.startswith(SPARE_PREFIX)]
+        if work.exists()
+        else []
+    )
+    # A file still waiting (in the inbox, claimed, or set aside in failed) is not
+    # lost: it is reported below as left over. Lost is a file that is nowhere.
+    somewhere = set(leftovers["inbox"]) | set(leftovers["failed"])
+    for claim in claims:
+        somewhere.update(os.listdir(claim))
     return {
         "files": len(main_files),
         "sidecars": len(expected) - len(main_files),
         "kills": kills,
         "fail_rate": fail_rate,
-        "lost": len(expected) - intact,
+        "lost": sum(1 for name in expected if name not in intact and name not in somewhere),
         "duplicated": duplicated,
         "unsent": unsent,
         "events": len(events),
@@ -184,9 +207,8 @@ def chaos(
         "left_in_inbox": len(leftovers["inbox"]),
         "left_in_failed": len(leftovers["failed"]),
         # Claims still in the work area; emptied folders kept for reuse are not claims.
-        "left_claimed": (
-            sum(not n.startswith(SPARE_PREFIX) for n in os.listdir(work)) if work.exists() else 0
-        ),
+        "left_claimed": len(claims),
+        "daemon_exited": exited_by_itself,  # its exit status, had it stopped unasked
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -218,6 +240,7 @@ def main() -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     bad = result["lost"] or result["duplicated"] or result["unsent"] or result["asset_missing"]
     bad = bad or result["left_in_inbox"] or result["left_in_failed"] or result["left_claimed"]
+    bad = bad or result["daemon_exited"] is not None
     if not args.keep and not bad:
         shutil.rmtree(root, ignore_errors=True)
     else:

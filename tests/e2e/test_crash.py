@@ -249,6 +249,7 @@ def test_chaos_500_files_20_kills_under_a_20_percent_fail_rate(tmp_path: Path) -
     assert result["events"] == 500
     assert result["asset_missing"] == 0
     assert result["left_in_inbox"] == result["left_in_failed"] == result["left_claimed"] == 0
+    assert result["daemon_exited"] is None  # it stopped only when killed or told to
     assert result["injected_failures"] > 100  # the run met real trouble
     assert result["lost_answers"] > 0
 
