@@ -21,6 +21,7 @@ from support import (
 )
 
 from flowflexd.emulator import Emulator
+from flowflexd.inbox.layout import CLAIM_FILE
 
 
 def standby(config: Path) -> LoggedProcess:
@@ -39,13 +40,13 @@ def claims_that_took_their_file(inbox: Path) -> dict[str, str]:
     file. One killed before its rename is undone at the start and its file claimed
     anew (nothing was sent under that key); one killed before its claim line was
     written holds nothing."""
-    work = inbox / ".flowflexd" / "work"
     left = {}
     for folder in claim_dirs(inbox):
-        if not (folder / "claim.jsonl").exists() or not (folder / "claim.jsonl").stat().st_size:
+        record = folder / CLAIM_FILE
+        if not record.is_file() or record.stat().st_size == 0:
             continue
         claim = read_claim(folder)
-        if (work / claim["id"] / claim["members"]["file"]).exists():
+        if (folder / claim["members"]["file"]).exists():
             left[claim["members"]["file"]] = claim["key"]
     return left
 
