@@ -17,6 +17,7 @@ import yaml
 from support import (
     PDF_END,
     Folders,
+    NotifySocket,
     RunningDaemon,
     claim_dirs,
     drop,
@@ -33,10 +34,11 @@ from flowflexd.client import FlowFlex
 from flowflexd.client.sdk import MAX_ANSWER_BYTES, AnswerExcerpt
 from flowflexd.commands import views
 from flowflexd.commands.replay import replay_one
-from flowflexd.config.model import load
+from flowflexd.config.model import Config, load
 from flowflexd.emulator import Emulator
 from flowflexd.emulator.state import Answer
 from flowflexd.engine import journal
+from flowflexd.engine.notify import Notifier
 from flowflexd.engine.snapshot import Pause
 from flowflexd.inbox import retention
 
@@ -213,14 +215,23 @@ def test_folders_that_flap_while_files_are_in_flight_send_each_file_once(
     without.chmod(0o600)
     configs = itertools.cycle([without, full])
     emulator.set_faults(latency_ms=250)
-    with RunningDaemon(full, reload_config=lambda: load(next(configs))) as running:
+    # READY=1 on sd_notify is how systemd learns a reload has finished: once at
+    # start and once per reload. Renaming the inbox before the last reload has
+    # added it back would race the daemon creating a missing inbox afresh.
+    notify = NotifySocket(tmp_path / "notify.sock")
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
+
+    def reload_config() -> Config:
+        return load(next(configs))
+
+    with RunningDaemon(full, notifier=notifier, reload_config=reload_config) as running:
         for i in range(6):
             drop(layout.inbox, f"flap-{i}.pdf", f"%PDF flap {i}".encode() + PDF_END)
         wait_until(lambda: len(claim_dirs(layout.inbox)) >= 2)
         for _ in range(4):
             running.daemon.request_reload()  # without the folder, then with it again
-        daemon = running.daemon
-        wait_until(lambda: daemon._messages.empty() and daemon.config.source == full)
+        wait_until(lambda: notify.fields().count("READY=1") == 5, what="the 4 reloads done")
+        assert running.daemon.config.source == full
         away = tmp_path / "away"
         layout.inbox.rename(away)
         wait_until(lambda: str(layout.inbox) in running.daemon.snapshot.offline, timeout=10)
@@ -235,6 +246,7 @@ def test_folders_that_flap_while_files_are_in_flight_send_each_file_once(
     assert len(emulator.events()) == 6
     assert (posts, stats["event_replays"]) == (6, 0)
     assert len(records(layout)) == 6  # one journal record per file, none repeated
+    notify.close()
 
 
 def test_a_sidecar_spelled_in_the_other_unicode_form_still_pairs(
