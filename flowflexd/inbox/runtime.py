@@ -36,6 +36,7 @@ from flowflexd.inbox.watcher import FolderWatcher
 log = structlog.get_logger("flowflexd")
 
 OFFLINE_CHECK_SECONDS = 5.0
+GONE = "gone"  # said_offline's mark for an inbox whose path is not there at all
 NameHint = Callable[[str | None], None]  # a name changed (None: look at all)
 
 
@@ -70,7 +71,7 @@ class Inbox:
         self.online = False
         self.identity: tuple[int, int] | None = None
         self.next_rescan = 0.0
-        self.said_offline = False
+        self.said_offline: set[str] = set()  # why it is away, each said once until it is back
 
     @property
     def path(self) -> Path:
@@ -106,7 +107,7 @@ class Inbox:
         identity = inbox_identity(self.path)
         if identity is None:
             self.next_rescan = now + OFFLINE_CHECK_SECONDS
-            if self.online or not self.said_offline:
+            if self.online or GONE not in self.said_offline:
                 log.error(
                     "inbox is gone (unmounted or removed); other folders keep running, "
                     "this one resumes when it is back",
@@ -114,7 +115,7 @@ class Inbox:
                 )
                 self.watcher.stop()
                 self.online = False
-                self.said_offline = True
+                self.said_offline.add(GONE)
             return []
         if (
             not self.online
@@ -126,12 +127,15 @@ class Inbox:
             except UserError as err:
                 self._unavailable(err, now)
                 return []
-            if self.online and identity == self.identity:
+            rewatched = self.online and identity == self.identity
+            if rewatched:
                 log.warning("this folder's watch stopped; watching it again", folder=str(self.path))
-            elif self.said_offline or self.identity is not None:
-                log.info("inbox is back", folder=str(self.path))
-            self.said_offline = False
-            return self._go_online(now)
+            was_away = bool(self.said_offline) or self.identity is not None
+            found = self._go_online(now)
+            # Said only once it is taken up: a share still remounting goes again meanwhile.
+            if self.online and was_away and not rewatched:
+                log.info("inbox is back", folder=str(self.path), claims_found=len(found))
+            return found
         self.tracker.rescan()
         self.next_rescan = now + self.rescan_seconds
         log.debug("rescanned", folder=str(self.path))
@@ -180,18 +184,24 @@ class Inbox:
             self._unavailable(err, now)
             return []
         self.online = True
+        self.said_offline.clear()
         self.tracker.rescan()
         self.next_rescan = now + self.rescan_seconds
         return found
 
     def _unavailable(self, err: UserError | OSError, now: float) -> None:
-        """The inbox cannot be used now: unwatched, said once, looked at again in a few seconds."""
+        """The inbox cannot be used now: unwatched, looked at again in a few seconds.
+
+        Each kind of trouble is said once while the inbox is away, so a share
+        that flaps says little, and one that comes back refused says why.
+        """
         if isinstance(err, OSError):
             err = unusable(self.path, err)
         self.watcher.stop()
         self.online = False
         self.next_rescan = now + OFFLINE_CHECK_SECONDS
-        if not self.said_offline:
+        why = err.hint or err.message  # the kind of trouble; the paths in a message vary
+        if why not in self.said_offline:
             log.error(
                 "inbox unavailable; other folders keep running, this one is looked at "
                 "again every few seconds",
@@ -199,7 +209,7 @@ class Inbox:
                 error=err.message,
                 hint=err.hint,
             )
-            self.said_offline = True
+            self.said_offline.add(why)
 
     def _watch(self) -> None:
         self.watcher.stop()

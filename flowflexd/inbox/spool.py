@@ -575,18 +575,20 @@ class Spool:
         inbox. A claim whose claim file cannot be read (missing, torn,
         zero-filled, mistyped, not a file) comes as ``Unreadable``: its key
         is lost, so its files must not be sent again under a new one unseen.
-        The inbox going while it is listed raises FileNotFoundError: a claim
-        folder gone with it is away, not unreadable.
+        The inbox gone before or while it is listed raises FileNotFoundError:
+        its claims are away, neither none nor unreadable.
         """
-        try:
-            self._make_home()
-            entries = sorted(
-                os.scandir(self.work), key=lambda e: e.stat(follow_symlinks=False).st_mtime
-            )
-        except FileNotFoundError:
-            return
+        self._make_home()
+        entries: list[tuple[float, os.DirEntry[str]]] = []
+        with os.scandir(self.work) as listing:
+            for entry in listing:
+                try:
+                    entries.append((entry.stat(follow_symlinks=False).st_mtime, entry))
+                except FileNotFoundError:
+                    continue  # a claim of this process finished and removed meanwhile
+        entries.sort(key=lambda pair: pair[0])
         self._spares.clear()  # found again below: the folder may be another one now
-        for entry in entries:
+        for _, entry in entries:
             if not entry.is_dir(follow_symlinks=False) or entry.name in self.carried:
                 continue
             claim_dir = Path(entry.path)

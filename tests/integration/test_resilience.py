@@ -27,6 +27,7 @@ from support import (
 )
 
 from flowflexd.emulator import Emulator
+from flowflexd.inbox import runtime
 from flowflexd.inbox.spool import Claim, Spool, Unreadable
 from flowflexd.inbox.watcher import FolderWatcher
 
@@ -231,6 +232,52 @@ def test_an_inbox_that_goes_while_its_claims_are_listed_loses_none_of_them(
     keys = sorted(e["idempotency_key"] for e in emulator.events())
     assert keys == sorted(c.key for c in left)
     assert emulator.stats()["event_replays"] == 0
+
+
+def test_an_inbox_is_said_back_only_once_it_is_taken_up(
+    tmp_path: Path,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A share that comes back and goes again while it is taken up (still remounting)
+    is not said to be back until it is, and the same trouble twice is said once."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    inbox, away = tmp_path / "inbox", tmp_path / "unmounted"
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], rescan_seconds=0.2
+    )
+    real = Spool.pending
+    flaps: list[int] = []  # take-ups still to go wrong
+
+    def pending(spool: Spool) -> Iterator[Claim | Unreadable]:
+        if flaps:
+            flaps.pop()
+            os.rename(inbox, away)  # gone again while it is taken up
+            try:
+                yield from real(spool)
+            finally:
+                os.rename(away, inbox)  # and there again at the next look
+            return
+        yield from real(spool)
+
+    monkeypatch.setattr(Spool, "pending", pending)
+    with RunningDaemon(config) as running:
+        os.rename(inbox, away)
+        wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
+        flaps.extend([1, 1])
+        os.rename(away, inbox)
+        wait_until(lambda: not flaps and running.daemon.snapshot.offline == (), timeout=20)
+        drop(inbox, "after.pdf", b"%PDF after\n%%EOF")
+        wait_until(lambda: files_in(tmp_path / "done") == {"after.pdf"}, timeout=20)
+
+    said = [
+        message
+        for line in capsys.readouterr().out.splitlines()
+        for message in ("inbox is gone", "inbox unavailable", "inbox is back")
+        if message in line
+    ]
+    assert said == ["inbox is gone", "inbox unavailable", "inbox is back"]
 
 
 def falls_back_to_polling(
