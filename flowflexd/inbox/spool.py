@@ -579,16 +579,11 @@ class Spool:
         its claims are away, neither none nor unreadable.
         """
         self._make_home()
-        entries: list[tuple[float, os.DirEntry[str]]] = []
         with os.scandir(self.work) as listing:
-            for entry in listing:
-                try:
-                    entries.append((entry.stat(follow_symlinks=False).st_mtime, entry))
-                except FileNotFoundError:
-                    continue  # a claim of this process finished and removed meanwhile
-        entries.sort(key=lambda pair: pair[0])
+            aged = [(age, entry) for entry in listing if (age := _age(entry)) is not None]
+        aged.sort(key=lambda pair: pair[0])
         self._spares.clear()  # found again below: the folder may be another one now
-        for _, entry in entries:
+        for _, entry in aged:
             if not entry.is_dir(follow_symlinks=False) or entry.name in self.carried:
                 continue
             claim_dir = Path(entry.path)
@@ -864,6 +859,18 @@ def try_lock(inbox: Path) -> int | str:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _age(entry: os.DirEntry[str]) -> float | None:
+    """When a listed folder of the work area last changed; None if it went since the listing.
+
+    Workers take spares and finish claims while an inbox is taken up again:
+    one of them gone is no reason to list none.
+    """
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _holds_nothing(claim_dir: Path) -> bool:

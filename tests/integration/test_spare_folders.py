@@ -103,3 +103,34 @@ def test_a_spare_that_holds_something_is_not_reused_but_set_aside(
     later = run.claim("b.pdf", again)  # a new claim does not take it
     assert later.dir != spare and spare.is_dir()
     assert (spare / "stray.pdf").exists()
+
+
+def test_spares_taken_while_the_work_area_is_listed_hide_no_claim_left_by_a_run(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An inbox taken up again while workers claim: a spare one of them takes between the
+    listing and the look at its folder is gone, and the listing goes on without it."""
+    run = SpoolRun(tmp_path, emulator)
+    for i in range(3):
+        run.deliver(f"before-{i}.pdf")
+    run.pipeline.commits.commit()
+    left = run.claim("left.pdf")  # took one of the three spares
+    assert len(spares(run)) == 2
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    real = spool_module._age
+
+    def age(entry: os.DirEntry[str]) -> float | None:
+        if not any(taken.iterdir()):  # at the first look: the other spares are taken
+            for spare in spares(run):
+                if spare.name != entry.name:
+                    spare.rename(taken / spare.name)
+        return real(entry)
+
+    monkeypatch.setattr(spool_module, "_age", age)
+    again = Spool(run.folder)  # a spool that does not carry ``left``: the earlier run's
+
+    [found] = list(again.pending())
+
+    assert any(taken.iterdir())
+    assert not isinstance(found, Unreadable) and found.id == left.id
