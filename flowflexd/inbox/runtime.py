@@ -107,7 +107,7 @@ class Inbox:
         identity = inbox_identity(self.path)
         if identity is None:
             self.next_rescan = now + OFFLINE_CHECK_SECONDS
-            if self.online or GONE not in self.said_offline:
+            if GONE not in self.said_offline:  # empty while online: a take-up clears it
                 log.error(
                     "inbox is gone (unmounted or removed); other folders keep running, "
                     "this one resumes when it is back",
