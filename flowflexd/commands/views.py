@@ -221,6 +221,12 @@ class FolderStatus:
     paused_reason: str | None = None
     paused_since: str | None = None
     destination: str | None = None  # the paused destination, named when there are several
+    # A running daemon that cannot take this inbox up (no write access, gone ...): its
+    # pid, why, the fix and since when. It holds no lock there, so daemon_pid is None.
+    unavailable_to: int | None = None
+    unavailable_reason: str | None = None
+    unavailable_hint: str | None = None
+    unavailable_since: str | None = None
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
     by_folder: dict[str, int] = field(default_factory=dict)  # waiting per subfolder ("" top)
 
@@ -332,7 +338,15 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     state = _daemon_state(config.state_dir)
     several = len(config.destinations) > 1
     for row, folder in zip(rows, config.folders, strict=True):
-        if state is None or row.daemon_pid != state.get("pid"):
+        if state is None:
+            continue
+        away = state.get("unavailable", {}).get(str(folder.path))
+        if row.daemon_pid is None and isinstance(away, dict) and _alive(state.get("pid")):
+            row.unavailable_to = state["pid"]
+            row.unavailable_reason = away.get("reason")
+            row.unavailable_hint = away.get("hint")
+            row.unavailable_since = away.get("since")
+        if row.daemon_pid != state.get("pid"):
             continue
         # The pause of the destination this folder sends to (older daemons: the one pause).
         paused = state.get("destinations", {}).get(folder.destination, state)
@@ -353,6 +367,18 @@ def _daemon_state(state_dir: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and state.get("running") else None
 
 
+def _alive(pid: object) -> bool:
+    """Whether ``pid`` is a running flowflexd: a killed daemon's state still says it runs."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        return b"flowflexd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # hidden from this user (hidepid): there, it said so itself
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -364,6 +390,18 @@ def _age(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def _folder_mark(row: FolderStatus) -> str:
+    if not row.online:
+        return "  (MISSING)"
+    return "  (NOT WATCHED)" if row.unavailable_to else ""
+
+
+def _daemon_cell(row: FolderStatus) -> str:
+    if row.daemon_pid:
+        return f"pid {row.daemon_pid}"
+    return f"pid {row.unavailable_to}, cannot use it" if row.unavailable_to else "not running"
 
 
 def render_status(rows: Iterable[FolderStatus]) -> list[str]:
@@ -381,8 +419,8 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
     )
     table = [header] + [
         (
-            str(r.path) + ("" if r.online else "  (MISSING)"),
-            f"pid {r.daemon_pid}" if r.daemon_pid else "not running",
+            str(r.path) + _folder_mark(r),
+            _daemon_cell(r),
             str(r.waiting),
             _age(r.oldest_waiting_s),
             str(r.in_progress),
@@ -398,6 +436,14 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
     ]
     for r in rows:
+        if r.unavailable_to:
+            lines.append("")
+            lines.append(
+                f"flowflexd (pid {r.unavailable_to}) cannot use {r.path} since "
+                f"{r.unavailable_since}: {printable(str(r.unavailable_reason))}"
+            )
+            if r.unavailable_hint:
+                lines.append(f"  hint: {printable(r.unavailable_hint)}")
         if r.paused:
             lines.append("")
             what = "FlowFlex refuses the configuration" if r.paused == "config" else "unreachable"

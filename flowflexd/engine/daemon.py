@@ -36,7 +36,7 @@ from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
-from flowflexd.inbox.runtime import Inbox, NameHint
+from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
@@ -146,6 +146,7 @@ class Daemon:
         self.snapshot = Snapshot()
         self._published = 0.0
         self._published_from: tuple[object, ...] = ()
+        self._troubles_written: dict[str, Trouble] = {}
         self._next_sweep = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -597,6 +598,9 @@ class Daemon:
 
     # -------------------------------------------------------------- status
 
+    def _troubles(self) -> dict[str, Trouble]:
+        return {str(i.path): i.trouble for i in self.inboxes if not i.online and i.trouble}
+
     def _write_state(self, *, running: bool = True) -> None:
         """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
         gates = self.scheduler.gates()
@@ -616,6 +620,11 @@ class Daemon:
                     "paused_since": _iso(g.since) if g.since else None,
                 }
                 for name, g in gates.items()
+            },
+            # Inboxes this daemon cannot take up now: status shows them, not "not running".
+            "unavailable": {
+                path: {"reason": t.reason, "hint": t.hint, "since": _iso(t.since)}
+                for path, t in self._troubles().items()
             },
             "written": _iso(time.time()),
         }
@@ -645,6 +654,10 @@ class Daemon:
             return
         self._published = now
         offline = tuple(str(i.path) for i in self.inboxes if not i.online)
+        troubles = self._troubles()
+        if troubles != self._troubles_written:  # an inbox went, came back, or why changed
+            self._troubles_written = dict(troubles)
+            self._write_state()
         totals = self.totals
         source = (
             self.ledger.version,

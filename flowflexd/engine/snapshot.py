@@ -60,5 +60,5 @@ class Snapshot:
         elif self.paused is Pause.OUTAGE:
             text += f"; paused{where}: FlowFlex unreachable"
         if self.offline:
-            text += f"; inbox missing: {', '.join(self.offline)}"
+            text += f"; inbox unavailable: {', '.join(self.offline)}"
         return text

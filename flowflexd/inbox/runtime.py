@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -38,6 +39,19 @@ log = structlog.get_logger("flowflexd")
 OFFLINE_CHECK_SECONDS = 5.0
 GONE = "gone"  # said_offline's mark for an inbox whose path is not there at all
 NameHint = Callable[[str | None], None]  # a name changed (None: look at all)
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why an inbox is not taken up now, since when (wall clock): for ``flowflexd status``."""
+
+    reason: str
+    hint: str | None
+    since: float
+
+
+GONE_REASON = "the folder is not there (unmounted or removed)"
+GONE_HINT = "mount it or create it again; it is taken up by itself within seconds"
 
 
 def inbox_identity(path: Path) -> tuple[int, int] | None:
@@ -72,6 +86,7 @@ class Inbox:
         self.identity: tuple[int, int] | None = None
         self.next_rescan = 0.0
         self.said_offline: set[str] = set()  # why it is away, each said once until it is back
+        self.trouble: Trouble | None = None  # the latest, while it is away
 
     @property
     def path(self) -> Path:
@@ -116,6 +131,7 @@ class Inbox:
                 self.watcher.stop()
                 self.online = False
                 self.said_offline.add(GONE)
+                self._troubled(GONE_REASON, GONE_HINT)
             return []
         if (
             not self.online
@@ -185,6 +201,7 @@ class Inbox:
             return []
         self.online = True
         self.said_offline.clear()
+        self.trouble = None
         self.tracker.rescan()
         self.next_rescan = now + self.rescan_seconds
         return found
@@ -200,6 +217,7 @@ class Inbox:
         self.watcher.stop()
         self.online = False
         self.next_rescan = now + OFFLINE_CHECK_SECONDS
+        self._troubled(err.message, err.hint)
         why = err.hint or err.message  # the kind of trouble; the paths in a message vary
         if why not in self.said_offline:
             log.error(
@@ -210,6 +228,10 @@ class Inbox:
                 hint=err.hint,
             )
             self.said_offline.add(why)
+
+    def _troubled(self, reason: str, hint: str | None) -> None:
+        since = self.trouble.since if self.trouble is not None else time.time()
+        self.trouble = Trouble(reason, hint, since)
 
     def _watch(self) -> None:
         self.watcher.stop()

@@ -836,8 +836,8 @@ class Spool:
                 for e in os.scandir(self.work)
                 if e.is_dir(follow_symlinks=False) and not e.name.startswith(SPARE_PREFIX)
             )
-        except FileNotFoundError:
-            return 0
+        except (FileNotFoundError, NotADirectoryError):
+            return 0  # no work area (someone's file in its place): nothing is claimed
 
 
 def try_lock(inbox: Path) -> int | str:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from support import (
     LoggedProcess,
+    NotifySocket,
     child_env,
     drop,
     files_in,
@@ -698,3 +699,73 @@ def test_status_names_the_running_daemon_and_why_it_paused(
     assert "sending to FlowFlex is PAUSED" in table.stdout
     assert "FlowFlex refuses the configuration" in table.stdout
     assert (stopped["daemon_pid"], stopped["paused"]) == (None, None)
+
+
+def status_table(config: Path, text: str, *, present: bool = True) -> str:
+    """``flowflexd status`` as printed, once ``text`` is in it (or not in it); else ""."""
+    out = run("status", "-c", str(config)).stdout
+    return out if (text in out) == present else ""
+
+
+def test_status_names_an_inbox_the_running_daemon_cannot_use_and_why(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Not "not running": the daemon runs, holds the other inbox, and says what is wrong here."""
+    good, blocked = tmp_path / "good", tmp_path / "blocked"
+    (blocked / "inbox").mkdir(parents=True)
+    (blocked / "inbox" / ".flowflexd").write_text("someone's file where flowflexd keeps its work")
+    drop(blocked / "inbox", "waits.pdf", b"%PDF waits\n%%EOF")
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[folder(good), folder(blocked)]
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path))
+    try:
+        proc.wait_for_log("flowflexd ready")
+        table = wait_until(lambda: status_table(config, "cannot use"), what="cannot use")
+        said = wait_until(  # what systemctl status shows
+            lambda: [f for f in notify.fields() if f.startswith("STATUS=") and "inbox" in f]
+        )
+        rows = json.loads(run("status", "-c", str(config), "--json").stdout)
+        (blocked / "inbox" / ".flowflexd").unlink()  # moved aside, as the hint says
+        proc.wait_for_log("inbox is back", folder=str(blocked / "inbox"), timeout=20)
+        wait_until(lambda: "waits.pdf" in files_in(blocked / "done"), timeout=20)
+        after = wait_until(lambda: status_table(config, "cannot", present=False))
+    finally:
+        proc.stop()
+        notify.close()
+
+    assert said[0].endswith(f"; inbox unavailable: {blocked / 'inbox'}")
+    by_path = {row["path"]: row for row in rows}
+    held, refused = by_path[str(good / "inbox")], by_path[str(blocked / "inbox")]
+    assert held["daemon_pid"] == proc.proc.pid and held["unavailable_to"] is None
+    assert (refused["daemon_pid"], refused["unavailable_to"]) == (None, proc.proc.pid)
+    assert "is not a folder owned by flowflexd's user" in refused["unavailable_reason"]
+    assert refused["unavailable_hint"] == "move it aside; flowflexd recreates it"
+    assert refused["waiting"] == 1
+    assert f"{blocked / 'inbox'}  (NOT WATCHED)" in table
+    assert f"pid {proc.proc.pid}, cannot use it" in table
+    assert f"flowflexd (pid {proc.proc.pid}) cannot use {blocked / 'inbox'} since" in table
+    assert "  hint: move it aside; flowflexd recreates it" in table
+    assert "NOT WATCHED" not in after and after.count(f"pid {proc.proc.pid}") == 2
+
+
+def test_status_trusts_no_killed_daemon_with_an_inbox_it_could_not_use(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """SIGKILL leaves the daemon's record saying it runs; status looks at the process."""
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / ".flowflexd").write_text("not flowflexd's")
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
+    proc = run_daemon(config)
+    try:
+        wait_until(lambda: status_table(config, "cannot use"), what="cannot use")
+        proc.proc.kill()
+        proc.proc.wait(timeout=10)
+    finally:
+        proc.stop()
+
+    [row] = json.loads(run("status", "-c", str(config), "--json").stdout)
+    assert (row["daemon_pid"], row["unavailable_to"]) == (None, None)
+    table = run("status", "-c", str(config)).stdout
+    assert "not running" in table and "cannot use" not in table
