@@ -5,6 +5,7 @@ as nobody through setpriv, the way the unit's User= and AmbientCapabilities= sta
 from __future__ import annotations
 
 import grp
+import json
 import os
 import shutil
 import subprocess
@@ -228,6 +229,8 @@ def test_an_inbox_the_service_user_may_not_write_is_named_and_taken_once_it_may(
         said = proc.wait_for_log(UNAVAILABLE)
         drop(base / "inbox", "meanwhile.pdf", pdf(b"meanwhile"))
         wait_until(lambda: files_in(base / "done") == {"meanwhile.pdf"})
+        # What the operator sees, as root: the daemon runs, and cannot use this one.
+        rows = wait_until(lambda: status_rows(config, refused=scans / "inbox"))
         os.chown(scans / "inbox", NOBODY, NOBODY)  # the fix
         proc.wait_for_log("inbox is back", folder=str(scans / "inbox"), timeout=20)
         wait_until(lambda: files_in(scans / "done") == {"waited.pdf"}, timeout=20)
@@ -245,6 +248,26 @@ def test_an_inbox_the_service_user_may_not_write_is_named_and_taken_once_it_may(
     unavailable = [line for line in proc.json_lines() if line.get("event") == UNAVAILABLE]
     assert len(unavailable) == 1  # said once, not at every look
     assert len(emulator.events()) == 2
+    held, refused = rows[str(base / "inbox")], rows[str(scans / "inbox")]
+    assert held["daemon_pid"] is not None and refused["daemon_pid"] is None
+    assert refused["unavailable_to"] == held["daemon_pid"]  # the same daemon, not "not running"
+    assert refused["unavailable_reason"] == said["error"]
+    assert refused["unavailable_hint"] == said["hint"]
+    assert refused["waiting"] == 1  # waited.pdf, counted while it waits
+
+
+def status_rows(config: Path, *, refused: Path) -> dict[str, dict[str, object]]:
+    """``flowflexd status --json`` by folder, once it names ``refused`` as not usable; else {}."""
+    done = subprocess.run(
+        flowflexd_argv("status", "-c", str(config), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=True,
+    )
+    rows = {row["path"]: row for row in json.loads(done.stdout)}
+    return rows if rows[str(refused)]["unavailable_to"] else {}
 
 
 def test_check_as_the_service_user_sees_what_that_user_may_write(
