@@ -138,6 +138,16 @@ class _Live(Collector):
             for folder in snap.by_folder:
                 gauge.add_metric([folder.folder], getattr(folder, stage))
             yield gauge
+        # Files in an inbox the daemon cannot use are not seen, so no other gauge shows them.
+        unavailable = GaugeMetricFamily(
+            "flowflexd_inbox_unavailable",
+            "1 while the daemon cannot take an inbox up (gone, no write access ...); its files "
+            "wait unseen: the journal and flowflexd status say why",
+            labels=["folder"],
+        )
+        for folder in snap.by_folder:
+            unavailable.add_metric([folder.folder], 1.0 if folder.folder in snap.offline else 0.0)
+        yield unavailable
         yield GaugeMetricFamily(
             "flowflexd_oldest_waiting_seconds",
             "Age of the oldest file waiting to be taken (0: none); a stuck watcher shows here",

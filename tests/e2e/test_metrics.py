@@ -19,11 +19,13 @@ from support import (
     Folders,
     drop,
     files_in,
+    folder_spec,
     need,
     pdf,
     readme_yaml,
     run_daemon,
     wait_until,
+    write_config,
 )
 
 from flowflexd.config.model import load
@@ -132,6 +134,51 @@ def test_metrics_count_what_happened_and_health_says_ok(tmp_path: Path, emulator
         assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_an_inbox_the_daemon_cannot_use_shows_in_metrics_until_it_can(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Its files are not seen, so only this gauge tells a scrape something is wrong."""
+    good, blocked = tmp_path / "good", tmp_path / "blocked"
+    (blocked / "inbox").mkdir(parents=True)
+    (blocked / "inbox" / ".flowflexd").write_text("someone's file")
+    drop(blocked / "inbox", "unseen.pdf", pdf(b"unseen"))
+    rule = {"name": "inv", "pattern": "*.pdf", "event": "invoice"}
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        folders=[folder_spec(good, [rule]), folder_spec(blocked, [rule])],
+        metrics={"listen": "127.0.0.1:0"},
+    )
+    proc = run_daemon(config)
+    try:
+        base = f"http://{proc.wait_for_log('serving /metrics and /healthz')['listen']}"
+
+        def unavailable() -> dict[str, float]:
+            scraped = samples(get(f"{base}/metrics")[1])
+            return {
+                str(where / "inbox"): value(
+                    scraped, "flowflexd_inbox_unavailable", folder=str(where / "inbox")
+                )
+                for where in (good, blocked)
+            }
+
+        while_away = wait_until(lambda: (now := unavailable())[str(blocked / "inbox")] and now)
+        waiting_seen = value(
+            samples(get(f"{base}/metrics")[1]),
+            "flowflexd_files_waiting",
+            folder=str(blocked / "inbox"),
+        )
+        (blocked / "inbox" / ".flowflexd").unlink()
+        wait_until(lambda: "unseen.pdf" in files_in(blocked / "done"), timeout=20)
+        back = wait_until(lambda: (now := unavailable())[str(blocked / "inbox")] == 0 and now)
+    finally:
+        proc.stop()
+
+    assert while_away == {str(good / "inbox"): 0.0, str(blocked / "inbox"): 1.0}
+    assert waiting_seen == 0  # what a stuck-file alert could not have seen
+    assert back == {str(good / "inbox"): 0.0, str(blocked / "inbox"): 0.0}
+
+
 def test_health_is_503_with_the_reason_while_flowflex_refuses_the_credentials(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -201,6 +248,7 @@ def test_the_readme_alert_rules_use_what_flowflexd_exports_and_promtool_accepts_
         "FlowflexdFileStuck",
         "FlowflexdFailuresRising",
         "FlowflexdPaused",
+        "FlowflexdInboxUnavailable",
     ]
     names = exported_names()
     for alert in alerts:
@@ -239,6 +287,11 @@ def test_the_stuck_file_alert_fires_on_what_a_stuck_daemon_exports(tmp_path: Pat
                                 'reason="config"}',
                                 "values": "0x5 1x20",
                             },
+                            {
+                                "series": 'flowflexd_inbox_unavailable{instance="fs1",'
+                                'folder="/srv/scans"}',
+                                "values": "0x10 1x20",
+                            },
                         ],
                         "alert_rule_test": [
                             {
@@ -258,6 +311,30 @@ def test_the_stuck_file_alert_fires_on_what_a_stuck_daemon_exports(tmp_path: Pat
                                             "description": "Paused, a watcher problem or "
                                             "permissions: read the journal; flowflexd explain "
                                             "FILE.",
+                                        },
+                                    }
+                                ],
+                            },
+                            {
+                                "eval_time": "14m",  # unavailable since 11m: not 5m yet
+                                "alertname": "FlowflexdInboxUnavailable",
+                                "exp_alerts": [],
+                            },
+                            {
+                                "eval_time": "20m",
+                                "alertname": "FlowflexdInboxUnavailable",
+                                "exp_alerts": [
+                                    {
+                                        "exp_labels": {
+                                            "severity": "critical",
+                                            "instance": "fs1",
+                                            "folder": "/srv/scans",
+                                        },
+                                        "exp_annotations": {
+                                            "summary": "flowflexd on fs1 cannot use /srv/scans",
+                                            "description": "Its files wait unseen: flowflexd "
+                                            "status and the journal's inbox unavailable line say "
+                                            "why and the fix.",
                                         },
                                     }
                                 ],
