@@ -340,7 +340,8 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     for row, folder in zip(rows, config.folders, strict=True):
         if state is None:
             continue
-        away = state.get("unavailable", {}).get(str(folder.path))
+        unavailable = state.get("unavailable")
+        away = unavailable.get(str(folder.path)) if isinstance(unavailable, dict) else None
         if row.daemon_pid is None and isinstance(away, dict) and _alive(state.get("pid")):
             row.unavailable_to = state["pid"]
             row.unavailable_reason = away.get("reason")

@@ -769,3 +769,8 @@ def test_status_trusts_no_killed_daemon_with_an_inbox_it_could_not_use(
     assert (row["daemon_pid"], row["unavailable_to"]) == (None, None)
     table = run("status", "-c", str(config)).stdout
     assert "not running" in table and "cannot use" not in table
+    record = tmp_path / "state" / "daemon.json"  # and one an older or damaged daemon left
+    record.write_text(json.dumps({**json.loads(record.read_text()), "unavailable": ["?"]}))
+    damaged = run("status", "-c", str(config))
+    assert damaged.returncode == 0, damaged.stderr
+    assert "not running" in damaged.stdout
