@@ -183,6 +183,20 @@ def flowflexd_argv(*args: str) -> list[str]:
     return [str(script), *args]
 
 
+def status_json(config: Path) -> list[dict[str, Any]]:
+    """``flowflexd status -c CONFIG --json`` as a subprocess: one row per folder."""
+    shown = subprocess.run(
+        flowflexd_argv("status", "-c", str(config), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=True,
+    )
+    rows: list[dict[str, Any]] = json.loads(shown.stdout)
+    return rows
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWFLEX", "NOTIFY_SOCKET"))}
     env.update(extra)

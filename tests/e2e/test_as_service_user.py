@@ -5,7 +5,6 @@ as nobody through setpriv, the way the unit's User= and AmbientCapabilities= sta
 from __future__ import annotations
 
 import grp
-import json
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from support import (
     folder_spec,
     pdf,
     reachable_folder,
+    status_json,
     wait_until,
     write_config,
 )
@@ -258,15 +258,7 @@ def test_an_inbox_the_service_user_may_not_write_is_named_and_taken_once_it_may(
 
 def status_rows(config: Path, *, refused: Path) -> dict[str, dict[str, object]]:
     """``flowflexd status --json`` by folder, once it names ``refused`` as not usable; else {}."""
-    done = subprocess.run(
-        flowflexd_argv("status", "-c", str(config), "--json"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=True,
-    )
-    rows = {row["path"]: row for row in json.loads(done.stdout)}
+    rows = {row["path"]: row for row in status_json(config)}
     return rows if rows[str(refused)]["unavailable_to"] else {}
 
 

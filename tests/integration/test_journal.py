@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from support import child_env, flowflexd_argv, folder_spec, write_config
+from support import folder_spec, status_json, write_config
 
 from flowflexd.emulator import Emulator
 from flowflexd.engine import journal
@@ -108,16 +108,8 @@ def test_status_counts_outcomes_across_rotated_files(tmp_path: Path, emulator: E
     book.close()
     assert (tmp_path / "state" / "journal.jsonl.2").exists()
 
-    shown = subprocess.run(
-        flowflexd_argv("status", "-c", str(config), "--json"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=True,
-    )
+    [row] = status_json(config)
 
-    [row] = json.loads(shown.stdout)
     assert (row["done"], row["failed"]) == (7, 3)
 
 
