@@ -183,6 +183,17 @@ def flowflexd_argv(*args: str) -> list[str]:
     return [str(script), *args]
 
 
+def block_inbox(base: Path) -> Path:
+    """``base``/inbox made one flowflexd cannot take up: someone's file where its work goes.
+
+    Removing that file (``.flowflexd``) is the fix; the daemon takes the inbox up by itself.
+    """
+    inbox = base / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / ".flowflexd").write_text("someone's file where flowflexd keeps its work")
+    return inbox
+
+
 def status_json(config: Path) -> list[dict[str, Any]]:
     """``flowflexd status -c CONFIG --json`` as a subprocess: one row per folder."""
     shown = subprocess.run(

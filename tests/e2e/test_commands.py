@@ -19,6 +19,7 @@ import pytest
 from support import (
     LoggedProcess,
     NotifySocket,
+    block_inbox,
     child_env,
     drop,
     files_in,
@@ -712,9 +713,7 @@ def test_status_names_an_inbox_the_running_daemon_cannot_use_and_why(
 ) -> None:
     """Not "not running": the daemon runs, holds the other inbox, and says what is wrong here."""
     good, blocked = tmp_path / "good", tmp_path / "blocked"
-    (blocked / "inbox").mkdir(parents=True)
-    (blocked / "inbox" / ".flowflexd").write_text("someone's file where flowflexd keeps its work")
-    drop(blocked / "inbox", "waits.pdf", b"%PDF waits\n%%EOF")
+    drop(block_inbox(blocked), "waits.pdf", b"%PDF waits\n%%EOF")
     config = write_config(
         tmp_path / "config.yaml", emulator, folders=[folder(good), folder(blocked)]
     )
@@ -754,8 +753,7 @@ def test_status_trusts_no_killed_daemon_with_an_inbox_it_could_not_use(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """SIGKILL leaves the daemon's record saying it runs; status looks at the process."""
-    (tmp_path / "inbox").mkdir()
-    (tmp_path / "inbox" / ".flowflexd").write_text("not flowflexd's")
+    block_inbox(tmp_path)
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder(tmp_path)])
     proc = run_daemon(config)
     try:

@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     Folders,
+    block_inbox,
     drop,
     files_in,
     folder_spec,
@@ -139,9 +140,7 @@ def test_an_inbox_the_daemon_cannot_use_shows_in_metrics_until_it_can(
 ) -> None:
     """Its files are not seen, so only this gauge tells a scrape something is wrong."""
     good, blocked = tmp_path / "good", tmp_path / "blocked"
-    (blocked / "inbox").mkdir(parents=True)
-    (blocked / "inbox" / ".flowflexd").write_text("someone's file")
-    drop(blocked / "inbox", "unseen.pdf", pdf(b"unseen"))
+    drop(block_inbox(blocked), "unseen.pdf", pdf(b"unseen"))
     rule = {"name": "inv", "pattern": "*.pdf", "event": "invoice"}
     config = write_config(
         tmp_path / "config.yaml",
