@@ -16,6 +16,7 @@ from flowflexd.errors import FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
+from flowflexd.inbox.spool import not_ours
 from flowflexd.rules.templates import Template
 
 
@@ -72,6 +73,9 @@ def check_folder(
     if sticky is not None:
         findings.errors.append(sticky)
     inbox_dev = _check_dir("inbox", folder.path, findings)
+    own = own_folders_problem(folder.path)
+    if own is not None:
+        findings.errors.append(f"inbox {folder.path}: {own.message}; fix: {own.hint}")
     for label, path in (
         ("done", _sample(folder.done, folder.done_below)),
         ("failed", _sample(folder.failed, folder.failed_below)),
@@ -100,6 +104,20 @@ def check_folder(
             f"inbox {folder.path} is on a network filesystem ({mount[1]} at {mount[0]}) "
             "without poll: true; inotify sees no writes made by other machines there"
         )
+
+
+def own_folders_problem(inbox: Path) -> UserError | None:
+    """flowflexd's own folders in the inbox, where they exist, as the daemon would judge them."""
+    home = layout.home(inbox)
+    for path in (home, layout.work(inbox)):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None  # not there yet: the daemon creates them
+        problem = not_ours(path, info, home)
+        if problem is not None:
+            return problem
+    return None
 
 
 def lease_warning(folder: Folder, why: str) -> str:

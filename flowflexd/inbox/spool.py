@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import stat
 import threading
 import time
@@ -65,6 +66,38 @@ class FolderUnavailable(UserError):
 
 class FolderMisplaced(FolderUnavailable):
     """done or failed is on another filesystem than its inbox: a configuration error."""
+
+
+def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable | None:
+    """Why flowflexd's own folder in an inbox (``home`` or its work area) is not usable.
+
+    It must be a folder of this user's. One another user owns is most often
+    an earlier run of flowflexd as that user (root, before the service user
+    existed): its claims are in it, so the fix is to hand it over, not to
+    move it aside.
+    """
+    me = _user_name(os.geteuid())
+    if not stat.S_ISDIR(info.st_mode):
+        return FolderUnavailable(
+            f"{path} is not a folder: someone else's file is where flowflexd keeps its work",
+            hint="move it aside; flowflexd recreates it",
+        )
+    if info.st_uid == os.geteuid():
+        return None
+    owner = _user_name(info.st_uid)
+    return FolderUnavailable(
+        f"{path} belongs to {owner}, not to flowflexd's user ({me})",
+        hint=f"if flowflexd ran here as {owner} before, hand its work over (the claims in it "
+        f"are then resumed, none sent twice): chown -R {me} {home}; "
+        "otherwise move it aside, and flowflexd recreates it",
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def unusable(inbox: Path, err: OSError) -> FolderUnavailable:
@@ -380,13 +413,9 @@ class Spool:
         for path in (self.home, self.work):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o700)
-            info = os.lstat(path)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-                raise FolderUnavailable(
-                    f"{path} is not a folder owned by flowflexd's user; "
-                    "someone else created or replaced it",
-                    hint="move it aside; flowflexd recreates it",
-                )
+            problem = not_ours(path, os.lstat(path), self.home)
+            if problem is not None:
+                raise problem
 
     def _lock(self) -> None:
         if self._lock_fd is not None and self._adopted:

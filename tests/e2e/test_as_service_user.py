@@ -27,7 +27,9 @@ from support import (
     write_config,
 )
 
+from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
+from flowflexd.inbox.spool import Spool
 
 NOBODY = 65534
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
@@ -285,3 +287,42 @@ def test_check_as_the_service_user_sees_what_that_user_may_write(
     assert "folders checked as user nobody" in as_service.stdout
     assert f"error: done {base / 'done'} is not writable by user nobody" in as_service.stdout
     assert "lacks CAP_LEASE" not in as_service.stdout  # the unit grants it
+
+
+def test_a_work_area_root_left_is_named_with_chown_and_its_claim_resumed_once_handed_over(
+    base: Path, emulator: Emulator
+) -> None:
+    """The quick start run as root first, then the service: root's claim waits in a work
+    area nobody may not use. check and the daemon say whose it is and how to hand it over,
+    and once it is, the claim goes out under root's key, once."""
+    config = service_config(base, emulator)
+    spool = Spool(load(config).folders[0])
+    spool.prepare()  # as root: .flowflexd and its work area are root's
+    drop(base / "inbox", "claimed-by-root.pdf", pdf(b"root's"))
+    left = spool.claim({"file": "claimed-by-root.pdf"}, rule="pdf")
+    assert left is not None
+    spool.unlock()  # root's daemon killed mid-flight
+    home = base / "inbox" / ".flowflexd"
+
+    checked = subprocess.run(
+        flowflexd_argv("check", "--as-user", "nobody", "-c", str(config)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    proc = run_as_nobody(config, cap_lease=True)
+    try:
+        said = proc.wait_for_log(UNAVAILABLE)
+        subprocess.run(["chown", "-R", "nobody", str(home)], check=True)  # the fix, as said
+        proc.wait_for_log("inbox is back", folder=str(base / "inbox"), timeout=20)
+        wait_until(lambda: files_in(base / "done") == {"claimed-by-root.pdf"}, timeout=20)
+    finally:
+        proc.stop()
+
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert f"{home} belongs to root, not to flowflexd's user (nobody)" in checked.stdout
+    assert f"chown -R nobody {home}" in checked.stdout
+    assert said["error"] == f"{home} belongs to root, not to flowflexd's user (nobody)"
+    assert f"chown -R nobody {home}" in said["hint"]
+    [event] = emulator.events()
+    assert event["idempotency_key"] == left.key  # root's key: not a new claim, not sent twice

@@ -739,7 +739,7 @@ def test_status_names_an_inbox_the_running_daemon_cannot_use_and_why(
     held, refused = by_path[str(good / "inbox")], by_path[str(blocked / "inbox")]
     assert held["daemon_pid"] == proc.proc.pid and held["unavailable_to"] is None
     assert (refused["daemon_pid"], refused["unavailable_to"]) == (None, proc.proc.pid)
-    assert "is not a folder owned by flowflexd's user" in refused["unavailable_reason"]
+    assert "is not a folder: someone else's file" in refused["unavailable_reason"]
     assert refused["unavailable_hint"] == "move it aside; flowflexd recreates it"
     assert refused["waiting"] == 1
     assert f"{blocked / 'inbox'}  (NOT WATCHED)" in table
