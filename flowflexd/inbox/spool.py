@@ -76,7 +76,6 @@ def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable 
     existed): its claims are in it, so the fix is to hand it over, not to
     move it aside.
     """
-    me = _user_name(os.geteuid())
     if not stat.S_ISDIR(info.st_mode):
         return FolderUnavailable(
             f"{path} is not a folder: someone else's file is where flowflexd keeps its work",
@@ -84,7 +83,7 @@ def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable 
         )
     if info.st_uid == os.geteuid():
         return None
-    owner = _user_name(info.st_uid)
+    me, owner = _user_name(os.geteuid()), _user_name(info.st_uid)
     return FolderUnavailable(
         f"{path} belongs to {owner}, not to flowflexd's user ({me})",
         hint=f"if flowflexd ran here as {owner} before, hand its work over (the claims in it "
