@@ -16,7 +16,7 @@ from flowflexd.errors import FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
-from flowflexd.inbox.spool import not_ours
+from flowflexd.inbox.spool import not_ours, user_name
 from flowflexd.rules.templates import Template
 
 
@@ -73,9 +73,7 @@ def check_folder(
     if sticky is not None:
         findings.errors.append(sticky)
     inbox_dev = _check_dir("inbox", folder.path, findings)
-    own = own_folders_problem(folder.path)
-    if own is not None:
-        findings.errors.append(f"inbox {folder.path}: {own.message}; fix: {own.hint}")
+    check_own_folders(folder.path, findings)
     for label, path in (
         ("done", _sample(folder.done, folder.done_below)),
         ("failed", _sample(folder.failed, folder.failed_below)),
@@ -106,18 +104,31 @@ def check_folder(
         )
 
 
-def own_folders_problem(inbox: Path) -> UserError | None:
-    """flowflexd's own folders in the inbox, where they exist, as the daemon would judge them."""
+def check_own_folders(inbox: Path, findings: Findings) -> None:
+    """flowflexd's own folders in the inbox, where they exist, as the daemon would judge them.
+
+    Root checking a service's inbox finds them the service user's: that is
+    only a warning (a daemon run as root would refuse them), never advice to
+    take them from the service.
+    """
     home = layout.home(inbox)
     for path in (home, layout.work(inbox)):
         try:
             info = os.lstat(path)
         except OSError:
-            return None  # not there yet: the daemon creates them
+            return  # not there yet: the daemon creates them
         problem = not_ours(path, info, home)
-        if problem is not None:
-            return problem
-    return None
+        if problem is None:
+            continue
+        if os.geteuid() == 0 and stat.S_ISDIR(info.st_mode):
+            owner = user_name(info.st_uid)
+            findings.warnings.append(
+                f"inbox {inbox}: {path} belongs to {owner}: flowflexd run as root would not "
+                f"use this inbox; to check it as the user it belongs to: --as-user {owner}"
+            )
+        else:
+            findings.errors.append(f"inbox {inbox}: {problem.message}; fix: {problem.hint}")
+        return
 
 
 def lease_warning(folder: Folder, why: str) -> str:

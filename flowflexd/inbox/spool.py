@@ -83,7 +83,7 @@ def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable 
         )
     if info.st_uid == os.geteuid():
         return None
-    me, owner = _user_name(os.geteuid()), _user_name(info.st_uid)
+    me, owner = user_name(os.geteuid()), user_name(info.st_uid)
     return FolderUnavailable(
         f"{path} belongs to {owner}, not to flowflexd's user ({me})",
         hint=f"if flowflexd ran here as {owner} before, hand its work over (the claims in it "
@@ -92,7 +92,8 @@ def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable 
     )
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """A uid's account name, or ``uid N`` for one without an account."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -318,6 +318,10 @@ def test_a_work_area_root_left_is_named_with_chown_and_its_claim_resumed_once_ha
         wait_until(lambda: files_in(base / "done") == {"claimed-by-root.pdf"}, timeout=20)
     finally:
         proc.stop()
+    # Root's own check of the service's inbox now: a warning, never "chown it to root".
+    as_root = subprocess.run(
+        flowflexd_argv("check", "-c", str(config)), capture_output=True, text=True, check=False
+    )
 
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert f"{home} belongs to root, not to flowflexd's user (nobody)" in checked.stdout
@@ -326,3 +330,6 @@ def test_a_work_area_root_left_is_named_with_chown_and_its_claim_resumed_once_ha
     assert f"chown -R nobody {home}" in said["hint"]
     [event] = emulator.events()
     assert event["idempotency_key"] == left.key  # root's key: not a new claim, not sent twice
+    assert as_root.returncode == 0, as_root.stdout + as_root.stderr
+    assert f"{home} belongs to nobody: flowflexd run as root would not use" in as_root.stdout
+    assert "--as-user nobody" in as_root.stdout and "chown" not in as_root.stdout
