@@ -84,12 +84,19 @@ def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable 
     if info.st_uid == os.geteuid():
         return None
     me, owner = user_name(os.geteuid()), user_name(info.st_uid)
-    return FolderUnavailable(
-        f"{path} belongs to {owner}, not to flowflexd's user ({me})",
-        hint=f"if flowflexd ran here as {owner} before, hand its work over (the claims in it "
-        f"are then resumed, none sent twice): chown -R {me} {home}; "
-        "otherwise move it aside, and flowflexd recreates it",
-    )
+    hand_over = f"chown -R {me} {home} (the claims in it are then resumed, none sent twice)"
+    if os.geteuid() == 0:  # most likely a try by hand beside the service: do not take its work
+        hint = (
+            f"this inbox is {owner}'s flowflexd's (the service?): run flowflexd as {owner}; "
+            f"to move its work to root instead: {hand_over}"
+        )
+    else:
+        hint = (
+            f"if flowflexd ran here as {owner} before, hand its work over: {hand_over}; "
+            "otherwise move it aside, and flowflexd recreates it"
+        )
+    message = f"{path} belongs to {owner}, not to flowflexd's user ({me})"
+    return FolderUnavailable(message, hint=hint)
 
 
 def user_name(uid: int) -> str:

@@ -29,7 +29,7 @@ from support import (
 
 from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
-from flowflexd.inbox.spool import Spool
+from flowflexd.inbox.spool import FolderUnavailable, Spool
 
 NOBODY = 65534
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
@@ -318,10 +318,12 @@ def test_a_work_area_root_left_is_named_with_chown_and_its_claim_resumed_once_ha
         wait_until(lambda: files_in(base / "done") == {"claimed-by-root.pdf"}, timeout=20)
     finally:
         proc.stop()
-    # Root's own check of the service's inbox now: a warning, never "chown it to root".
+    # Root's own check, and a daemon tried as root, beside the service: neither takes its work.
     as_root = subprocess.run(
         flowflexd_argv("check", "-c", str(config)), capture_output=True, text=True, check=False
     )
+    with pytest.raises(FolderUnavailable) as refused:
+        Spool(load(config).folders[0]).prepare()
 
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert f"{home} belongs to root, not to flowflexd's user (nobody)" in checked.stdout
@@ -333,3 +335,8 @@ def test_a_work_area_root_left_is_named_with_chown_and_its_claim_resumed_once_ha
     assert as_root.returncode == 0, as_root.stdout + as_root.stderr
     assert f"{home} belongs to nobody: flowflexd run as root would not use" in as_root.stdout
     assert "--as-user nobody" in as_root.stdout and "chown" not in as_root.stdout
+    assert refused.value.message == f"{home} belongs to nobody, not to flowflexd's user (root)"
+    assert str(refused.value.hint).startswith(
+        "this inbox is nobody's flowflexd's (the service?): run flowflexd as nobody; "
+        "to move its work to root instead: chown -R root"
+    )
