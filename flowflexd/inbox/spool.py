@@ -612,7 +612,7 @@ class Spool:
         zero-filled, mistyped, not a file) comes as ``Unreadable``: its key
         is lost, so its files must not be sent again under a new one unseen.
         The inbox gone before or while it is listed raises FileNotFoundError:
-        its claims are away, neither none nor unreadable.
+        its claims are away with it, not missing and not unreadable.
         """
         self._make_home()
         with os.scandir(self.work) as listing:
