@@ -22,7 +22,9 @@ with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
 the SDK loop and three floors (requests, urllib3, http.client), beside
 flowflexd's own client making the three calls from memory, flowflexd with
-one worker, and the durable file work alone (no HTTP); ``--only
+one worker, and the durable file work alone (no HTTP); ``--only one_core``
+measures flowflexd and the http.client floor confined to one CPU against
+free, the emulator on another; ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
 of the same file to the same emulator. The emulator
 runs in its own process; so does the daemon.
@@ -429,11 +431,24 @@ def own_cpu() -> float:
     return time.process_time()
 
 
-def daemon_cpu(root: Path, url: str, payloads: list[bytes], workers: int) -> tuple[float, float]:
-    """flowflexd's CPU ms per delivered file, and its files/s, with ``workers`` workers."""
+def confine(pid: int, cpu: int) -> None:
+    """Every thread of process ``pid`` onto one CPU (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
+def daemon_cpu(
+    root: Path, url: str, payloads: list[bytes], workers: int, cpu: int | None = None
+) -> tuple[float, float]:
+    """flowflexd's CPU ms per delivered file, and its files/s, with ``workers`` workers.
+
+    ``cpu``: the daemon confined to that one CPU once it is ready.
+    """
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
     daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5)
+    if cpu is not None:
+        confine(daemon.proc.pid, cpu)
     try:
         before = daemon.cpu_seconds()
         started = time.monotonic()
@@ -515,6 +530,68 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             ms["flowflexd"] / (ms["http_client"] + ms["files"]), 2
         ),
         "files_per_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
+        "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
+    }
+
+
+def one_core(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """flowflexd confined to one CPU against free, with the emulator on another CPU.
+
+    A daemon's threads take turns at the interpreter lock; on two cores each
+    turn can wake a thread on the other core. Interleaved runs, medians, CPU
+    per delivered file as in ``cpu``; the http.client floor the same two ways
+    (this process, confined while it runs). With two CPUs the free daemon
+    shares the emulator's: what it would gain with idle cores to itself is
+    not measured here.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {"skipped": "needs two CPUs: one for the emulator, one for flowflexd"}
+    emulator_cpu, own_cpu_id = cpus[0], cpus[1]
+    payloads = make_payloads(args.cpu_files, args.size)
+    emulator = Emulator(root, args.cpu_latency)
+    confine(emulator.proc.pid, emulator_cpu)
+    runs: dict[str, list[float]] = {
+        k: [] for k in ("flowflexd", "flowflexd_one_cpu", "http_client", "http_client_one_cpu")
+    }
+    rates: dict[str, list[float]] = {"flowflexd": [], "flowflexd_one_cpu": []}
+    n = len(payloads)
+    try:
+        for i in range(args.repeat):
+            for name, cpu in (("http_client", None), ("http_client_one_cpu", own_cpu_id)):
+                if cpu is not None:
+                    os.sched_setaffinity(0, {cpu})  # the floor's threads inherit it
+                try:
+                    before = own_cpu()
+                    floor_http_client(emulator.url, payloads, 4)
+                    runs[name].append((own_cpu() - before) / n * 1000)
+                finally:
+                    os.sched_setaffinity(0, cpus)
+            for name, cpu in (("flowflexd", None), ("flowflexd_one_cpu", own_cpu_id)):
+                ms, rate = daemon_cpu(root / f"{name}{i}", emulator.url, payloads, 4, cpu)
+                runs[name].append(ms)
+                rates[name].append(rate)
+    finally:
+        emulator.stop()
+    ms = {k: round(statistics.median(v), 2) for k, v in runs.items()}
+    per_s = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    return {
+        "files": n,
+        "size": args.size,
+        "latency_ms": args.cpu_latency,
+        "workers": 4,
+        "runs_each": args.repeat,
+        "cpus": {"emulator": emulator_cpu, "one_cpu": own_cpu_id},
+        "cpu_ms_per_file": ms,
+        "files_per_s": per_s,
+        "one_cpu_vs_free": {
+            "cpu": round(ms["flowflexd_one_cpu"] / ms["flowflexd"], 2),
+            "files_per_s": round(per_s["flowflexd_one_cpu"] / per_s["flowflexd"], 2),
+        },
+        "flowflexd_vs_http_client": {
+            "free": round(ms["flowflexd"] / ms["http_client"], 2),
+            "one_cpu": round(ms["flowflexd_one_cpu"] / ms["http_client_one_cpu"], 2),
+        },
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }
 
@@ -923,7 +1000,8 @@ def arguments() -> argparse.Namespace:
         nargs="*",
         default=None,
         help="throughput latency big_files idle backlog; also sidecar_backlog ignored_idle "
-        "(the scaling checks) and rate_limit, not in the default run",
+        "(the scaling checks), rate_limit, cpu, one_core and upload_speed, not in the "
+        "default run",
     )
     parser.add_argument(
         "--sweep",
@@ -990,6 +1068,7 @@ def main() -> int:
                     "ignored_idle": ignored_idle,
                     "rate_limit": rate_limit,
                     "cpu": cpu_per_file,
+                    "one_core": one_core,
                     "upload_speed": upload_speed,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ between full runs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,4 +103,25 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     assert both == pytest.approx(measured["http_client"] + measured["files"], abs=0.01)
     assert cpu["flowflexd_vs_http_client_and_files"] == pytest.approx(
         measured["flowflexd"] / both, abs=0.01
+    )
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to place processes")
+def test_the_one_core_part_measures_flowflexd_and_the_floor_free_and_on_one_cpu(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "one_core.json"
+    done = bench(*("--only", "one_core", "--cpu-files", "30", "--repeat", "1", "--json", str(out)))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    part = json.loads(out.read_text())["one_core"]
+    measured = part["cpu_ms_per_file"]
+    assert set(measured) == {"flowflexd", "flowflexd_one_cpu", "http_client", "http_client_one_cpu"}
+    assert all(ms > 0 for ms in measured.values())
+    assert part["cpus"]["emulator"] != part["cpus"]["one_cpu"]
+    assert part["one_cpu_vs_free"]["cpu"] == pytest.approx(
+        measured["flowflexd_one_cpu"] / measured["flowflexd"], abs=0.01
+    )
+    assert part["flowflexd_vs_http_client"]["one_cpu"] == pytest.approx(
+        measured["flowflexd_one_cpu"] / measured["http_client_one_cpu"], abs=0.01
     )
