@@ -460,6 +460,21 @@ def daemon_cpu(
     return used / len(payloads) * 1000, len(payloads) / (finished - started)
 
 
+def cpu_run(args: argparse.Namespace, files: int) -> dict[str, Any]:
+    """What a CPU part ran: its files, their size, the API's latency, workers and runs."""
+    return {
+        "files": files,
+        "size": args.size,
+        "latency_ms": args.cpu_latency,
+        "workers": 4,
+        "runs_each": args.repeat,
+    }
+
+
+def medians(runs: dict[str, list[float]], digits: int) -> dict[str, float]:
+    return {k: round(statistics.median(v), digits) for k, v in runs.items()}
+
+
 def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """CPU (user+sys) per delivered file: flowflexd, the SDK loop and three floors.
 
@@ -509,13 +524,9 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             runs["flowflexd_1_worker"].append(ms)
     finally:
         emulator.stop()
-    ms = {k: round(statistics.median(v), 2) for k, v in runs.items()}
+    ms = medians(runs, 2)
     return {
-        "files": n,
-        "size": args.size,
-        "latency_ms": args.cpu_latency,
-        "workers": 4,
-        "runs_each": args.repeat,
+        **cpu_run(args, n),
         "cpu_ms_per_file": ms,
         # The comparisons the targets are about; the other baselines explain them.
         "flowflexd_vs": {
@@ -529,7 +540,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "flowflexd_vs_http_client_and_files": round(
             ms["flowflexd"] / (ms["http_client"] + ms["files"]), 2
         ),
-        "files_per_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
+        "files_per_s": medians(rates, 1),
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }
 
@@ -573,14 +584,9 @@ def one_core(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 rates[name].append(rate)
     finally:
         emulator.stop()
-    ms = {k: round(statistics.median(v), 2) for k, v in runs.items()}
-    per_s = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    ms, per_s = medians(runs, 2), medians(rates, 1)
     return {
-        "files": n,
-        "size": args.size,
-        "latency_ms": args.cpu_latency,
-        "workers": 4,
-        "runs_each": args.repeat,
+        **cpu_run(args, n),
         "cpus": {"emulator": emulator_cpu, "one_cpu": own_cpu_id},
         "cpu_ms_per_file": ms,
         "files_per_s": per_s,

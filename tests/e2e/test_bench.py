@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,15 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def bench_part(tmp_path: Path, part: str, *args: str) -> dict[str, Any]:
+    """``--only PART``: what it wrote for that part, once it exited 0."""
+    out = tmp_path / f"{part}.json"
+    done = bench("--only", part, *args, "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(out.read_text())[part]
+    return result
 
 
 def test_the_benchmark_runs_every_part_and_writes_its_table(tmp_path: Path) -> None:
@@ -82,11 +92,8 @@ def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Pat
 def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_work(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "cpu.json"
-    done = bench(*("--only", "cpu", "--cpu-files", "40", "--repeat", "1", "--json", str(out)))
+    cpu = bench_part(tmp_path, "cpu", "--cpu-files", "40", "--repeat", "1")
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    cpu = json.loads(out.read_text())["cpu"]
     assert cpu["files"] == 40
     assert cpu["latency_ms"] == 0
     measured = cpu["cpu_ms_per_file"]
@@ -110,11 +117,8 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
 def test_the_one_core_part_measures_flowflexd_and_the_floor_free_and_on_one_cpu(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "one_core.json"
-    done = bench(*("--only", "one_core", "--cpu-files", "30", "--repeat", "1", "--json", str(out)))
+    part = bench_part(tmp_path, "one_core", "--cpu-files", "30", "--repeat", "1")
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    part = json.loads(out.read_text())["one_core"]
     measured = part["cpu_ms_per_file"]
     assert set(measured) == {"flowflexd", "flowflexd_one_cpu", "http_client", "http_client_one_cpu"}
     assert all(ms > 0 for ms in measured.values())
