@@ -37,7 +37,6 @@ from flowflexd.inbox.watcher import FolderWatcher
 log = structlog.get_logger("flowflexd")
 
 OFFLINE_CHECK_SECONDS = 5.0
-GONE = "gone"  # said_offline's mark for an inbox whose path is not there at all
 NameHint = Callable[[str | None], None]  # a name changed (None: look at all)
 
 
@@ -121,17 +120,13 @@ class Inbox:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
         identity = inbox_identity(self.path)
         if identity is None:
-            self.next_rescan = now + OFFLINE_CHECK_SECONDS
-            if GONE not in self.said_offline:  # empty while online: a take-up clears it
-                log.error(
-                    "inbox is gone (unmounted or removed); other folders keep running, "
-                    "this one resumes when it is back",
-                    folder=str(self.path),
-                )
-                self.watcher.stop()
-                self.online = False
-                self.said_offline.add(GONE)
-                self._troubled(GONE_REASON, GONE_HINT)
+            self._away(
+                GONE_REASON,
+                GONE_HINT,
+                now,
+                "inbox is gone (unmounted or removed); other folders keep running, "
+                "this one resumes when it is back",
+            )
             return []
         if (
             not self.online
@@ -214,24 +209,28 @@ class Inbox:
         """
         if isinstance(err, OSError):
             err = unusable(self.path, err)
+        self._away(
+            err.message,
+            err.hint,
+            now,
+            "inbox unavailable; other folders keep running, this one is looked at "
+            "again every few seconds",
+            error=err.message,
+            hint=err.hint,
+        )
+
+    def _away(self, reason: str, fix: str | None, now: float, event: str, **fields: object) -> None:
+        """Unwatched, looked at again in a few seconds, ``reason`` and ``fix`` what status
+        shows; ``event`` logged the first time this kind of trouble is met while away."""
         self.watcher.stop()
         self.online = False
         self.next_rescan = now + OFFLINE_CHECK_SECONDS
-        self._troubled(err.message, err.hint)
-        why = err.hint or err.message  # the kind of trouble; the paths in a message vary
-        if why not in self.said_offline:
-            log.error(
-                "inbox unavailable; other folders keep running, this one is looked at "
-                "again every few seconds",
-                folder=str(self.path),
-                error=err.message,
-                hint=err.hint,
-            )
-            self.said_offline.add(why)
-
-    def _troubled(self, reason: str, hint: str | None) -> None:
         since = self.trouble.since if self.trouble is not None else time.time()
-        self.trouble = Trouble(reason, hint, since)
+        self.trouble = Trouble(reason, fix, since)
+        kind = fix or reason  # the paths in a reason vary; a fix names the kind
+        if kind not in self.said_offline:
+            self.said_offline.add(kind)
+            log.error(event, folder=str(self.path), **fields)
 
     def _watch(self) -> None:
         self.watcher.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 from support import (
     RunningDaemon,
     SpoolRun,
+    block_inbox,
     claim_dirs,
     drop,
     files_in,
@@ -26,6 +28,7 @@ from support import (
     write_config,
 )
 
+from flowflexd.config.model import STATE_FILE
 from flowflexd.emulator import Emulator
 from flowflexd.inbox import runtime
 from flowflexd.inbox.spool import Claim, Spool, Unreadable
@@ -278,6 +281,34 @@ def test_an_inbox_is_said_back_only_once_it_is_taken_up(
         if message in line
     ]
     assert said == ["inbox is gone", "inbox unavailable", "inbox is back"]
+
+
+def test_what_status_is_told_is_the_inbox_trouble_of_the_moment(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, gone, refused, gone again: the daemon's record for ``flowflexd status``
+    names the trouble of the moment each time, not the first one of its kind."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    inbox, away = block_inbox(tmp_path), tmp_path / "unmounted"
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], rescan_seconds=0.2
+    )
+    record = tmp_path / "state" / STATE_FILE
+
+    def reason() -> str:
+        try:
+            away_now = json.loads(record.read_text()).get("unavailable", {})
+        except (OSError, ValueError):
+            return ""
+        return str(away_now.get(str(inbox), {}).get("reason", ""))
+
+    with RunningDaemon(config):
+        wait_until(lambda: "is not a folder" in reason(), what="refused")
+        for _ in range(2):
+            os.rename(inbox, away)
+            wait_until(lambda: reason() == runtime.GONE_REASON, what="gone")
+            os.rename(away, inbox)
+            wait_until(lambda: "is not a folder" in reason(), what="refused again")
 
 
 def falls_back_to_polling(
