@@ -28,10 +28,12 @@ from support import (
     read_report,
     readme_block,
     run_daemon,
+    status_json,
     wait_until,
     write_config,
 )
 
+from flowflexd.config.model import STATE_FILE
 from flowflexd.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -725,7 +727,7 @@ def test_status_names_an_inbox_the_running_daemon_cannot_use_and_why(
         said = wait_until(  # what systemctl status shows
             lambda: [f for f in notify.fields() if f.startswith("STATUS=") and "inbox" in f]
         )
-        rows = json.loads(run("status", "-c", str(config), "--json").stdout)
+        rows = status_json(config)
         (blocked / "inbox" / ".flowflexd").unlink()  # moved aside, as the hint says
         proc.wait_for_log("inbox is back", folder=str(blocked / "inbox"), timeout=20)
         wait_until(lambda: "waits.pdf" in files_in(blocked / "done"), timeout=20)
@@ -763,11 +765,11 @@ def test_status_trusts_no_killed_daemon_with_an_inbox_it_could_not_use(
     finally:
         proc.stop()
 
-    [row] = json.loads(run("status", "-c", str(config), "--json").stdout)
+    [row] = status_json(config)
     assert (row["daemon_pid"], row["unavailable_to"]) == (None, None)
     table = run("status", "-c", str(config)).stdout
     assert "not running" in table and "cannot use" not in table
-    record = tmp_path / "state" / "daemon.json"  # and one an older or damaged daemon left
+    record = tmp_path / "state" / STATE_FILE  # and one an older or damaged daemon left
     record.write_text(json.dumps({**json.loads(record.read_text()), "unavailable": ["?"]}))
     damaged = run("status", "-c", str(config))
     assert damaged.returncode == 0, damaged.stderr
