@@ -90,6 +90,74 @@ def wait_until(
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A loopback port free at this moment (another process may take it before we do)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds a socket listening on loopback ``port``.
+
+    A connect alone would also succeed against another process that took the
+    port first, while ours failed to bind and is on its way out.
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add(f"socket:[{inode}]")
+    if not inodes:
+        return False
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return True  # its descriptors are hidden from us: a listener on the port is all we know
+    except FileNotFoundError:
+        return False
+    for fd in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
+def start_listener(
+    launch: Callable[[int], subprocess.Popen[bytes]],
+    what: str,
+    *,
+    tries: int = 5,
+    timeout: float = 20.0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free loopback port: ``launch(port)`` starts it on that port.
+
+    The port is free when chosen, not when the server binds it: another test's
+    server or an outgoing connection can take it in between. A server that
+    exits before listening is started again on a new port.
+    """
+    for _ in range(tries):
+        port = free_port()
+        proc = launch(port)
+        deadline = time.monotonic() + timeout
+        while not listens(proc.pid, port):
+            if proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+            time.sleep(0.02)
+        else:
+            return proc, port
+    raise RuntimeError(
+        f"{what} exited with {proc.returncode} before listening, {tries} times on new ports"
+    )
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -13,36 +13,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import need
+from support import need, start_listener
 
 FIELD_USER = "ffield"
 FIELD_PASSWORD = "field-Pass-7"  # a throwaway local test account's, on loopback only
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
 
 
 def field_user() -> pwd.struct_passwd:
@@ -87,19 +68,22 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
-def _start(argv: list[str], port: int, home: Path, what: str) -> Server:
+def _start(argv: list[str], write_config: Callable[[int], object], home: Path, what: str) -> Server:
+    """``argv`` run in ``home``, listening on the port ``write_config(port)`` configured."""
     log = home / "server.log"
-    with log.open("wb") as out:
-        # A session of its own: smbd signals its whole process group on the way
-        # out, which would otherwise be pytest's.
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True
-        )
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        write_config(port)
+        with log.open("wb") as out:
+            # A session of its own: smbd signals its whole process group on the way
+            # out, which would otherwise be pytest's.
+            return subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=home, start_new_session=True
+            )
+
     try:
-        wait_for_port(port, proc, what)
+        proc, port = start_listener(launch, what)
     except RuntimeError as err:
-        proc.kill()
-        proc.wait()
         raise RuntimeError(f"{err}: {log.read_text(errors='replace')[-2000:]}") from err
     return Server(proc, port, home, log)
 
@@ -109,12 +93,13 @@ def _start(argv: list[str], port: int, home: Path, what: str) -> Server:
 
 def start_samba(home: Path, inbox: Path) -> Server:
     need("/usr/sbin/smbd", "smbpasswd")
-    port = free_port()
     for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     conf = home / "smb.conf"
-    conf.write_text(
-        f"""[global]
+
+    def write_config(port: int) -> None:
+        conf.write_text(
+            f"""[global]
 server role = standalone server
 smb ports = {port}
 interfaces = 127.0.0.1
@@ -138,7 +123,9 @@ path = {inbox}
 read only = no
 valid users = {FIELD_USER}
 """
-    )
+        )
+
+    write_config(445)  # for smbpasswd, which reads where the passwords go (and binds no port)
     subprocess.run(
         ["smbpasswd", "-c", str(conf), "-a", "-s", FIELD_USER],
         input=f"{FIELD_PASSWORD}\n{FIELD_PASSWORD}\n",
@@ -147,7 +134,7 @@ valid users = {FIELD_USER}
         capture_output=True,
     )
     argv = ["/usr/sbin/smbd", "--foreground", "--no-process-group", "--configfile", str(conf)]
-    return _start(argv, port, home, "smbd")
+    return _start(argv, write_config, home, "smbd")
 
 
 # --------------------------------------------------------------------- vsftpd
@@ -155,13 +142,14 @@ valid users = {FIELD_USER}
 
 def start_vsftpd(home: Path, inbox: Path) -> Server:
     need("/usr/sbin/vsftpd")
-    port = free_port()
     empty = home / "empty"
     empty.mkdir(parents=True, exist_ok=True)
     empty.chmod(0o555)
     conf = home / "vsftpd.conf"
-    conf.write_text(
-        f"""listen=YES
+
+    def write_config(port: int) -> None:
+        conf.write_text(
+            f"""listen=YES
 listen_ipv6=NO
 listen_address=127.0.0.1
 listen_port={port}
@@ -181,9 +169,10 @@ userlist_enable=NO
 xferlog_enable=YES
 vsftpd_log_file={home}/vsftpd.log
 """
-    )
-    conf.chmod(0o600)
-    return _start(["/usr/sbin/vsftpd", str(conf)], port, home, "vsftpd")
+        )
+        conf.chmod(0o600)
+
+    return _start(["/usr/sbin/vsftpd", str(conf)], write_config, home, "vsftpd")
 
 
 # ---------------------------------------------------------------------- sshd
@@ -192,7 +181,6 @@ vsftpd_log_file={home}/vsftpd.log
 def start_sshd(home: Path) -> tuple[Server, Path]:
     """sshd with its internal sftp server; returns it and the client's private key."""
     need("/usr/sbin/sshd", "ssh-keygen", "sftp")
-    port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     host_key, client_key = home / "host_key", home / "client_key"
     for key in (host_key, client_key):
@@ -206,8 +194,10 @@ def start_sshd(home: Path) -> tuple[Server, Path]:
     keys.chmod(0o644)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder
     conf = home / "sshd_config"
-    conf.write_text(
-        f"""Port {port}
+
+    def write_config(port: int) -> None:
+        conf.write_text(
+            f"""Port {port}
 ListenAddress 127.0.0.1
 HostKey {host_key}
 PidFile {home}/sshd.pid
@@ -220,9 +210,10 @@ PermitRootLogin no
 AllowUsers {FIELD_USER}
 Subsystem sftp internal-sftp
 """
-    )
+        )
+
     argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)]
-    return _start(argv, port, home, "sshd"), client_key
+    return _start(argv, write_config, home, "sshd"), client_key
 
 
 # -------------------------------------------------------------- rsync daemon
@@ -230,11 +221,16 @@ Subsystem sftp internal-sftp
 
 def start_rsyncd(home: Path, inbox: Path) -> Server:
     need("rsync")
-    port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     conf = home / "rsyncd.conf"
-    conf.write_text(
-        f"""use chroot = no
+
+    def write_config(port: int) -> None:
+        # Left by a try that could not bind its port: rsync will not start over one.
+        (home / "rsyncd.pid").unlink(missing_ok=True)
+        conf.write_text(
+            f"""use chroot = no
+port = {port}
+address = 127.0.0.1
 pid file = {home}/rsyncd.pid
 log file = {home}/rsyncd.log
 [inbox]
@@ -243,13 +239,7 @@ read only = no
 uid = {FIELD_USER}
 gid = {FIELD_USER}
 """
-    )
-    argv = [
-        "rsync",
-        "--daemon",
-        "--no-detach",
-        f"--config={conf}",
-        f"--port={port}",
-        "--address=127.0.0.1",
-    ]
-    return _start(argv, port, home, "rsync daemon")
+        )
+
+    argv = ["rsync", "--daemon", "--no-detach", f"--config={conf}"]
+    return _start(argv, write_config, home, "rsync daemon")

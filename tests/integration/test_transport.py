@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import RawServer, client_for, need, wait_until
+from support import RawServer, client_for, need, start_listener
 
 from flowflexd.client import FlowFlex
 from flowflexd.emulator import Emulator
@@ -80,33 +79,26 @@ def test_a_certificate_no_bundle_vouches_for_is_refused_and_nothing_is_sent(
     assert emulator.events() == []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """Debian's tinyproxy on loopback, logging each connection it makes."""
     need("tinyproxy")
-    port = free_port()
     log = tmp_path / "tinyproxy.log"
     conf = tmp_path / "tinyproxy.conf"
-    conf.write_text(
-        f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\nLogLevel Connect\n'
-        "Allow 127.0.0.1\nMaxClients 20\n"  # no ConnectPort line: CONNECT to any port
-    )
-    proc = subprocess.Popen(
-        ["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        conf.write_text(
+            f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\nLogLevel Connect\n'
+            "Allow 127.0.0.1\nMaxClients 20\n"  # no ConnectPort line: CONNECT to any port
+        )
+        return subprocess.Popen(
+            ["tinyproxy", "-d", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    proc, port = start_listener(launch, "tinyproxy")
     try:
-        wait_until(lambda: listening(port))
         yield f"http://127.0.0.1:{port}", log
     finally:
         proc.terminate()
