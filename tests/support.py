@@ -573,7 +573,7 @@ def files_below(root: Path) -> set[str]:
     Safe while a daemon runs: a folder that vanishes mid-walk (a claim's,
     released) is passed over, as os.walk does, where Path.rglob would raise.
     """
-    found = set()
+    found: set[str] = set()
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d != ".flowflexd"]
         below = Path(folder).relative_to(root)
@@ -710,7 +710,9 @@ class NotifySocket:
                     return i + 1
             return None
 
-        return wait_until(find, timeout=timeout, what=f"sd_notify {text!r}") - 1
+        found = wait_until(find, timeout=timeout, what=f"sd_notify {text!r}")
+        assert found is not None  # wait_until returns only what is truthy
+        return found - 1
 
     def close(self) -> None:
         self.sock.close()
