@@ -166,7 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
         "folders[].path",
         shown="required",
         required=True,
-        meaning="an inbox; created at start if missing",
+        meaning=(
+            "an inbox; created at start (or when a reload adds it) if missing; one that goes "
+            "missing later is away, never made again in its place"
+        ),
     ),
     Setting(
         "folders[].done",

@@ -23,6 +23,8 @@ from flowflexd.errors import UserError
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import lease_problem
 from flowflexd.inbox.spool import (
+    GONE_HINT,
+    GONE_REASON,
     Carried,
     Claim,
     FolderMisplaced,
@@ -47,10 +49,6 @@ class Trouble:
     reason: str
     hint: str | None
     since: float
-
-
-GONE_REASON = "the folder is not there (unmounted or removed)"
-GONE_HINT = "mount it or create it again; it is taken up by itself within seconds"
 
 
 def inbox_identity(path: Path) -> tuple[int, int] | None:
@@ -134,7 +132,7 @@ class Inbox:
             or (self.watch and not self.watcher.alive())
         ):
             try:
-                self.spool.prepare()
+                self.spool.prepare(create_inbox=False)
             except UserError as err:
                 self._unavailable(err, now)
                 return []
@@ -159,10 +157,12 @@ class Inbox:
         self.spool.folder = folder
         self.rescan_seconds = rescan_seconds
         now = time.monotonic()
-        try:
-            self.spool.prepare()  # a new done or failed folder must exist
-        except UserError as err:
-            self._unavailable(err, now)
+        if self.online:
+            try:
+                self.spool.prepare(create_inbox=False)  # a new done or failed folder must exist
+            except UserError as err:
+                self._unavailable(err, now)
+        # Away, it is prepared with these settings when it is back: the next look.
         self.tracker.reconfigure(folder, settle_seconds=settle_seconds)
         self.watcher.folder = folder
         if restart and self.online and self.watch:

@@ -68,6 +68,10 @@ class FolderMisplaced(FolderUnavailable):
     """done or failed is on another filesystem than its inbox: a configuration error."""
 
 
+GONE_REASON = "the folder is not there (unmounted or removed)"
+GONE_HINT = "mount it or create it again; it is taken up by itself within seconds"
+
+
 def not_ours(path: Path, info: os.stat_result, home: Path) -> FolderUnavailable | None:
     """Why flowflexd's own folder in an inbox (``home`` or its work area) is not usable.
 
@@ -377,8 +381,21 @@ class Spool:
                 probe = probe.parent
             self._refuse_elsewhere(label, path, os.stat(probe).st_dev, inbox_dev)
 
-    def prepare(self) -> None:
-        """Create the folders, check they share the inbox's filesystem, take the lock."""
+    def prepare(self, *, create_inbox: bool = True) -> None:
+        """Create the folders, check they share the inbox's filesystem, take the lock.
+
+        ``create_inbox`` is for a start: an inbox taken up again (back, or
+        reconfigured) that is missing is away, an unmounted share most often,
+        and a folder made at its path would be an empty one on the wrong
+        filesystem, taken for it.
+        """
+        if not create_inbox:
+            try:
+                os.stat(self.inbox)
+            except FileNotFoundError as err:
+                raise FolderUnavailable(GONE_REASON, hint=GONE_HINT) from err
+            except OSError as err:
+                raise unusable(self.inbox, err) from err
         for path in (self.inbox, self.folder.done, self.folder.failed):
             try:
                 path.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from support import (
+    NotifySocket,
     RunningDaemon,
     SpoolRun,
     block_inbox,
@@ -28,8 +29,9 @@ from support import (
     write_config,
 )
 
-from flowflexd.config.model import STATE_FILE
+from flowflexd.config.model import STATE_FILE, load
 from flowflexd.emulator import Emulator
+from flowflexd.engine.notify import Notifier
 from flowflexd.inbox import runtime
 from flowflexd.inbox.spool import Claim, Spool, Unreadable
 from flowflexd.inbox.watcher import FolderWatcher
@@ -158,6 +160,39 @@ def test_an_inbox_that_vanishes_comes_back_by_itself(tmp_path: Path, emulator: E
     assert len(emulator.events()) == 3
 
 
+def test_a_reload_while_an_inbox_is_away_does_not_make_an_empty_one_in_its_place(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share unmounted when the operator reloads a changed setting: its path stays
+    missing, the inbox stays away in status, and it resumes when the share is back."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    config = tmp_path / "config.yaml"
+    write_config(config, emulator, folders=[spec(tmp_path)], rescan_seconds=0.5)
+    inbox, away = tmp_path / "inbox", tmp_path / "unmounted"
+    notify = NotifySocket(tmp_path / "notify.sock")
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
+    with RunningDaemon(config, notifier=notifier, reload_config=lambda: load(config)) as running:
+        os.rename(inbox, away)
+        wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
+        drop(away, "while-away.pdf", b"%PDF away\n%%EOF")
+        # A changed setting the inbox takes: it is reconfigured while away.
+        write_config(config, emulator, folders=[spec(tmp_path)], rescan_seconds=0.4)
+        running.daemon.request_reload()
+        wait_until(lambda: notify.fields().count("READY=1") == 2, what="the reload done")
+        assert running.daemon.config.rescan_seconds == 0.4
+        assert not inbox.exists()
+        # Looked at again after the reload: still not there, so still away.
+        checked = running.daemon.inboxes[0].next_rescan
+        wait_until(lambda: running.daemon.inboxes[0].next_rescan > checked, what="a look")
+        assert not inbox.exists()
+        assert running.daemon.snapshot.offline == (str(inbox),)
+        os.rename(away, inbox)
+        wait_until(lambda: files_in(tmp_path / "done") == {"while-away.pdf"}, timeout=20)
+    notify.close()
+
+    assert len(emulator.events()) == 1
+
+
 def test_an_inbox_replaced_by_another_folder_is_watched_again(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -197,6 +232,42 @@ def test_an_inbox_that_goes_just_before_its_watch_is_away_not_a_crash(
         os.rename(away, inbox)
         wait_until(lambda: "while-away.pdf" in files_in(tmp_path / "done"), timeout=20)
         assert running.daemon.snapshot.offline == ()
+
+    assert len(emulator.events()) == 1
+
+
+def test_an_inbox_that_goes_again_as_it_is_taken_up_is_not_made_anew(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share that unmounts again between the look that found it back and its take-up."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    inbox, away = tmp_path / "inbox", tmp_path / "unmounted"
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)])
+    real = Spool.prepare
+    flap: list[bool] = []
+
+    def prepare(spool: Spool, **how: bool) -> None:
+        if flap and flap.pop():
+            os.rename(inbox, away)
+        real(spool, **how)
+
+    monkeypatch.setattr(Spool, "prepare", prepare)
+    with RunningDaemon(config) as running:
+        os.rename(inbox, away)
+        wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
+        drop(away, "while-away.pdf", b"%PDF away\n%%EOF")
+        flap.append(True)
+        os.rename(away, inbox)
+        wait_until(lambda: not flap, what="the take-up")
+        checked = running.daemon.inboxes[0].next_rescan
+        wait_until(
+            lambda: running.daemon.inboxes[0].next_rescan > checked or inbox.exists(),
+            what="a look",
+        )
+        assert not inbox.exists()
+        assert running.daemon.snapshot.offline == (str(inbox),)
+        os.rename(away, inbox)
+        wait_until(lambda: "while-away.pdf" in files_in(tmp_path / "done"), timeout=20)
 
     assert len(emulator.events()) == 1
 
