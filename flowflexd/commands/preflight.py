@@ -15,7 +15,14 @@ from flowflexd.config.model import SERVICE_STATE_DIR, Config, Folder
 from flowflexd.errors import FileRejected, UserError
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
-from flowflexd.inbox.mounts import NETWORK_FILESYSTEMS, existing_ancestor, lease_problem, mount_of
+from flowflexd.inbox.mounts import (
+    FSTAB,
+    NETWORK_FILESYSTEMS,
+    existing_ancestor,
+    lease_problem,
+    mount_of,
+    unmounted_share,
+)
 from flowflexd.inbox.spool import not_ours, user_name
 from flowflexd.rules.templates import Template
 
@@ -67,8 +74,20 @@ def sticky_problem(inbox: Path) -> str | None:
 
 
 def check_folder(
-    folder: Folder, findings: Findings, mounts_file: str = "/proc/self/mounts"
+    folder: Folder,
+    findings: Findings,
+    mounts_file: str = "/proc/self/mounts",
+    fstab: str | None = None,
 ) -> None:
+    share = unmounted_share(folder.path, fstab, mounts_file)
+    if share is not None:
+        # What else could be checked is the bare mount point on this machine's disk.
+        findings.errors.append(
+            f"inbox {folder.path} is on the share {FSTAB} mounts at {share}, and nothing is "
+            f"mounted there now: flowflexd waits for it. Run: mount {share} (and give the "
+            f"unit RequiresMountsFor={share}, so that it starts after the mount)"
+        )
+        return
     sticky = sticky_problem(folder.path)
     if sticky is not None:
         findings.errors.append(sticky)

@@ -167,8 +167,9 @@ SETTINGS: tuple[Setting, ...] = (
         shown="required",
         required=True,
         meaning=(
-            "an inbox; created at start (or when a reload adds it) if missing; one that goes "
-            "missing later is away, never made again in its place"
+            "an inbox; created at start (or when a reload adds it) if missing, but not on a "
+            "share `/etc/fstab` mounts while nothing is mounted there; one that goes missing "
+            "later is away, never made again in its place"
         ),
     ),
     Setting(

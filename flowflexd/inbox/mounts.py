@@ -1,13 +1,16 @@
-"""What the machine says about an inbox's file system: its mount, and whether leases work.
+"""What the machine says about an inbox's file system: its mount, leases, a share not mounted.
 
 The writer probe (completeness.py) needs a kernel lease on a local file
 system, CAP_LEASE for files other users own, and leases switched on; a
 network file system hides writers on other machines, and needs polling.
+A share that fstab mounts at or above an inbox, and that is not mounted,
+leaves the bare mount point on the machine's own disk: no inbox there.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from flowflexd.config.model import Folder
@@ -18,6 +21,47 @@ NETWORK_FILESYSTEMS = frozenset(
 
 
 CAP_LEASE = 28  # linux/capability.h
+FSTAB = "/etc/fstab"
+MOUNTS = "/proc/self/mounts"
+_OCTAL = re.compile(r"\\([0-7]{3})")  # fstab and the mount table write a space as \040
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mount_points(table: str) -> list[str] | None:
+    """The mount points (second field) of an fstab-format file; None when it cannot be read."""
+    try:
+        with open(table, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    points = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[1].startswith("/"):
+            points.append(os.path.normpath(_unescape(fields[1])))
+    return points
+
+
+def unmounted_share(path: Path, fstab: str | None = None, mounts: str | None = None) -> str | None:
+    """The mount point fstab gives ``path`` (or a folder above it) when nothing is mounted there.
+
+    A share that did not mount (its server was down at boot, say) leaves the
+    bare mount point on the machine's own disk: an inbox made or found there
+    would be taken for the share, and its files would never come.
+    """
+    wanted = _mount_points(fstab or FSTAB)
+    mounted = _mount_points(mounts or MOUNTS)
+    if not wanted or mounted is None:
+        return None
+    target = os.path.realpath(path)
+    above = [p for p in wanted if p != "/" and (target == p or target.startswith(p + "/"))]
+    if not above:
+        return None
+    point = max(above, key=len)
+    return None if point in mounted else point
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -40,7 +84,7 @@ def mount_of(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, s
         fields = line.split()
         if len(fields) < 3:
             continue
-        point = fields[1].replace("\\040", " ")
+        point = _unescape(fields[1])
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) > len(best[0])):
             best = (point, fields[2])

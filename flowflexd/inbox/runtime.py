@@ -21,7 +21,7 @@ from flowflexd.config.model import Folder
 from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
-from flowflexd.inbox.mounts import lease_problem
+from flowflexd.inbox.mounts import FSTAB, lease_problem, unmounted_share
 from flowflexd.inbox.spool import (
     GONE_HINT,
     GONE_REASON,
@@ -84,6 +84,9 @@ class Inbox:
         self.next_rescan = 0.0
         self.said_offline: set[str] = set()  # why it is away, each said once until it is back
         self.trouble: Trouble | None = None  # the latest, while it is away
+        # Its folder was there, or made, once in this run: missing from then on, it is
+        # away (an unmounted share) and never made again, where a start makes it.
+        self.seen = False
 
     @property
     def path(self) -> Path:
@@ -96,13 +99,17 @@ class Inbox:
         few seconds; a done or failed folder on another filesystem is a
         configuration error and raises.
         """
+        if self._share_down(now):
+            return []
         try:
             self.spool.prepare()
         except FolderMisplaced:
             raise
         except FolderUnavailable as err:
+            self.seen = inbox_identity(self.path) is not None  # made, then refused
             self._unavailable(err, now)
             return []
+        self.seen = True
         why = lease_problem(self.folder)
         if why is not None:
             log.warning(
@@ -116,8 +123,11 @@ class Inbox:
 
     def check(self, now: float) -> list[Claim | Unreadable]:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
+        if self._share_down(now):
+            return []
         identity = inbox_identity(self.path)
-        if identity is None:
+        self.seen = self.seen or identity is not None
+        if identity is None and self.seen:
             self._away(
                 GONE_REASON,
                 GONE_HINT,
@@ -132,7 +142,8 @@ class Inbox:
             or (self.watch and not self.watcher.alive())
         ):
             try:
-                self.spool.prepare(create_inbox=False)
+                # One this run could not yet make (no write access above it) is made now.
+                self.spool.prepare(create_inbox=not self.seen)
             except UserError as err:
                 self._unavailable(err, now)
                 return []
@@ -200,6 +211,20 @@ class Inbox:
         self.tracker.rescan()
         self.next_rescan = now + self.rescan_seconds
         return found
+
+    def _share_down(self, now: float) -> bool:
+        """Away while the share fstab mounts at or above the inbox is not mounted."""
+        share = unmounted_share(self.path)
+        if share is None:
+            return False
+        self._away(
+            f"its share {share} is not mounted ({FSTAB} mounts it there)",
+            f"mount it (mount {share}); the inbox is taken up by itself once it is there",
+            now,
+            "inbox's share is not mounted; other folders keep running, this one resumes when it is",
+            share=share,
+        )
+        return True
 
     def _unavailable(self, err: UserError | OSError, now: float) -> None:
         """The inbox cannot be used now: unwatched, looked at again in a few seconds.

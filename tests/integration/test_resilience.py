@@ -32,7 +32,7 @@ from support import (
 from flowflexd.config.model import STATE_FILE, load
 from flowflexd.emulator import Emulator
 from flowflexd.engine.notify import Notifier
-from flowflexd.inbox import runtime
+from flowflexd.inbox import mounts, runtime
 from flowflexd.inbox.spool import Claim, Spool, Unreadable
 from flowflexd.inbox.watcher import FolderWatcher
 
@@ -191,6 +191,65 @@ def test_a_reload_while_an_inbox_is_away_does_not_make_an_empty_one_in_its_place
     notify.close()
 
     assert len(emulator.events()) == 1
+
+
+@pytest.mark.parametrize("where", ["below the mount point", "at the mount point"])
+def test_an_inbox_on_a_share_that_did_not_mount_waits_for_it_and_makes_nothing(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The NAS was down at boot: fstab's share is not mounted when the daemon starts.
+    Nothing is made on the bare mount point (the machine's own disk); the inbox is
+    away, saying which share; once the share is mounted it is taken up."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    share = tmp_path / "share"
+    share.mkdir()
+    table = tmp_path / "fstab"
+    table.write_text(f"tmpfs {share} tmpfs size=8m 0 0\n")
+    monkeypatch.setattr(mounts, "FSTAB", str(table))
+    inbox = share / "inbox" if where == "below the mount point" else share
+    folder = {**spec(share), "path": str(inbox)}
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[folder])
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(share)]
+    try:
+        with RunningDaemon(config) as running:
+            wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),), what="away")
+            assert list(share.iterdir()) == []
+            trouble = running.daemon.inboxes[0].trouble
+            assert trouble is not None
+            assert f"its share {share} is not mounted" in trouble.reason
+            assert trouble.hint is not None and f"mount {share}" in trouble.hint
+            mounted = subprocess.run(mount, capture_output=True, check=False)
+            if mounted.returncode != 0:
+                pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode()}")
+            wait_until(lambda: running.daemon.snapshot.offline == (), timeout=10)
+            drop(inbox, "came.pdf", b"%PDF came\n%%EOF")
+            wait_until(lambda: files_in(share / "done") == {"came.pdf"}, timeout=20)
+        assert os.stat(share / "done").st_dev == os.stat(share).st_dev
+        assert os.stat(share).st_dev != os.stat(tmp_path).st_dev  # on the share
+    finally:
+        subprocess.run(["umount", "-l", str(share)], capture_output=True, check=False)
+    assert list(share.iterdir()) == []  # and still nothing on the bare mount point
+    assert len(emulator.events()) == 1
+
+
+def test_an_inbox_that_could_not_be_made_at_start_is_made_once_it_can_be(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Create it, or give flowflexd's user write access to its parent": the second
+    fix works too, without a restart."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    parent = tmp_path / "drop"
+    parent.write_text("not a folder yet")  # no mkdir below a file, even for root
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[spec(parent)])
+    with RunningDaemon(config) as running:
+        wait_until(lambda: running.daemon.snapshot.offline == (str(parent / "inbox"),), what="away")
+        trouble = running.daemon.inboxes[0].trouble
+        assert trouble is not None and "cannot create" in trouble.reason
+        parent.unlink()
+        parent.mkdir()
+        wait_until(lambda: running.daemon.snapshot.offline == (), timeout=10)
+        drop(parent / "inbox", "made.pdf", b"%PDF made\n%%EOF")
+        wait_until(lambda: files_in(parent / "done") == {"made.pdf"}, timeout=20)
 
 
 def test_an_inbox_replaced_by_another_folder_is_watched_again(

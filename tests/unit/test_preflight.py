@@ -4,7 +4,7 @@ from pathlib import Path
 
 from flowflexd.commands.preflight import Findings, check_folder
 from flowflexd.config.model import Folder
-from flowflexd.inbox.mounts import has_cap_lease, lease_problem, mount_of
+from flowflexd.inbox.mounts import has_cap_lease, lease_problem, mount_of, unmounted_share
 
 
 def mounts(tmp_path: Path, fstype: str) -> str:
@@ -87,3 +87,53 @@ def test_the_longest_mount_point_wins(tmp_path: Path) -> None:
         str(tmp_path / "share"),
         "smb3",
     )
+
+
+def fstab(tmp_path: Path, *lines: str) -> str:
+    table = tmp_path / "fstab"
+    table.write_text("\n".join(lines) + "\n")
+    return str(table)
+
+
+def test_an_inbox_on_a_share_fstab_mounts_and_nothing_mounted_there_is_named(
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "nas scans"  # a space, as fstab writes it: \040
+    inbox = share / "inbox"
+    table = fstab(
+        tmp_path,
+        "# <file system> <mount point> <type> <options> <dump> <pass>",
+        "UUID=1234 / ext4 defaults 0 1",
+        "/swapfile none swap sw 0 0",
+        f"//nas/scans {str(share).replace(' ', chr(92) + '040')} cifs credentials=/x 0 0",
+    )
+    not_mounted = tmp_path / "mounts"
+    not_mounted.write_text("/dev/vda / ext4 rw 0 0\n")
+    mounted = tmp_path / "mounted"
+    escaped = str(share).replace(" ", "\\040")
+    mounted.write_text(f"/dev/vda / ext4 rw 0 0\n//nas/scans {escaped} cifs rw 0 0\n")
+
+    assert unmounted_share(inbox, table, str(not_mounted)) == str(share)
+    assert unmounted_share(share, table, str(not_mounted)) == str(share)  # the point itself
+    assert unmounted_share(inbox, table, str(mounted)) is None
+    assert unmounted_share(tmp_path / "elsewhere", table, str(not_mounted)) is None
+    assert unmounted_share(inbox, str(tmp_path / "no-fstab"), str(not_mounted)) is None
+
+    findings = Findings()
+    check_folder(folder(inbox, poll=True), findings, str(not_mounted), table)
+    [error] = findings.errors
+    assert f"on the share /etc/fstab mounts at {share}, and nothing is mounted there" in error
+    assert f"mount {share}" in error and f"RequiresMountsFor={share}" in error
+    assert not inbox.exists()  # nothing made on the bare mount point
+
+
+def test_the_deepest_fstab_mount_point_above_an_inbox_decides(tmp_path: Path) -> None:
+    outer, inner = tmp_path / "srv", tmp_path / "srv" / "nas"
+    table = fstab(
+        tmp_path, f"/dev/sdb1 {outer} ext4 defaults 0 2", f"//nas/x {inner} cifs _netdev 0 0"
+    )
+    mounts_now = tmp_path / "mounts"
+    mounts_now.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/sdb1 {outer} ext4 rw 0 0\n")
+
+    assert unmounted_share(inner / "inbox", table, str(mounts_now)) == str(inner)
+    assert unmounted_share(outer / "local-inbox", table, str(mounts_now)) is None
