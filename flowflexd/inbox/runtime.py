@@ -53,10 +53,23 @@ class Trouble:
 
 def inbox_identity(path: Path) -> tuple[int, int] | None:
     """The inbox's (device, inode): a change means it was replaced or remounted."""
+    found = look_at(path)
+    return None if isinstance(found, OSError) else found
+
+
+def look_at(path: Path) -> tuple[int, int] | OSError | None:
+    """The inbox's identity; None when it is not there; the error when it cannot be seen.
+
+    Not there is an unmounted share or a removed folder. Any other error is
+    not: no access to a folder above it, a share's server not answering
+    (EIO, a stale NFS handle) say what they are, and what to do.
+    """
     try:
         info = os.stat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as err:
+        return err
     return (info.st_dev, info.st_ino)
 
 
@@ -125,7 +138,10 @@ class Inbox:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
         if self._share_down(now):
             return []
-        identity = inbox_identity(self.path)
+        identity = look_at(self.path)
+        if isinstance(identity, OSError):
+            self._unavailable(identity, now)
+            return []
         self.seen = self.seen or identity is not None
         if identity is None and self.seen:
             self._away(

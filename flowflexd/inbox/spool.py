@@ -114,6 +114,12 @@ def user_name(uid: int) -> str:
 def unusable(inbox: Path, err: OSError) -> FolderUnavailable:
     """An inbox that failed while being taken up: the folder, the error, the fix."""
     where = f" ({os.fsdecode(err.filename)})" if err.filename else ""
+    if isinstance(err, PermissionError) and err.filename and Path(err.filename) == inbox:
+        return FolderUnavailable(
+            f"flowflexd's user may not reach {inbox}: {err.strerror}",
+            hint="give flowflexd's user access to the inbox and to each folder above it "
+            "(x, search, on each); `flowflexd check --as-user USER` shows what that user may do",
+        )
     if isinstance(err, PermissionError):
         return FolderUnavailable(
             f"flowflexd's user may not write in {inbox}: {err.strerror}{where}",

@@ -258,6 +258,41 @@ def test_an_inbox_the_service_user_may_not_write_is_named_and_taken_once_it_may(
     assert refused["waiting"] == 1  # waited.pdf, counted while it waits
 
 
+def test_an_inbox_the_service_user_can_no_longer_reach_is_named_not_called_gone(
+    base: Path, emulator: Emulator
+) -> None:
+    """Someone tightens a folder above a running inbox (chmod 700): the inbox is still
+    there, so the journal says the user may not reach it, and how to fix that, rather
+    than that it was unmounted or removed; it is taken up again once it may."""
+    scans = base / "scans"
+    scans.mkdir()  # root's, 755 for now
+    for name in ("inbox", "done", "failed"):
+        (scans / name).mkdir()
+        os.chown(scans / name, NOBODY, NOBODY)
+    (base / "state").mkdir()
+    os.chown(base / "state", NOBODY, NOBODY)
+    spec = folder_spec(scans, [PDF])
+    config = write_config(base / "config.yaml", emulator, folders=[spec], rescan_seconds=0.5)
+    os.chown(config, NOBODY, NOBODY)
+
+    proc = run_as_nobody(config, cap_lease=True)
+    try:
+        proc.wait_for_log("flowflexd ready")
+        scans.chmod(0o700)  # nobody may no longer pass through it
+        said = proc.wait_for_log(UNAVAILABLE, timeout=20)
+        drop(scans / "inbox", "waited.pdf", pdf(b"waited"))  # root still may
+        scans.chmod(0o755)  # the fix
+        proc.wait_for_log("inbox is back", folder=str(scans / "inbox"), timeout=20)
+        wait_until(lambda: files_in(scans / "done") == {"waited.pdf"}, timeout=20)
+    finally:
+        proc.stop()
+
+    assert said["error"] == f"flowflexd's user may not reach {scans / 'inbox'}: Permission denied"
+    assert "access to the inbox and to each folder above it" in said["hint"]
+    assert not [line for line in proc.json_lines() if "inbox is gone" in line.get("event", "")]
+    assert len(emulator.events()) == 1
+
+
 def status_rows(config: Path, *, refused: Path) -> dict[str, dict[str, object]]:
     """``flowflexd status --json`` by folder, once it names ``refused`` as not usable; else {}."""
     rows = {row["path"]: row for row in status_json(config)}

@@ -252,6 +252,30 @@ def test_an_inbox_that_could_not_be_made_at_start_is_made_once_it_can_be(
         wait_until(lambda: files_in(parent / "done") == {"made.pdf"}, timeout=20)
 
 
+def test_an_inbox_that_cannot_be_looked_at_is_named_for_its_error_not_called_gone(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only "not there" is gone: any other error on the inbox (here a symlink loop; on a
+    share, an I/O error or a stale handle) is said as it is, and kept for status."""
+    monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
+    inbox, away = tmp_path / "inbox", tmp_path / "set-aside"
+    config = write_config(
+        tmp_path / "config.yaml", emulator, folders=[spec(tmp_path)], rescan_seconds=0.2
+    )
+    with RunningDaemon(config) as running:
+        os.rename(inbox, away)
+        inbox.symlink_to(inbox)  # ELOOP on every look
+        wait_until(lambda: running.daemon.inboxes[0].trouble is not None, what="away")
+        trouble = running.daemon.inboxes[0].trouble
+        assert trouble is not None
+        assert trouble.reason.startswith(f"cannot take up {inbox}: Too many levels of symbolic")
+        assert trouble.reason != runtime.GONE_REASON
+        inbox.unlink()
+        away.rename(inbox)
+        drop(inbox, "after.pdf", b"%PDF after\n%%EOF")
+        wait_until(lambda: files_in(tmp_path / "done") == {"after.pdf"}, timeout=20)
+
+
 def test_an_inbox_replaced_by_another_folder_is_watched_again(
     tmp_path: Path, emulator: Emulator
 ) -> None:
