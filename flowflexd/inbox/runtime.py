@@ -184,7 +184,7 @@ class Inbox:
         self.spool.folder = folder
         self.rescan_seconds = rescan_seconds
         now = time.monotonic()
-        if self.online:
+        if self.online and not self._share_down(now):
             try:
                 self.spool.prepare(create_inbox=False)  # a new done or failed folder must exist
             except UserError as err:

@@ -232,6 +232,41 @@ def test_an_inbox_on_a_share_that_did_not_mount_waits_for_it_and_makes_nothing(
     assert len(emulator.events()) == 1
 
 
+def test_a_reload_just_after_the_share_went_makes_nothing_on_the_bare_mount_point(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox is the mount point itself: unmounted under a running daemon, its path
+    is still there (the bare point), and a reload before the next look must not make
+    done, failed or a work area there."""
+    share = tmp_path / "share"
+    share.mkdir()
+    table = tmp_path / "fstab"
+    table.write_text(f"tmpfs {share} tmpfs size=8m 0 0\n")
+    monkeypatch.setattr(mounts, "FSTAB", str(table))
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(share)]
+    mounted = subprocess.run(mount, capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode()}")
+    config = tmp_path / "config.yaml"
+    folder = {**spec(share), "path": str(share)}
+    write_config(config, emulator, folders=[folder], rescan_seconds=600)  # no look meanwhile
+    notify = NotifySocket(tmp_path / "notify.sock")
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        with RunningDaemon(config, notifier=notifier, reload_config=lambda: load(config)) as run:
+            assert (share / "done").is_dir()  # made on the share at start
+            subprocess.run(["umount", "-l", str(share)], check=True)
+            write_config(config, emulator, folders=[folder], rescan_seconds=500)
+            run.daemon.request_reload()
+            wait_until(lambda: notify.fields().count("READY=1") == 2, what="the reload done")
+            assert list(share.iterdir()) == []
+            trouble = run.daemon.inboxes[0].trouble
+            assert trouble is not None and f"its share {share} is not mounted" in trouble.reason
+    finally:
+        subprocess.run(["umount", "-l", str(share)], capture_output=True, check=False)
+        notify.close()
+
+
 def test_an_inbox_that_could_not_be_made_at_start_is_made_once_it_can_be(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
