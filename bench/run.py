@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,7 @@ def _auth_header() -> str:
     return "Basic " + base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
 
 
-def _floor_threads(payloads: list[bytes], threads: int, one: Any) -> None:
+def _floor_threads(payloads: Sequence[Any], threads: int, one: Any) -> None:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, enumerate(payloads)))
 
@@ -517,11 +518,11 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             before = own_cpu()
             rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
             runs["sdk"].append((own_cpu() - before) / n * 1000)
-            ms, rate = daemon_cpu(root / f"cpu{i}", emulator.url, payloads, 4)
-            runs["flowflexd"].append(ms)
+            used, rate = daemon_cpu(root / f"cpu{i}", emulator.url, payloads, 4)
+            runs["flowflexd"].append(used)
             rates["flowflexd"].append(rate)
-            ms, _ = daemon_cpu(root / f"one{i}", emulator.url, payloads, 1)
-            runs["flowflexd_1_worker"].append(ms)
+            used, _ = daemon_cpu(root / f"one{i}", emulator.url, payloads, 1)
+            runs["flowflexd_1_worker"].append(used)
     finally:
         emulator.stop()
     ms = medians(runs, 2)
@@ -579,8 +580,8 @@ def one_core(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 finally:
                     os.sched_setaffinity(0, cpus)
             for name, cpu in (("flowflexd", None), ("flowflexd_one_cpu", own_cpu_id)):
-                ms, rate = daemon_cpu(root / f"{name}{i}", emulator.url, payloads, 4, cpu)
-                runs[name].append(ms)
+                used, rate = daemon_cpu(root / f"{name}{i}", emulator.url, payloads, 4, cpu)
+                runs[name].append(used)
                 rates[name].append(rate)
     finally:
         emulator.stop()

@@ -77,7 +77,11 @@ def reachable_folder(prefix: str) -> Iterator[Path]:
 
 
 def wait_until(
-    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -129,7 +129,9 @@ def test_the_page_shows_events_as_they_arrive_and_opens_their_files(
         assert '"Ada"' in top.find_element(By.TAG_NAME, "pre").text
         assert find(By.ID, "count").text == "2"
 
-        driver.get(link.get_attribute("href"))
+        href = link.get_attribute("href")
+        assert href is not None
+        driver.get(href)
         wait_until(
             lambda: driver.execute_script("return document.contentType") == "application/pdf"
         )

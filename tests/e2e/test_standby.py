@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from support import (
     Folders,
@@ -94,7 +95,7 @@ def test_the_standby_takes_over_when_the_active_daemon_is_killed(
 
     assert took < 3, f"the standby took {took:.1f} s to take over"
     events = emulator.events()
-    by_file = {}
+    by_file: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         [asset] = event["assets"].values()
         by_file.setdefault(asset["filename"], []).append(event)

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Folders
+from support import Folders, need
 
 from field.servers import (
     Server,
     field_user,
-    need,
     start_rsyncd,
     start_samba,
     start_sshd,

@@ -56,7 +56,7 @@ class Transfer:
         if self.feeder is not None:
             self.feeder.join(timeout=10)
         if self.proc.returncode > 0:
-            raise AssertionError(f"{self.proc.args} failed: {err.decode(errors='replace')}")
+            raise AssertionError(f"{self.proc.args!r} failed: {err.decode(errors='replace')}")
         return self.proc.returncode
 
 

@@ -196,7 +196,7 @@ def test_an_attachment_cut_short_holds_its_file_back(layout: Folders, emulator: 
 
 def claimed_path(inbox: Path, role: str = "file") -> Path:
     [claim] = claims_in(inbox)
-    return inbox / ".flowflexd" / "work" / claim["id"] / claim["members"][role]
+    return inbox / ".flowflexd" / "work" / str(claim["id"]) / str(claim["members"][role])
 
 
 def stored_assets(emulator: Emulator) -> int:

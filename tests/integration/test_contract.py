@@ -20,12 +20,12 @@ from support import sha256, sha256_file
 import flowflexd.client
 from flowflexd.emulator import ASSET_LIFETIME, Emulator
 
-IMPLEMENTATIONS = {"sdk": flowflex, "flowflexd": flowflexd.client}
+IMPLEMENTATIONS: dict[str, ModuleType] = {"sdk": flowflex, "flowflexd": flowflexd.client}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return IMPLEMENTATIONS[request.param]
+    return IMPLEMENTATIONS[str(request.param)]
 
 
 def make(impl: ModuleType, emulator: Emulator, **overrides: Any) -> Any:

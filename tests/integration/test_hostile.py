@@ -47,7 +47,7 @@ class Box(Folders):
         self.secret.parent.mkdir()
         self.secret.write_bytes(SECRET_BYTES)
 
-    def config(  # type: ignore[override]
+    def config(
         self, emulator: Emulator, rules: list[dict[str, Any]] | None = None, **kw: Any
     ) -> Path:
         return super().config(
@@ -360,7 +360,7 @@ def test_an_event_name_with_control_characters_never_reaches_a_header(
 
 def test_no_secret_in_logs_reports_journal_or_claims(tmp_path: Path, emulator: Emulator) -> None:
     box = Box(tmp_path)
-    rules = [
+    rules: list[dict[str, Any]] = [
         {
             "name": "r",
             "pattern": "*.pdf",

@@ -33,7 +33,7 @@ from flowflexd.config.model import STATE_FILE, load
 from flowflexd.emulator import Emulator
 from flowflexd.engine.notify import Notifier
 from flowflexd.inbox import mounts, runtime
-from flowflexd.inbox.spool import Claim, Spool, Unreadable
+from flowflexd.inbox.spool import GONE_REASON, Claim, Spool, Unreadable
 from flowflexd.inbox.watcher import FolderWatcher
 
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc"}
@@ -61,7 +61,7 @@ def small_filesystem(path: Path, inodes: int) -> Iterator[Path]:
 
 
 def fill_inodes(folder: Path) -> list[Path]:
-    fillers = []
+    fillers: list[Path] = []
     for i in range(100_000):
         try:
             path = folder / f".filler-{i}"
@@ -497,7 +497,7 @@ def test_what_status_is_told_is_the_inbox_trouble_of_the_moment(
         wait_until(lambda: "is not a folder" in reason(), what="refused")
         for _ in range(2):
             os.rename(inbox, away)
-            wait_until(lambda: reason() == runtime.GONE_REASON, what="gone")
+            wait_until(lambda: reason() == GONE_REASON, what="gone")
             os.rename(away, inbox)
             wait_until(lambda: "is not a folder" in reason(), what="refused again")
 

@@ -8,7 +8,6 @@ import pytest
 
 from flowflexd.client.sdk import (
     FlowFlex,
-    FlowFlexUploadError,
     _Body,
     _parse_retry_after,
     _Redactor,
@@ -16,6 +15,7 @@ from flowflexd.client.sdk import (
     normalize_base_url,
     redact_url,
 )
+from flowflexd.errors import FlowFlexUploadError
 
 
 @pytest.mark.parametrize(

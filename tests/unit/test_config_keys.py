@@ -51,8 +51,8 @@ def with_key(setting: Setting, value: Any) -> dict[str, Any]:
 def loaded_value(config: Config, setting: Setting) -> Any:
     if setting.section == "flowflex":  # connection settings, or the destination's limits
         destination = config.destinations[0]
-        holder = destination.api if hasattr(destination.api, setting.name) else destination
-        return getattr(holder, setting.name)
+        api: object = destination.api
+        return getattr(api if hasattr(api, setting.name) else destination, setting.name)
     holder = {
         "": config,
         "flowflex": config.api,

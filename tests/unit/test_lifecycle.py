@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from flowflexd.engine.lifecycle import IllegalMove, Ledger, Stage
+from flowflexd.engine.lifecycle import IllegalMove, Ledger, Stage, Ticket
 
 S = Stage
 BEFORE_CLAIM = [S.SETTLING, S.WAITING, S.INCOMPLETE, S.EMPTY, S.IGNORED, S.COMPANION]
@@ -28,7 +28,7 @@ ROUTE = {
 }
 
 
-def at(ledger: Ledger, stage: Stage, *, folder: str = "/in", since: float = 0.0) -> int:
+def at(ledger: Ledger, stage: Stage, *, folder: str = "/in", since: float = 0.0) -> Ticket:
     first, *rest = ROUTE[stage]
     ticket = ledger.enter(folder, first, since=since)
     for step in rest:
