@@ -17,6 +17,7 @@ from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import (
     FSTAB,
+    MOUNTS,
     NETWORK_FILESYSTEMS,
     existing_ancestor,
     lease_problem,
@@ -76,10 +77,10 @@ def sticky_problem(inbox: Path) -> str | None:
 def check_folder(
     folder: Folder,
     findings: Findings,
-    mounts_file: str = "/proc/self/mounts",
+    mounts_file: str = MOUNTS,
     fstab: str | None = None,
 ) -> None:
-    share = unmounted_share(folder.path, fstab, mounts_file)
+    share = unmounted_share(folder.path, mounts_file, fstab)
     if share is not None:
         # What else could be checked is the bare mount point on this machine's disk.
         findings.errors.append(
@@ -155,7 +156,7 @@ def lease_warning(folder: Folder, why: str) -> str:
     return f"inbox {folder.path}: {NO_LEASE} ({why}); {settled}: {NO_LEASE_FIX}"
 
 
-def check(config: Config, mounts_file: str = "/proc/self/mounts") -> Findings:
+def check(config: Config, mounts_file: str = MOUNTS) -> Findings:
     findings = Findings(warnings=list(config.warnings))
     for folder in config.folders:
         check_folder(folder, findings, mounts_file)

@@ -30,38 +30,47 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _mount_points(table: str) -> list[str] | None:
-    """The mount points (second field) of an fstab-format file; None when it cannot be read."""
+def _entries(table: str) -> list[tuple[str, str]] | None:
+    """(mount point, type) of each line of an fstab-format table; None when it cannot be read.
+
+    One reader for both tables: ``/etc/fstab`` (what should be mounted) and
+    the kernel's mount table (what is).
+    """
     try:
         with open(table, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
-    points = []
+    entries = []
     for line in lines:
-        fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2 and fields[1].startswith("/"):
-            points.append(os.path.normpath(_unescape(fields[1])))
-    return points
+        fields = line.split()
+        if len(fields) >= 3 and not fields[0].startswith("#") and fields[1].startswith("/"):
+            entries.append((os.path.normpath(_unescape(fields[1])), fields[2]))
+    return entries
 
 
-def unmounted_share(path: Path, fstab: str | None = None, mounts: str | None = None) -> str | None:
+def _below(target: str, point: str) -> bool:
+    """Whether ``target`` is the mount point ``point`` or a path under it."""
+    return target == point or target.startswith(point.rstrip("/") + "/")
+
+
+def unmounted_share(path: Path, mounts_file: str = MOUNTS, fstab: str | None = None) -> str | None:
     """The mount point fstab gives ``path`` (or a folder above it) when nothing is mounted there.
 
     A share that did not mount (its server was down at boot, say) leaves the
     bare mount point on the machine's own disk: an inbox made or found there
     would be taken for the share, and its files would never come.
     """
-    wanted = _mount_points(fstab or FSTAB)
-    mounted = _mount_points(mounts or MOUNTS)
+    wanted = _entries(fstab or FSTAB)
+    mounted = _entries(mounts_file)
     if not wanted or mounted is None:
         return None
     target = os.path.realpath(path)
-    above = [p for p in wanted if p != "/" and (target == p or target.startswith(p + "/"))]
+    above = [point for point, _ in wanted if point != "/" and _below(target, point)]
     if not above:
         return None
     point = max(above, key=len)
-    return None if point in mounted else point
+    return None if point in {p for p, _ in mounted} else point
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -71,24 +80,14 @@ def existing_ancestor(path: Path) -> Path:
     return probe
 
 
-def mount_of(path: Path, mounts_file: str = "/proc/self/mounts") -> tuple[str, str] | None:
+def mount_of(path: Path, mounts_file: str = MOUNTS) -> tuple[str, str] | None:
     """(mount point, filesystem type) holding ``path``, from the mount table."""
-    try:
-        with open(mounts_file, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
+    entries = _entries(mounts_file)
+    if entries is None:
         return None
     target = os.path.realpath(existing_ancestor(path))
-    best: tuple[str, str] | None = None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = _unescape(fields[1])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > len(best[0])):
-            best = (point, fields[2])
-    return best
+    inside = [entry for entry in entries if _below(target, entry[0])]
+    return max(inside, key=lambda entry: len(entry[0])) if inside else None
 
 
 def has_cap_lease(status_file: str = "/proc/self/status") -> bool:
@@ -105,7 +104,7 @@ def has_cap_lease(status_file: str = "/proc/self/status") -> bool:
 
 def lease_problem(
     folder: Folder,
-    mounts_file: str = "/proc/self/mounts",
+    mounts_file: str = MOUNTS,
     status_file: str = "/proc/self/status",
     leases_file: str = "/proc/sys/fs/leases-enable",
 ) -> str | None:
