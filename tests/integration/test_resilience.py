@@ -44,11 +44,15 @@ def spec(base: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path, inodes: int) -> Iterator[Path]:
-    """A tmpfs with few inodes: creating a file there fails with ENOSPC once they run out."""
-    path.mkdir()
+def tmpfs(path: Path, *, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs mounted at ``path`` (made if missing), lazily unmounted at the end.
+
+    With few ``inodes``, creating a file there fails with ENOSPC once they run out.
+    """
+    path.mkdir(exist_ok=True)
+    options = "size=8m" + (f",nr_inodes={inodes}" if inodes else "")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size=8m,nr_inodes={inodes}", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         check=False,
     )
@@ -57,7 +61,38 @@ def small_filesystem(path: Path, inodes: int) -> Iterator[Path]:
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fstab_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty mount point that the daemon's fstab mounts a share at (not mounted yet)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    table = tmp_path / "fstab"
+    table.write_text(f"tmpfs {share} tmpfs size=8m 0 0\n")
+    monkeypatch.setattr(mounts, "FSTAB", str(table))
+    return share
+
+
+@contextlib.contextmanager
+def reloadable(config: Path) -> Iterator[tuple[RunningDaemon, Callable[[], None]]]:
+    """The daemon, reloading ``config`` as it is on disk, and a call that reloads it
+    and returns once the reload is done (READY=1 on a real sd_notify socket, which is
+    how systemd learns it)."""
+    notify = NotifySocket(config.parent / "notify.sock")
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        with RunningDaemon(config, notifier=notifier, reload_config=lambda: load(config)) as run:
+            notify.wait_for("READY=1")
+
+            def reload() -> None:
+                done = notify.fields().count("READY=1")
+                run.daemon.request_reload()
+                wait_until(lambda: notify.fields().count("READY=1") > done, what="the reload done")
+
+            yield run, reload
+    finally:
+        notify.close()
 
 
 def fill_inodes(folder: Path) -> list[Path]:
@@ -97,7 +132,7 @@ def unwritable(folder: Path) -> Iterator[None]:
 def test_a_full_disk_leaves_files_in_the_inbox_until_space_returns(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    with small_filesystem(tmp_path / "fs", inodes=40) as fs:
+    with tmpfs(tmp_path / "fs", inodes=40) as fs:
         config = write_config(
             tmp_path / "config.yaml", emulator, folders=[spec(fs)], rescan_seconds=0.5
         )
@@ -169,16 +204,13 @@ def test_a_reload_while_an_inbox_is_away_does_not_make_an_empty_one_in_its_place
     config = tmp_path / "config.yaml"
     write_config(config, emulator, folders=[spec(tmp_path)], rescan_seconds=0.5)
     inbox, away = tmp_path / "inbox", tmp_path / "unmounted"
-    notify = NotifySocket(tmp_path / "notify.sock")
-    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
-    with RunningDaemon(config, notifier=notifier, reload_config=lambda: load(config)) as running:
+    with reloadable(config) as (running, reload):
         os.rename(inbox, away)
         wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),))
         drop(away, "while-away.pdf", b"%PDF away\n%%EOF")
         # A changed setting the inbox takes: it is reconfigured while away.
         write_config(config, emulator, folders=[spec(tmp_path)], rescan_seconds=0.4)
-        running.daemon.request_reload()
-        wait_until(lambda: notify.fields().count("READY=1") == 2, what="the reload done")
+        reload()
         assert running.daemon.config.rescan_seconds == 0.4
         assert not inbox.exists()
         # Looked at again after the reload: still not there, so still away.
@@ -188,7 +220,6 @@ def test_a_reload_while_an_inbox_is_away_does_not_make_an_empty_one_in_its_place
         assert running.daemon.snapshot.offline == (str(inbox),)
         os.rename(away, inbox)
         wait_until(lambda: files_in(tmp_path / "done") == {"while-away.pdf"}, timeout=20)
-    notify.close()
 
     assert len(emulator.events()) == 1
 
@@ -201,16 +232,11 @@ def test_an_inbox_on_a_share_that_did_not_mount_waits_for_it_and_makes_nothing(
     Nothing is made on the bare mount point (the machine's own disk); the inbox is
     away, saying which share; once the share is mounted it is taken up."""
     monkeypatch.setattr(runtime, "OFFLINE_CHECK_SECONDS", 0.2)
-    share = tmp_path / "share"
-    share.mkdir()
-    table = tmp_path / "fstab"
-    table.write_text(f"tmpfs {share} tmpfs size=8m 0 0\n")
-    monkeypatch.setattr(mounts, "FSTAB", str(table))
+    share = fstab_share(tmp_path, monkeypatch)
     inbox = share / "inbox" if where == "below the mount point" else share
     folder = {**spec(share), "path": str(inbox)}
     config = write_config(tmp_path / "config.yaml", emulator, folders=[folder])
-    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(share)]
-    try:
+    with contextlib.ExitStack() as mounted:
         with RunningDaemon(config) as running:
             wait_until(lambda: running.daemon.snapshot.offline == (str(inbox),), what="away")
             assert list(share.iterdir()) == []
@@ -218,16 +244,12 @@ def test_an_inbox_on_a_share_that_did_not_mount_waits_for_it_and_makes_nothing(
             assert trouble is not None
             assert f"its share {share} is not mounted" in trouble.reason
             assert trouble.hint is not None and f"mount {share}" in trouble.hint
-            mounted = subprocess.run(mount, capture_output=True, check=False)
-            if mounted.returncode != 0:
-                pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode()}")
+            mounted.enter_context(tmpfs(share))
             wait_until(lambda: running.daemon.snapshot.offline == (), timeout=10)
             drop(inbox, "came.pdf", b"%PDF came\n%%EOF")
             wait_until(lambda: files_in(share / "done") == {"came.pdf"}, timeout=20)
         assert os.stat(share / "done").st_dev == os.stat(share).st_dev
         assert os.stat(share).st_dev != os.stat(tmp_path).st_dev  # on the share
-    finally:
-        subprocess.run(["umount", "-l", str(share)], capture_output=True, check=False)
     assert list(share.iterdir()) == []  # and still nothing on the bare mount point
     assert len(emulator.events()) == 1
 
@@ -238,33 +260,18 @@ def test_a_reload_just_after_the_share_went_makes_nothing_on_the_bare_mount_poin
     """The inbox is the mount point itself: unmounted under a running daemon, its path
     is still there (the bare point), and a reload before the next look must not make
     done, failed or a work area there."""
-    share = tmp_path / "share"
-    share.mkdir()
-    table = tmp_path / "fstab"
-    table.write_text(f"tmpfs {share} tmpfs size=8m 0 0\n")
-    monkeypatch.setattr(mounts, "FSTAB", str(table))
-    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(share)]
-    mounted = subprocess.run(mount, capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode()}")
+    share = fstab_share(tmp_path, monkeypatch)
     config = tmp_path / "config.yaml"
     folder = {**spec(share), "path": str(share)}
     write_config(config, emulator, folders=[folder], rescan_seconds=600)  # no look meanwhile
-    notify = NotifySocket(tmp_path / "notify.sock")
-    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path)})
-    try:
-        with RunningDaemon(config, notifier=notifier, reload_config=lambda: load(config)) as run:
-            assert (share / "done").is_dir()  # made on the share at start
-            subprocess.run(["umount", "-l", str(share)], check=True)
-            write_config(config, emulator, folders=[folder], rescan_seconds=500)
-            run.daemon.request_reload()
-            wait_until(lambda: notify.fields().count("READY=1") == 2, what="the reload done")
-            assert list(share.iterdir()) == []
-            trouble = run.daemon.inboxes[0].trouble
-            assert trouble is not None and f"its share {share} is not mounted" in trouble.reason
-    finally:
-        subprocess.run(["umount", "-l", str(share)], capture_output=True, check=False)
-        notify.close()
+    with tmpfs(share), reloadable(config) as (run, reload):
+        assert (share / "done").is_dir()  # made on the share at start
+        subprocess.run(["umount", "-l", str(share)], check=True)
+        write_config(config, emulator, folders=[folder], rescan_seconds=500)
+        reload()
+        assert list(share.iterdir()) == []
+        trouble = run.daemon.inboxes[0].trouble
+        assert trouble is not None and f"its share {share} is not mounted" in trouble.reason
 
 
 def test_an_inbox_that_could_not_be_made_at_start_is_made_once_it_can_be(
