@@ -22,7 +22,8 @@ with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
 the SDK loop and three floors (requests, urllib3, http.client), beside
 flowflexd's own client making the three calls from memory, flowflexd with
-one worker, and the durable file work alone (no HTTP); ``--only one_core``
+one worker, the durable file work alone (no HTTP), and that work and the
+three calls together in the same threads (the protocol's own floor); ``--only one_core``
 measures flowflexd and the http.client floor confined to one CPU against
 free, the emulator on another; ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
@@ -48,7 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -323,36 +324,52 @@ def floor_urllib3(url: str, payloads: list[bytes], threads: int) -> None:
     _floor_threads(payloads, threads, one)
 
 
-def floor_http_client(url: str, payloads: list[bytes], threads: int) -> None:
-    """The three calls per file over http.client, one kept-alive connection per thread."""
-    host = urllib.parse.urlsplit(url).netloc
-    local = threading.local()
-    headers = {"Authorization": _auth_header(), "Content-Type": "application/json"}
+class _HttpClientCalls:
+    """The three calls over http.client, each thread on a kept-alive connection of its own."""
 
-    def call(method: str, target: str, body: bytes, extra: dict[str, str]) -> bytes:
-        conn = getattr(local, "conn", None)
+    def __init__(self, url: str) -> None:
+        self._host = urllib.parse.urlsplit(url).netloc
+        self._local = threading.local()
+        self._headers = {"Authorization": _auth_header(), "Content-Type": "application/json"}
+
+    def _call(self, method: str, target: str, body: bytes, extra: dict[str, str]) -> bytes:
+        conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = local.conn = http.client.HTTPConnection(host, timeout=30)
+            conn = self._local.conn = http.client.HTTPConnection(self._host, timeout=30)
         conn.request(method, target, body=body, headers=extra)
         res = conn.getresponse()
         data = res.read()
         assert res.status == 200, (res.status, data)
         return data
 
-    def one(item: tuple[int, bytes]) -> None:
-        i, data = item
-        body = json.dumps({"filename": f"h-{i}.pdf", "mime": "application/pdf", "size": len(data)})
-        info = json.loads(call("POST", "/v1/assets/upload-url", body.encode(), headers))
+    def three(
+        self, name: str, data: bytes, key: str, before_event: Callable[[str], None] | None = None
+    ) -> None:
+        """Ask for an upload URL, PUT the bytes, fire the event; ``before_event`` gets its asset."""
+        body = json.dumps({"filename": name, "mime": "application/pdf", "size": len(data)})
+        info = json.loads(self._call("POST", "/v1/assets/upload-url", body.encode(), self._headers))
         upload = urllib.parse.urlsplit(info["uploadUrl"])
-        call("PUT", f"{upload.path}?{upload.query}", data, {"Content-Type": "application/pdf"})
-        key = f"h-{i}-{time.time_ns()}"
+        self._call(
+            "PUT", f"{upload.path}?{upload.query}", data, {"Content-Type": "application/pdf"}
+        )
+        if before_event is not None:
+            before_event(info["assetId"])
         event = json.dumps({"assetId": info["assetId"]}).encode()
-        call(
+        self._call(
             "POST",
             f"/v1/events/{CODE}",
             event,
-            {**headers, "x-event": "bench.floor", "x-idempotency-key": key},
+            {**self._headers, "x-event": "bench.floor", "x-idempotency-key": key},
         )
+
+
+def floor_http_client(url: str, payloads: list[bytes], threads: int) -> None:
+    """The three calls per file over http.client, one kept-alive connection per thread."""
+    calls = _HttpClientCalls(url)
+
+    def one(item: tuple[int, bytes]) -> None:
+        i, data = item
+        calls.three(f"h-{i}.pdf", data, f"h-{i}-{time.time_ns()}")
 
     _floor_threads(payloads, threads, one)
 
@@ -379,47 +396,88 @@ def own_client_calls(url: str, payloads: list[bytes], threads: int) -> None:
         client.close()
 
 
-def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
-    """The file work the durability promise asks for, in 4 threads, and no HTTP at all.
+class _DurableClaims:
+    """The file work the durability promise asks for, as plain system calls.
 
     Per file what a claim needs before the upload (its record written and
     fsynced, the file renamed in, the three folders fsynced), one read of the
     file, the asset's line fsynced before the event, a link into done and the
-    claim's names removed. Claim folders are reused, as flowflexd's spares are;
-    the journal and the done folder's fsyncs, one per batch, are left out.
+    claim's names removed. Each thread reuses one claim folder, as flowflexd's
+    spares are reused; the journal and the done folder's fsyncs, one per batch,
+    are left out.
     """
-    inbox, work, done = root / "inbox", root / "work", root / "done"
-    for folder in (work, done):
-        folder.mkdir(parents=True)
-    local = threading.local()
 
-    def one(item: tuple[int, Path]) -> None:
-        i, path = item
-        claim = getattr(local, "claim", None)
+    def __init__(self, root: Path) -> None:
+        self.inbox, self.work, self.done = root / "inbox", root / "work", root / "done"
+        for folder in (self.work, self.done):
+            folder.mkdir(parents=True)
+        self._local = threading.local()
+
+    def carry(
+        self, i: int, path: Path, send: Callable[[bytes, Callable[[str], None]], None]
+    ) -> None:
+        """Claim ``path``, read it, ``send(data, record_asset)``, then move it to done."""
+        claim = getattr(self._local, "claim", None)
         if claim is None:
-            claim = local.claim = str(work / f"c{threading.get_ident()}")
+            claim = self._local.claim = str(self.work / f"c{threading.get_ident()}")
             os.mkdir(claim)
         record, member = f"{claim}/claim.jsonl", f"{claim}/{path.name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
         fd = os.open(record, flags, 0o600)
+
+        def record_asset(asset: str) -> None:
+            os.write(fd, json.dumps({"asset": asset}).encode())
+            os.fsync(fd)
+
         try:
             os.write(fd, json.dumps({"id": i, "key": f"k-{i}", "file": path.name}).encode())
             os.rename(path, member)
             os.fsync(fd)
             fsync_dir(claim)
-            fsync_dir(work)
-            fsync_dir(inbox)
+            fsync_dir(self.work)
+            fsync_dir(self.inbox)
             src = os.open(member, os.O_RDONLY)
             try:
-                os.pread(src, os.fstat(src).st_size, 0)
+                data = os.pread(src, os.fstat(src).st_size, 0)
             finally:
                 os.close(src)
-            os.write(fd, json.dumps({"asset": f"a-{i}"}).encode())
-            os.fsync(fd)
+            send(data, record_asset)
         finally:
             os.close(fd)
-        os.link(member, done / path.name)
+        os.link(member, self.done / path.name)
         os.unlink(member)
+
+
+def floor_durable_files(root: Path, files: list[Path], threads: int) -> None:
+    """The durable file work alone (``_DurableClaims``), in ``threads`` threads, no HTTP."""
+    claims = _DurableClaims(root)
+
+    def one(item: tuple[int, Path]) -> None:
+        i, path = item
+        claims.carry(i, path, lambda data, record_asset: record_asset(f"a-{i}"))
+
+    _floor_threads(files, threads, one)
+
+
+def floor_protocol(url: str, root: Path, files: list[Path], threads: int) -> None:
+    """The durable file work and the three calls over http.client, together, per file.
+
+    The least any daemon keeping the durability promise does per file, made the
+    most direct way from Python: no noticing of files, no settling, no journal,
+    no log line. Each thread claims a file, reads it, makes the three calls on
+    its own connection with the asset's line fsynced before the event, and
+    moves the file to done.
+    """
+    claims = _DurableClaims(root)
+    calls = _HttpClientCalls(url)
+
+    def one(item: tuple[int, Path]) -> None:
+        i, path = item
+
+        def send(data: bytes, record_asset: Callable[[str], None]) -> None:
+            calls.three(path.name, data, f"p-{i}-{time.time_ns()}", record_asset)
+
+        claims.carry(i, path, send)
 
     _floor_threads(files, threads, one)
 
@@ -485,8 +543,9 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     time.process_time(), one at a time.
     Beside them, flowflexd's own client making the three calls (``own_client_calls``),
     and the durable file work alone (``floor_durable_files``): no floor of the
-    three calls does any, and flowflexd cannot do less of it. And flowflexd with
-    one worker: what its threads cost in taking turns at the interpreter lock.
+    three calls does any, and flowflexd cannot do less of it; the two together in
+    the same threads (``floor_protocol``), as a daemon must do them. And flowflexd
+    with one worker: what its threads cost in taking turns at the interpreter lock.
     """
     payloads = make_payloads(args.cpu_files, args.size)
     emulator = Emulator(root, args.cpu_latency)
@@ -494,7 +553,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         k: []
         for k in (
             *("flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client"),
-            *("client", "files"),
+            *("client", "files", "protocol"),
         )
     }
     rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
@@ -515,6 +574,11 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             before = own_cpu()
             floor_durable_files(files_at, files, 4)
             runs["files"].append((own_cpu() - before) / n * 1000)
+            protocol_at = root / f"protocol{i}"
+            files = write_files(protocol_at / "inbox", payloads, "p")  # not counted
+            before = own_cpu()
+            floor_protocol(emulator.url, protocol_at, files, 4)
+            runs["protocol"].append((own_cpu() - before) / n * 1000)
             before = own_cpu()
             rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
             runs["sdk"].append((own_cpu() - before) / n * 1000)
@@ -541,6 +605,10 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "flowflexd_vs_http_client_and_files": round(
             ms["flowflexd"] / (ms["http_client"] + ms["files"]), 2
         ),
+        # The two done together in the same threads, as a daemon must: how much of
+        # the 2x-http.client budget the protocol itself takes, and what flowflexd adds.
+        "protocol_vs_http_client": round(ms["protocol"] / ms["http_client"], 2),
+        "flowflexd_vs_protocol": round(ms["flowflexd"] / ms["protocol"], 2),
         "files_per_s": medians(rates, 1),
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }

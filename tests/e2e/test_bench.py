@@ -89,7 +89,7 @@ def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Pat
     assert idle["cpu_seconds_per_minute"] >= 0
 
 
-def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_work(
+def test_the_cpu_part_measures_flowflexd_the_sdk_the_floors_the_file_work_and_the_protocol(
     tmp_path: Path,
 ) -> None:
     cpu = bench_part(tmp_path, "cpu", "--cpu-files", "40", "--repeat", "1")
@@ -99,7 +99,7 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     measured = cpu["cpu_ms_per_file"]
     assert set(measured) == {
         "flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client", "client",
-        "files",
+        "files", "protocol",
     }  # fmt: skip
     assert all(ms > 0 for ms in measured.values())
     assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
@@ -110,6 +110,12 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_three_floors_and_the_file_w
     assert both == pytest.approx(measured["http_client"] + measured["files"], abs=0.01)
     assert cpu["flowflexd_vs_http_client_and_files"] == pytest.approx(
         measured["flowflexd"] / both, abs=0.01
+    )
+    assert cpu["protocol_vs_http_client"] == pytest.approx(
+        measured["protocol"] / measured["http_client"], abs=0.01
+    )
+    assert cpu["flowflexd_vs_protocol"] == pytest.approx(
+        measured["flowflexd"] / measured["protocol"], abs=0.01
     )
 
 
