@@ -34,6 +34,7 @@ from flowflexd.engine.outcomes import Code
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
+from flowflexd.engine.stall import StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
@@ -136,6 +137,9 @@ class Daemon:
             destinations=names,
         )
         self.gate: Gate = self.scheduler.gate  # the first destination's
+        # Says which folder holds the loop when a share's server stops answering.
+        self.stall = StallWatch(self.notifier.status)
+        self.pipeline.commits.watch = self.stall
         self.scheduler.on_gate_change = self._write_state
         self.totals: Totals = self.scheduler.totals
         self.ready = threading.Event()
@@ -213,6 +217,8 @@ class Daemon:
         )
 
     def _start_inbox(self, folder: Folder, now: float) -> Inbox:
+        self.stall.beat()  # each inbox's take-up gets its own time
+        self.stall.at(folder.path)
         inbox = self._new_inbox(folder)
         held = self._adopted.pop(folder.path, None)
         if held is not None:
@@ -289,11 +295,13 @@ class Daemon:
                 return 0
             self.journal.open()
         now = time.monotonic()
+        self.stall.start()
         try:
             for folder in self.config.folders:
                 self._start_inbox(folder, now)
             self._serve_metrics()
         except UserError:
+            self.stall.stop()
             self._close_inboxes()
             raise
         self.scheduler.resize(self.config.workers)
@@ -320,6 +328,7 @@ class Daemon:
             self._close_inboxes()
             self.journal.close()
             self._write_state(running=False)
+            self.stall.stop()
         log.info("flowflexd stopped", done=self.totals.done, failed=self.totals.failed)
         return 0
 
@@ -422,6 +431,7 @@ class Daemon:
 
     def _loop(self) -> None:
         while True:
+            self.stall.beat()
             now = time.monotonic()
             timeout = max(0.0, min(self._next_wakeup(now) - now, 1.0))
             try:
@@ -496,6 +506,7 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         for inbox in self.inboxes:
+            self.stall.at(inbox.path)
             if now >= inbox.next_rescan:
                 was_online = inbox.online
                 self._resume(inbox, inbox.check(now), now)
@@ -505,6 +516,7 @@ class Daemon:
                     self.pipeline.urls.purge()
             if inbox.online:
                 self.scheduler.queue(inbox, inbox.tracker.step(now))
+        self.stall.at(None)
         self.scheduler.dispatch(now, self.inboxes)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
@@ -516,6 +528,7 @@ class Daemon:
         if not keeping:
             return
         for inbox in keeping:
+            self.stall.at(inbox.path)
             try:
                 # Streamed, one pass per folder: the journal may hold 200,000 records.
                 records = journal.read(self.journal.dir)
@@ -765,6 +778,7 @@ class Daemon:
                 continue
             timing = (new.settle_seconds, new.rescan_seconds)
             if inbox.folder != folder or timing != (old.settle_seconds, old.rescan_seconds):
+                self.stall.at(folder.path)
                 inbox.reconfigure(
                     folder,
                     settle_seconds=new.settle_seconds,

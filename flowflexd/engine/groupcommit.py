@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import structlog
 
 from flowflexd.engine.journal import Journal
+from flowflexd.engine.stall import StallWatch
 from flowflexd.inbox.spool import Placed, Spool
 from flowflexd.support import crashpoints
 from flowflexd.support.durable import fsync_dir
@@ -46,6 +48,7 @@ class GroupCommit:
         self._warned: set[str] = set()  # claims whose removal failed and was logged
         self._lock = threading.Lock()
         self._committing = threading.Lock()  # one commit at a time
+        self.watch: StallWatch | None = None  # told which folder a commit works in
 
     def add(self, spool: Spool, placed: Placed) -> None:
         """Hand over a claim whose record is written and whose files are linked."""
@@ -90,8 +93,10 @@ class GroupCommit:
             if not batch:
                 return
             try:
+                self._at(self.journal.dir)
                 self.journal.sync()
                 for target in dict.fromkeys(placed.target for _, placed in batch):
+                    self._at(target)
                     fsync_dir(target)
             except OSError as err:
                 self._hold(batch)
@@ -105,6 +110,7 @@ class GroupCommit:
                 return
             held = []
             for spool, placed in batch:
+                self._at(spool.inbox)
                 try:
                     spool.release(placed)
                 except OSError as err:
@@ -124,6 +130,10 @@ class GroupCommit:
                 else:
                     self._warned.discard(placed.claim.id)
             self._hold(held)
+
+    def _at(self, folder: Path) -> None:
+        if self.watch is not None:
+            self.watch.at(folder)
 
     def _hold(self, items: list[tuple[Spool, Placed]]) -> None:
         if not items:

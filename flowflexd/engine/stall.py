@@ -1,0 +1,141 @@
+"""Says so while the main loop is held by a file system that does not answer.
+
+One loop looks at every inbox, takes its files up and moves finished ones to
+done. A call into a share whose server stopped answering (a hard-mounted NFS
+share, a CIFS or FUSE mount such as sshfs) does not return until the server
+answers, and every folder waits behind it. systemd's watchdog then restarts
+flowflexd, which waits again at the same folder: without this, the journal
+shows only "Watchdog timeout". This thread names the folder, the call and how
+long it has waited, in the log and in ``systemctl status``, and says when the
+loop runs again.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+log = structlog.get_logger("flowflexd")
+
+# The loop comes round at least once a second when all is well (its wait is
+# capped at 1 s); 10 s is past any listing or commit seen in the benchmarks
+# (a 100,000-file backlog: 3.6 s), and well inside systemd's WatchdogSec=30s.
+STALL_SECONDS = 10.0
+# A loop that is slow but working (a huge folder listed on a busy disk) runs
+# its own code most of the time; one held by a server that does not answer
+# sleeps in the file system's wait at every look, a second apart.
+HELD_LOOKS = 3
+PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+class StallWatch:
+    """Watches the thread that calls ``start``; that thread calls ``beat`` each time round."""
+
+    def __init__(
+        self, status: Callable[[str], None], *, after: float = STALL_SECONDS, look: float = 1.0
+    ) -> None:
+        self._status = status
+        self._after = after
+        self._look = look  # between looks once the loop is late
+        self._main = threading.get_ident()
+        self._task = Path(f"/proc/self/task/{threading.get_native_id()}/wchan")
+        self._beat = time.monotonic()
+        self._held_since: float | None = None  # the last beat before the loop was held
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The folder the loop works in now; set by the loop, read here.
+        self._folder: Path | None = None
+
+    def beat(self) -> None:
+        """The watched thread came round: it works in no folder until it says so."""
+        self._beat = time.monotonic()
+        self._folder = None
+
+    def at(self, folder: Path | None) -> None:
+        """The watched thread works in ``folder`` now (called from other threads: ignored)."""
+        if threading.get_ident() == self._main:
+            self._folder = folder
+
+    def start(self) -> None:
+        """Watch the calling thread from now on."""
+        self._main = threading.get_ident()
+        self._task = Path(f"/proc/self/task/{threading.get_native_id()}/wchan")
+        self._done.clear()
+        self._held_since = None
+        self._beat = time.monotonic()
+        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        asleep = 0  # looks in a row that found the loop asleep in the kernel
+        while not self._done.wait(self._next_look()):
+            beat = self._beat
+            if time.monotonic() - beat < self._after:
+                if self._held_since is not None:
+                    log.warning(
+                        "the main loop runs again", waited_s=round(beat - self._held_since, 1)
+                    )
+                    self._held_since = None
+                asleep = 0
+                continue
+            if self._held_since is not None:
+                continue
+            asleep = asleep + 1 if self._in_kernel_wait() else 0
+            if asleep >= HELD_LOOKS:
+                self._held_since = beat
+                self._say_held(time.monotonic() - beat)
+
+    def _next_look(self) -> float:
+        due = self._beat + self._after - time.monotonic()
+        return self._look if due <= 0 else max(0.05, due)
+
+    def _in_kernel_wait(self) -> bool:
+        """The loop's thread sleeps in the kernel, and not on a lock of ours or on the GIL.
+
+        ``wchan`` names where a sleeping thread waits ("0" while it runs): a file
+        system's wait for its server (``request_wait_answer`` for FUSE, NFS's and
+        CIFS's own), never a futex, which is how a thread waits for the
+        interpreter lock or for another of our threads.
+        """
+        try:
+            where = self._task.read_text().strip()
+        except OSError:
+            return True  # no /proc: ten seconds without coming round say enough
+        return where not in ("", "0") and "futex" not in where
+
+    def _say_held(self, waited: float) -> None:
+        folder = str(self._folder) if self._folder is not None else None
+        log.error(
+            "the main loop has waited on a file system call; every folder waits with it",
+            folder=folder,
+            waited_s=round(waited, 1),
+            at=_where(sys._current_frames().get(self._main)),
+            fix="bring back the share whose server does not answer (a hard-mounted NFS "
+            "share, a CIFS or FUSE mount); flowflexd goes on by itself once it answers. "
+            "Until then systemd's watchdog restarts flowflexd, which waits at the same "
+            "folder: take that folder out of the configuration while its share is down",
+        )
+        where = f" in {folder}" if folder else ""
+        self._status(f"waiting on a file system call{where}: its share does not answer")
+
+
+def _where(frame: FrameType | None) -> str | None:
+    """The innermost of flowflexd's own frames: the call that does not return."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith(PACKAGE):
+            name = code.co_filename[len(PACKAGE) - len("flowflexd") :]
+            return f"{code.co_qualname} ({name}:{frame.f_lineno})"
+        frame = frame.f_back
+    return None
