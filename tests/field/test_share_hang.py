@@ -1,0 +1,123 @@
+"""A share whose server stops answering holds the main loop: flowflexd says where, and goes on.
+
+sshfs over OpenSSH's own sftp-server is a real network file system (sshfs
+starts the server itself as its "ssh" command, so no sshd and no keys are
+needed). SIGSTOP on that server is a server that stops answering: every call
+into the mount waits, as on a hard-mounted NFS share whose server is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from support import (
+    LoggedProcess,
+    NotifySocket,
+    drop,
+    files_in,
+    folder_spec,
+    need,
+    pdf,
+    run_daemon,
+    wait_until,
+    write_config,
+)
+
+from field.conftest import Site
+from flowflexd.emulator import Emulator
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+RULES = [{"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}]
+
+
+@contextlib.contextmanager
+def sshfs_share(home: Path) -> Iterator[tuple[Path, int]]:
+    """A folder mounted over sshfs, and the pid of the sftp-server behind it."""
+    need("sshfs", SFTP_SERVER, "/dev/fuse")
+    served, mount = home / "served", home / "mnt"
+    served.mkdir()
+    mount.mkdir()
+    pidfile = home / "sftp-server.pid"
+    command = home / "sftp-server.sh"
+    command.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec {SFTP_SERVER}\n")
+    command.chmod(0o755)
+    # No directory cache: every look goes to the server, as on NFS with noac.
+    subprocess.run(
+        ["sshfs", "-o", f"ssh_command={command},dir_cache=no", f"share:{served}", str(mount)],
+        check=True,
+        timeout=30,
+    )
+    pid = int(wait_until(lambda: _read(pidfile), what="the sftp-server's pid"))
+    try:
+        yield mount, pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
+    site: Site, emulator: Emulator
+) -> None:
+    home = site.root / "share"
+    home.mkdir()
+    with sshfs_share(home) as (mount, server):
+        share = mount / "inbox"
+        config = write_config(
+            site.root / "config.yaml",
+            emulator,
+            folders=[
+                folder_spec(site.root, RULES),
+                {"path": str(share), "poll": True, "rules": RULES},
+            ],
+            rescan_seconds=1,
+        )
+        notify = NotifySocket(site.root / "notify")
+        proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path))
+        try:
+            notify.wait_for("READY=1")
+            drop(share, "before.pdf", pdf(b"before"))
+            wait_until(lambda: "before.pdf" in files_in(share / "done"), timeout=30)
+
+            os.kill(server, signal.SIGSTOP)
+            held = proc.wait_for_log(
+                "the main loop has waited on a file system call; every folder waits with it",
+                timeout=60,
+            )
+            # Where it waits depends on what the loop did then: a look at the inbox,
+            # or a commit into its done folder. Either is a folder on the share.
+            assert held["folder"].startswith(str(share)), held
+            assert held["waited_s"] >= 10
+            assert " (flowflexd/" in held["at"], held
+            assert "bring back the share" in held["fix"]
+            notify.wait_for(f"STATUS=waiting on a file system call in {held['folder']}")
+
+            drop(site.inbox, "meanwhile.pdf", pdf(b"meanwhile"))
+            os.kill(server, signal.SIGCONT)
+            again = proc.wait_for_log("the main loop runs again", timeout=30)
+            assert again["waited_s"] >= held["waited_s"]
+            wait_until(lambda: "meanwhile.pdf" in files_in(site.done), timeout=30)
+            drop(share, "after.pdf", pdf(b"after"))
+            wait_until(lambda: "after.pdf" in files_in(share / "done"), timeout=30)
+            sent = sorted(e["payload"]["assetId"] for e in emulator.events())
+            assert len(sent) == len(set(sent)) == 3
+        finally:
+            os.kill(server, signal.SIGCONT)
+            _stop(proc)
+            notify.close()
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.exists() else None
+
+
+def _stop(proc: LoggedProcess) -> None:
+    if proc.proc.poll() is None:
+        proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait_exit(timeout=60) == 0, proc.output()
