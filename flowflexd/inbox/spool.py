@@ -469,8 +469,11 @@ class Spool:
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            # A share forced off (umount -f, a FUSE connection aborted) fails the close
+            # (ENOTCONN, EIO); the descriptor, and the lock with it, is gone all the same.
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # --------------------------------------------------------------- claims
 
