@@ -137,8 +137,13 @@ class Daemon:
             destinations=names,
         )
         self.gate: Gate = self.scheduler.gate  # the first destination's
-        # Says which folder holds the loop when a share's server stops answering.
-        self.stall = StallWatch(self.notifier.status)
+        # Says which folder holds the loop when a share's server stops answering, and
+        # feeds the watchdog meanwhile: a restart would only wait at the same folder.
+        self.stall = StallWatch(
+            self.notifier.status,
+            feed=self.notifier.watchdog,
+            feed_every=self.notifier.watchdog_interval,
+        )
         self.pipeline.commits.watch = self.stall
         self.scheduler.on_gate_change = self._write_state
         self.totals: Totals = self.scheduler.totals

@@ -8,6 +8,14 @@ flowflexd, which waits again at the same folder: without this, the journal
 shows only "Watchdog timeout". This thread names the folder, the call and how
 long it has waited, in the log and in ``systemctl status``, and says when the
 loop runs again.
+
+While the loop is held so, this thread feeds systemd's watchdog itself. A
+restart cannot help: the new process waits at the same folder, and the old
+one may not even exit (closing its files on the share waits for the server
+too, FUSE's even after SIGKILL), keeping its inboxes' locks, so that the new
+one refuses them and the unit stops. The loop goes on by itself once the
+share answers, or once it is forced off (``umount -f``, a FUSE connection
+aborted): its inbox is then away, like any unmounted share.
 """
 
 from __future__ import annotations
@@ -38,9 +46,18 @@ class StallWatch:
     """Watches the thread that calls ``start``; that thread calls ``beat`` each time round."""
 
     def __init__(
-        self, status: Callable[[str], None], *, after: float = STALL_SECONDS, look: float = 1.0
+        self,
+        status: Callable[[str], None],
+        *,
+        feed: Callable[[], None] | None = None,
+        feed_every: float | None = None,
+        after: float = STALL_SECONDS,
+        look: float = 1.0,
     ) -> None:
         self._status = status
+        self._feed = feed  # systemd's watchdog, fed while the loop is held by a share
+        self._feed_every = feed_every
+        self._fed_at = 0.0
         self._after = after
         self._look = look  # between looks once the loop is late
         self._main = threading.get_ident()
@@ -90,11 +107,20 @@ class StallWatch:
                 asleep = 0
                 continue
             if self._held_since is not None:
+                self._feed_watchdog()
                 continue
             asleep = asleep + 1 if self._in_kernel_wait() else 0
             if asleep >= HELD_LOOKS:
                 self._held_since = beat
                 self._say_held(time.monotonic() - beat)
+                self._fed_at = 0.0
+                self._feed_watchdog()
+
+    def _feed_watchdog(self) -> None:
+        now = time.monotonic()
+        if self._feed is not None and self._feed_every and now - self._fed_at >= self._feed_every:
+            self._fed_at = now
+            self._feed()
 
     def _next_look(self) -> float:
         due = self._beat + self._after - time.monotonic()
@@ -123,8 +149,13 @@ class StallWatch:
             at=_where(sys._current_frames().get(self._main)),
             fix="bring back the share whose server does not answer (a hard-mounted NFS "
             "share, a CIFS or FUSE mount); flowflexd goes on by itself once it answers. "
-            "Until then systemd's watchdog restarts flowflexd, which waits at the same "
-            "folder: take that folder out of the configuration while its share is down",
+            "To go on without it now, force it off: umount -f SHARE (NFS, CIFS), or for a "
+            "FUSE mount echo 1 > /sys/fs/fuse/connections/N/abort (N: the minor number "
+            "mountpoint -d SHARE prints); its inbox is then away and every other folder "
+            "goes on. A restart does not help: it waits at the same folder",
+            watchdog="fed while the loop is held by the share"
+            if self._feed is not None and self._feed_every
+            else None,
         )
         where = f" in {folder}" if folder else ""
         self._status(f"waiting on a file system call{where}: its share does not answer")

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from support import (
     LoggedProcess,
     NotifySocket,
@@ -62,12 +63,22 @@ def sshfs_share(home: Path) -> Iterator[tuple[Path, int]]:
             subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def force_off(mount: Path, device: int) -> None:
+    """What an operator does to go on without the share: abort its FUSE connection."""
+    connections = Path("/sys/fs/fuse/connections")
+    if not any(connections.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=True)
+    (connections / str(os.minor(device)) / "abort").write_text("1")
+
+
+@pytest.mark.parametrize("ending", ["the server answers", "the share is forced off"])
 def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
-    site: Site, emulator: Emulator
+    site: Site, emulator: Emulator, ending: str
 ) -> None:
     home = site.root / "share"
     home.mkdir()
     with sshfs_share(home) as (mount, server):
+        device = os.stat(mount).st_dev  # while it answers
         share = mount / "inbox"
         config = write_config(
             site.root / "config.yaml",
@@ -79,7 +90,8 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             rescan_seconds=1,
         )
         notify = NotifySocket(site.root / "notify")
-        proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path))
+        # systemd's WatchdogSec=2s: a WATCHDOG=1 at least every second.
+        proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
         try:
             notify.wait_for("READY=1")
             drop(share, "before.pdf", pdf(b"before"))
@@ -96,21 +108,38 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             assert held["waited_s"] >= 10
             assert " (flowflexd/" in held["at"], held
             assert "bring back the share" in held["fix"]
-            notify.wait_for(f"STATUS=waiting on a file system call in {held['folder']}")
+            assert held["watchdog"] == "fed while the loop is held by the share"
+            said = notify.wait_for(f"STATUS=waiting on a file system call in {held['folder']}")
+            # Fed while held, twice: a restart would only wait at the same folder.
+            first = notify.wait_for("WATCHDOG=1", after=said + 1)
+            notify.wait_for("WATCHDOG=1", after=first + 1)
+            assert all(r["event"] != "the main loop runs again" for r in proc.json_lines())
 
             drop(site.inbox, "meanwhile.pdf", pdf(b"meanwhile"))
-            os.kill(server, signal.SIGCONT)
+            if ending == "the server answers":
+                os.kill(server, signal.SIGCONT)
+            else:
+                force_off(mount, device)
             again = proc.wait_for_log("the main loop runs again", timeout=30)
             assert again["waited_s"] >= held["waited_s"]
             wait_until(lambda: "meanwhile.pdf" in files_in(site.done), timeout=30)
-            drop(share, "after.pdf", pdf(b"after"))
-            wait_until(lambda: "after.pdf" in files_in(share / "done"), timeout=30)
+            if ending == "the server answers":
+                drop(share, "after.pdf", pdf(b"after"))
+                wait_until(lambda: "after.pdf" in files_in(share / "done"), timeout=30)
+            else:
+                assert wait_until(lambda: str(share) in _offline(proc), timeout=30)
             sent = sorted(e["payload"]["assetId"] for e in emulator.events())
-            assert len(sent) == len(set(sent)) == 3
+            assert len(sent) == len(set(sent)) == (3 if ending == "the server answers" else 2)
         finally:
             os.kill(server, signal.SIGCONT)
             _stop(proc)
             notify.close()
+
+
+def _offline(proc: LoggedProcess) -> set[str]:
+    """The inboxes the daemon has said are away."""
+    away = ("inbox is gone", "inbox unavailable")
+    return {r.get("folder", "") for r in proc.json_lines() if str(r.get("event")).startswith(away)}
 
 
 def _read(path: Path) -> str | None:

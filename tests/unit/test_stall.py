@@ -25,7 +25,14 @@ class Loop:
     """A thread that starts a watch, as the daemon's loop does, and runs ``body``."""
 
     def __init__(self, body: object, statuses: list[str]) -> None:
-        self.watch = StallWatch(statuses.append, after=0.3, look=0.05)
+        self.fed: list[float] = []  # when systemd's watchdog was fed
+        self.watch = StallWatch(
+            statuses.append,
+            feed=lambda: self.fed.append(time.monotonic()),
+            feed_every=0.1,
+            after=0.3,
+            look=0.05,
+        )
         self.body = body
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -64,6 +71,8 @@ def test_a_loop_held_in_a_file_system_call_names_its_folder_and_is_said_free_aga
     try:
         wait_until(lambda: statuses, timeout=10, what="a status while the loop is held")
         held = capsys.readouterr().out
+        # The watchdog is fed while held: a restart would wait at the same call.
+        wait_until(lambda: len(loop.fed) >= 3, timeout=10, what="the watchdog fed")
         os.close(os.open(fifo, os.O_WRONLY))  # the server answers
         wait_until(lambda: "the main loop runs again" in capsys.readouterr().out or None)
     finally:
@@ -97,4 +106,5 @@ def test_a_loop_that_is_late_but_busy_or_waiting_on_a_lock_is_not_said_held(
         loop.stop()
         lock.release()
     assert statuses == []
+    assert loop.fed == []  # late, not held: the watchdog is the loop's own to feed
     assert HELD not in capsys.readouterr().out
