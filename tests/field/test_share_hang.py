@@ -67,7 +67,8 @@ def force_off(mount: Path, device: int) -> None:
     """What an operator does to go on without the share: abort its FUSE connection."""
     connections = Path("/sys/fs/fuse/connections")
     if not any(connections.iterdir()):
-        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=True)
+        # Not checked: another test may have mounted it meanwhile; the write below says.
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=False)
     (connections / str(os.minor(device)) / "abort").write_text("1")
 
 
