@@ -14,9 +14,11 @@ from typing import Any
 
 from flowflexd.config.model import STATE_FILE, Config, Folder
 from flowflexd.engine import journal
+from flowflexd.engine.stall import HELD_FILE
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
+from flowflexd.inbox.mounts import share_of
 from flowflexd.inbox.reading import describe_mode, read_manifest, read_regular
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
 from flowflexd.rules.matching import (
@@ -227,6 +229,11 @@ class FolderStatus:
     unavailable_reason: str | None = None
     unavailable_hint: str | None = None
     unavailable_since: str | None = None
+    # A running daemon held by a share that does not answer, this folder on it: its pid,
+    # the folder it waits on and since when (wall clock). Nothing here is looked at.
+    held_by: int | None = None
+    held_at: str | None = None
+    held_since: float | None = None
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
     by_folder: dict[str, int] = field(default_factory=dict)  # waiting per subfolder ("" top)
 
@@ -334,7 +341,13 @@ def folder_status(
 def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     now = time.time() if now is None else now
     outcomes = _outcomes(config.state_dir)
-    rows = [folder_status(f, outcomes.get(str(f.path), {}), now) for f in config.folders]
+    held = _held(config.state_dir)
+    rows = [
+        _held_status(f, held)
+        if held is not None and _on_share(f, held["share"])
+        else folder_status(f, outcomes.get(str(f.path), {}), now)
+        for f in config.folders
+    ]
     state = _daemon_state(config.state_dir)
     several = len(config.destinations) > 1
     for row, folder in zip(rows, config.folders, strict=True):
@@ -357,6 +370,38 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
             row.paused_since = paused.get("paused_since")
             row.destination = folder.destination if several else None
     return rows
+
+
+def _held(state_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon held by a share noted (HELD_FILE), with the share's mount."""
+    try:
+        note = json.loads((state_dir / HELD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or not isinstance(note.get("folder"), str):
+        return None
+    if not _alive(note.get("pid")):
+        return None  # killed while held: nothing holds it now
+    return {**note, "share": share_of(Path(note["folder"])) or note["folder"]}
+
+
+def _on_share(folder: Folder, share: str) -> bool:
+    """Whether the inbox, its done or its failed folder is on ``share``, by name alone."""
+    return any(
+        str(path) == share or str(path).startswith(share.rstrip("/") + "/")
+        for path in (folder.path, folder.done, folder.failed)
+    )
+
+
+def _held_status(folder: Folder, held: dict[str, Any]) -> FolderStatus:
+    since = held.get("since")
+    return FolderStatus(
+        path=folder.path,
+        online=True,
+        held_by=held["pid"],
+        held_at=held["folder"],
+        held_since=since if isinstance(since, int | float) else None,
+    )
 
 
 def _daemon_state(state_dir: Path) -> dict[str, Any] | None:
@@ -394,12 +439,16 @@ def _age(seconds: float | None) -> str:
 
 
 def _folder_mark(row: FolderStatus) -> str:
+    if row.held_by:
+        return "  (NOT ANSWERING)"
     if not row.online:
         return "  (MISSING)"
     return "  (NOT WATCHED)" if row.unavailable_to else ""
 
 
 def _daemon_cell(row: FolderStatus) -> str:
+    if row.held_by:
+        return f"pid {row.held_by}, held by it"
     if row.daemon_pid:
         return f"pid {row.daemon_pid}"
     return f"pid {row.unavailable_to}, cannot use it" if row.unavailable_to else "not running"
@@ -437,6 +486,22 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table
     ]
     for r in rows:
+        if r.held_by:
+            lines.append("")
+            since = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.held_since))
+                if r.held_since
+                else "?"
+            )
+            lines.append(
+                f"{r.path} is on a share that does not answer: flowflexd (pid {r.held_by}) "
+                f"has waited on {printable(str(r.held_at))} since {since}, and every folder "
+                "with it; its counts are not shown, as looking would wait too"
+            )
+            lines.append(
+                "  hint: bring the share's server back, or force it off (umount -f; for FUSE, "
+                "abort its connection): the others go on at once"
+            )
         if r.unavailable_to:
             lines.append("")
             lines.append(

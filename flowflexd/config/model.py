@@ -981,6 +981,7 @@ def load(
     ``emulator`` (the built-in emulator stands in for FlowFlex) and ``offline``
     (a command that never calls FlowFlex: status, explain, replay) read no
     credentials, so a missing secret or an unset ``${VAR}`` there is no error.
+    ``offline`` also tells folders apart by name, never resolving a link there.
     """
     environ = os.environ if environ is None else environ
     source = Path(os.path.abspath(path))
@@ -1028,8 +1029,10 @@ def load(
             folder = _folder(check, raw_folder, ("folders", i), base, known)
             if folder is None:
                 continue
-            # By where it leads: a link or another spelling is the same inbox.
-            real = os.path.realpath(folder.path)
+            # By where it leads: a link or another spelling is the same inbox. A command
+            # that only reads (status) goes by the name: it must answer while a share that
+            # does not answer holds the daemon, where resolving a link would wait too.
+            real = os.path.normpath(folder.path) if offline else os.path.realpath(folder.path)
             if real in seen:
                 check.fail(("folders", i, "path"), f"same inbox as folders[{seen[real]}]")
             seen[real] = i

@@ -34,7 +34,7 @@ from flowflexd.engine.outcomes import Code
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
-from flowflexd.engine.stall import StallWatch
+from flowflexd.engine.stall import HELD_FILE, StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
@@ -143,6 +143,7 @@ class Daemon:
             self.notifier.status,
             feed=self.notifier.watchdog,
             feed_every=self.notifier.watchdog_interval,
+            note=config.state_dir / HELD_FILE,
         )
         self.pipeline.commits.watch = self.stall
         self.scheduler.on_gate_change = self._write_state

@@ -20,6 +20,9 @@ aborted): its inbox is then away, like any unmounted share.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 import threading
 import time
@@ -28,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
+
+from flowflexd.support.durable import write_durable
 
 log = structlog.get_logger("flowflexd")
 
@@ -39,6 +44,9 @@ STALL_SECONDS = 10.0
 # its own code most of the time; one held by a server that does not answer
 # sleeps in the file system's wait at every look, a second apart.
 HELD_LOOKS = 3
+# In state_dir while the loop is held: which folder, since when, by which pid. For
+# ``flowflexd status``, which must not look at that share itself, or it would wait too.
+HELD_FILE = "held.json"
 PACKAGE = str(Path(__file__).resolve().parent.parent)
 
 
@@ -51,6 +59,7 @@ class StallWatch:
         *,
         feed: Callable[[], None] | None = None,
         feed_every: float | None = None,
+        note: Path | None = None,
         after: float = STALL_SECONDS,
         look: float = 1.0,
     ) -> None:
@@ -58,6 +67,7 @@ class StallWatch:
         self._feed = feed  # systemd's watchdog, fed while the loop is held by a share
         self._feed_every = feed_every
         self._fed_at = 0.0
+        self._note = note  # HELD_FILE, kept while held
         self._after = after
         self._look = look  # between looks once the loop is late
         self._main = threading.get_ident()
@@ -93,6 +103,7 @@ class StallWatch:
         self._done.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._forget_note()
 
     def _watch(self) -> None:
         asleep = 0  # looks in a row that found the loop asleep in the kernel
@@ -104,6 +115,7 @@ class StallWatch:
                         "the main loop runs again", waited_s=round(beat - self._held_since, 1)
                     )
                     self._held_since = None
+                    self._forget_note()
                 asleep = 0
                 continue
             if self._held_since is not None:
@@ -159,6 +171,17 @@ class StallWatch:
         )
         where = f" in {folder}" if folder else ""
         self._status(f"waiting on a file system call{where}: its share does not answer")
+        if self._note is not None and folder is not None:
+            note = {"pid": os.getpid(), "folder": folder, "since": time.time() - waited}
+            try:
+                write_durable(self._note, json.dumps(note).encode())
+            except OSError as err:  # a state_dir on the same share, say
+                log.warning("cannot note the held folder for status", error=str(err))
+
+    def _forget_note(self) -> None:
+        if self._note is not None:
+            with contextlib.suppress(OSError):
+                self._note.unlink()
 
 
 def _where(frame: FrameType | None) -> str | None:

@@ -54,6 +54,17 @@ def _below(target: str, point: str) -> bool:
     return target == point or target.startswith(point.rstrip("/") + "/")
 
 
+def share_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
+    """The mount point (not ``/``) a path lies under, from its name alone.
+
+    Nothing is looked at on disk: for a share that does not answer, where a
+    ``stat`` or ``realpath`` would wait for its server.
+    """
+    entries = _entries(mounts_file) or []
+    above = [point for point, _ in entries if point != "/" and _below(str(path), point)]
+    return max(above, key=len) if above else None
+
+
 def unmounted_share(path: Path, mounts_file: str = MOUNTS, fstab: str | None = None) -> str | None:
     """The mount point fstab gives ``path`` (or a folder above it) when nothing is mounted there.
 

@@ -19,12 +19,15 @@ import pytest
 from support import (
     LoggedProcess,
     NotifySocket,
+    child_env,
     drop,
     files_in,
+    flowflexd_argv,
     folder_spec,
     need,
     pdf,
     run_daemon,
+    status_json,
     wait_until,
     write_config,
 )
@@ -115,6 +118,24 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             first = notify.wait_for("WATCHDOG=1", after=said + 1)
             notify.wait_for("WATCHDOG=1", after=first + 1)
             assert all(r["event"] != "the main loop runs again" for r in proc.json_lines())
+
+            # status answers, and does not look at the share: that would wait too.
+            shown = subprocess.run(
+                flowflexd_argv("status", "-c", str(config)),
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=child_env(),
+            )
+            assert shown.returncode == 0, shown.stderr
+            rows = {r["path"]: r for r in status_json(config)}
+            assert rows[str(share)]["held_by"] == proc.proc.pid
+            assert rows[str(share)]["held_at"] == held["folder"]
+            assert rows[str(site.inbox)]["held_by"] is None
+            assert rows[str(site.inbox)]["daemon_pid"] == proc.proc.pid
+            assert f"{share}  (NOT ANSWERING)" in shown.stdout
+            assert f"has waited on {held['folder']} since" in shown.stdout
 
             drop(site.inbox, "meanwhile.pdf", pdf(b"meanwhile"))
             if ending == "the server answers":

@@ -4,7 +4,13 @@ from pathlib import Path
 
 from flowflexd.commands.preflight import Findings, check_folder
 from flowflexd.config.model import Folder
-from flowflexd.inbox.mounts import has_cap_lease, lease_problem, mount_of, unmounted_share
+from flowflexd.inbox.mounts import (
+    has_cap_lease,
+    lease_problem,
+    mount_of,
+    share_of,
+    unmounted_share,
+)
 
 
 def mounts(tmp_path: Path, fstype: str) -> str:
@@ -87,6 +93,22 @@ def test_the_longest_mount_point_wins(tmp_path: Path) -> None:
         str(tmp_path / "share"),
         "smb3",
     )
+
+
+def test_a_share_is_found_by_name_alone_without_looking_at_it(tmp_path: Path) -> None:
+    """For a share that does not answer: nothing under it exists here, nothing is stat'ed."""
+    table = fstab(
+        tmp_path,
+        "/dev/vda / ext4 rw 0 0",
+        "nas:/srv /mnt/nas\\040drop nfs4 rw 0 0",
+        "nas:/srv/deep /mnt/nas\\040drop/deep nfs4 rw 0 0",
+    )
+
+    assert share_of(Path("/mnt/nas drop/inbox/done"), table) == "/mnt/nas drop"
+    assert share_of(Path("/mnt/nas drop/deep/inbox"), table) == "/mnt/nas drop/deep"
+    assert share_of(Path("/mnt/nas"), table) is None  # a prefix of the name is not the share
+    assert share_of(Path("/srv/drop/inbox"), table) is None  # only / above it
+    assert share_of(Path("/mnt/nas drop/x"), str(tmp_path / "no-table")) is None
 
 
 def fstab(tmp_path: Path, *lines: str) -> str:
