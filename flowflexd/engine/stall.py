@@ -3,11 +3,10 @@
 One loop looks at every inbox, takes its files up and moves finished ones to
 done. A call into a share whose server stopped answering (a hard-mounted NFS
 share, a CIFS or FUSE mount such as sshfs) does not return until the server
-answers, and every folder waits behind it. systemd's watchdog then restarts
-flowflexd, which waits again at the same folder: without this, the journal
-shows only "Watchdog timeout". This thread names the folder, the call and how
-long it has waited, in the log and in ``systemctl status``, and says when the
-loop runs again.
+answers, and every folder waits behind it; the journal said nothing of it
+but, 30 s later, systemd's "Watchdog timeout". This thread names the folder,
+the call and how long it has waited, in the log, in ``systemctl status`` and
+for ``flowflexd status``, and says when the loop runs again.
 
 While the loop is held so, this thread feeds systemd's watchdog itself. A
 restart cannot help: the new process waits at the same folder, and the old
@@ -68,6 +67,7 @@ class StallWatch:
         self._feed_every = feed_every
         self._fed_at = 0.0
         self._note = note  # HELD_FILE, kept while held
+        self._noted = False  # ours to remove: a standby shares state_dir with the active one
         self._after = after
         self._look = look  # between looks once the loop is late
         self._main = threading.get_ident()
@@ -154,6 +154,14 @@ class StallWatch:
 
     def _say_held(self, waited: float) -> None:
         folder = str(self._folder) if self._folder is not None else None
+        # Noted first: whoever reads the log or the status may run flowflexd status next.
+        if self._note is not None and folder is not None:
+            note = {"pid": os.getpid(), "folder": folder, "since": time.time() - waited}
+            try:
+                write_durable(self._note, json.dumps(note).encode())
+                self._noted = True
+            except OSError as err:  # a state_dir on the same share, say
+                log.warning("cannot note the held folder for status", error=str(err))
         log.error(
             "the main loop has waited on a file system call; every folder waits with it",
             folder=folder,
@@ -171,15 +179,10 @@ class StallWatch:
         )
         where = f" in {folder}" if folder else ""
         self._status(f"waiting on a file system call{where}: its share does not answer")
-        if self._note is not None and folder is not None:
-            note = {"pid": os.getpid(), "folder": folder, "since": time.time() - waited}
-            try:
-                write_durable(self._note, json.dumps(note).encode())
-            except OSError as err:  # a state_dir on the same share, say
-                log.warning("cannot note the held folder for status", error=str(err))
 
     def _forget_note(self) -> None:
-        if self._note is not None:
+        if self._note is not None and self._noted:
+            self._noted = False
             with contextlib.suppress(OSError):
                 self._note.unlink()
 

@@ -8,6 +8,7 @@ on a real sshfs share.)
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,12 +25,13 @@ HELD = "the main loop has waited on a file system call; every folder waits with 
 class Loop:
     """A thread that starts a watch, as the daemon's loop does, and runs ``body``."""
 
-    def __init__(self, body: object, statuses: list[str]) -> None:
+    def __init__(self, body: object, statuses: list[str], note: Path | None = None) -> None:
         self.fed: list[float] = []  # when systemd's watchdog was fed
         self.watch = StallWatch(
             statuses.append,
             feed=lambda: self.fed.append(time.monotonic()),
             feed_every=0.1,
+            note=note,
             after=0.3,
             look=0.05,
         )
@@ -67,14 +69,21 @@ def test_a_loop_held_in_a_file_system_call_names_its_folder_and_is_said_free_aga
         with open(fifo, "rb"):  # waits until a writer comes
             pass
 
-    loop = Loop(held_in_open, statuses)
+    note = tmp_path / "held.json"
+    note.write_text("a standby's, or one killed while held")
+    loop = Loop(held_in_open, statuses, note)
     try:
         wait_until(lambda: statuses, timeout=10, what="a status while the loop is held")
         held = capsys.readouterr().out
+        # For flowflexd status, which must not look at the share itself.
+        noted = json.loads(note.read_text())
+        assert (noted["pid"], noted["folder"]) == (os.getpid(), str(share))
+        assert time.time() - 5 < noted["since"] <= time.time() - 0.3
         # The watchdog is fed while held: a restart would wait at the same call.
         wait_until(lambda: len(loop.fed) >= 3, timeout=10, what="the watchdog fed")
         os.close(os.open(fifo, os.O_WRONLY))  # the server answers
         wait_until(lambda: "the main loop runs again" in capsys.readouterr().out or None)
+        assert not note.exists()
     finally:
         loop.stop()
     assert statuses == [f"waiting on a file system call in {share}: its share does not answer"]
@@ -85,9 +94,11 @@ def test_a_loop_held_in_a_file_system_call_names_its_folder_and_is_said_free_aga
 
 
 def test_a_loop_that_is_late_but_busy_or_waiting_on_a_lock_is_not_said_held(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     statuses: list[str] = []
+    note = tmp_path / "held.json"
+    note.write_text("the active daemon's, in the state_dir a standby shares")
     lock = threading.Lock()
     lock.acquire()
     finished = threading.Event()
@@ -99,7 +110,7 @@ def test_a_loop_that_is_late_but_busy_or_waiting_on_a_lock_is_not_said_held(
         lock.acquire(timeout=1.0)  # then a wait on a lock another thread holds
         finished.set()
 
-    loop = Loop(late, statuses)
+    loop = Loop(late, statuses, note)
     try:
         wait_until(finished.is_set, timeout=10)
     finally:
@@ -107,4 +118,5 @@ def test_a_loop_that_is_late_but_busy_or_waiting_on_a_lock_is_not_said_held(
         lock.release()
     assert statuses == []
     assert loop.fed == []  # late, not held: the watchdog is the loop's own to feed
+    assert note.exists()  # not ours: never removed
     assert HELD not in capsys.readouterr().out
