@@ -469,6 +469,17 @@ class Tracker:
 
     def _decide(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
         if not stat.S_ISREG(info.st_mode):
+            rule = could_be_companion(self._patterns, os.path.basename(entry.name))
+            if rule is not None:
+                # Named as a file's marker or sidecar: that file, judged in the same step
+                # or soon after, sets both aside together and says why. Alone, it goes
+                # when a companion without its file would.
+                entry.complete_at = now if entry.complete_at is None else entry.complete_at
+                deadline = entry.complete_at + rule.sidecar_timeout
+                if now < deadline:
+                    self._set(entry, Stage.COMPANION)
+                    self._schedule(entry, deadline)
+                    return None
             kind = describe_mode(info.st_mode)
             code = Code.SYMLINK if stat.S_ISLNK(info.st_mode) else Code.NOT_A_REGULAR_FILE
             reason = f"is a {kind}, not a regular file; set aside unread"

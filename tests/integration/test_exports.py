@@ -499,6 +499,33 @@ def test_a_marker_that_is_a_link_or_a_fifo_is_never_trusted_or_read(
     assert os.listdir(layout.inbox) == [".flowflexd"]  # nothing lost: all in failed
 
 
+def test_a_marker_link_judged_in_the_same_look_as_its_file_goes_with_that_file(
+    layout: Folders, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Present at start, each file and its link settle in one step, in no set order: the
+    link is never set aside alone while the file it marks waits for it (CI saw that)."""
+    outside = tmp_path / "outside-secret"
+    outside.write_bytes(b"secret")
+    for i in range(20):
+        drop(layout.inbox, f"INV-{i}.pdf", pdf(b"invoice %d" % i))
+        (layout.inbox / f"INV-{i}.pdf.ok").symlink_to(outside)
+    with RunningDaemon(layout.config(emulator, [MARKED])):
+        wait_until(
+            lambda: sum(n.endswith(".pdf.error.json") for n in files_in(layout.failed)) == 20
+        )
+
+    for i in range(20):
+        report = read_report(layout.failed, f"INV-{i}.pdf")
+        assert (report["code"], report["reason"]) == (
+            "SYMLINK",
+            f"its marker INV-{i}.pdf.ok is a symbolic link, not a regular file; both are set "
+            "aside unread",
+        )
+    assert outside.read_bytes() == b"secret"
+    assert emulator.events() == []
+    assert os.listdir(layout.inbox) == [".flowflexd"]
+
+
 def test_explain_reads_a_manifest_row_by_row(layout: Folders, emulator: Emulator) -> None:
     config = load(layout.config(emulator, [CSV_MANIFEST_RULE]))
     drop(layout.inbox, "a.pdf", pdf(b"a"))
