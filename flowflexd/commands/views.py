@@ -14,11 +14,11 @@ from typing import Any
 
 from flowflexd.config.model import STATE_FILE, Config, Folder
 from flowflexd.engine import journal
-from flowflexd.engine.stall import HELD_FILE
+from flowflexd.engine.stall import read_note
 from flowflexd.errors import FileRejected
 from flowflexd.inbox import layout
 from flowflexd.inbox.completeness import Writers, examine, has_format_check
-from flowflexd.inbox.mounts import share_of
+from flowflexd.inbox.mounts import below, share_of
 from flowflexd.inbox.reading import describe_mode, read_manifest, read_regular
 from flowflexd.inbox.spool import SIDECAR_MAX_BYTES, Spool
 from flowflexd.rules.matching import (
@@ -373,24 +373,16 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
 
 
 def _held(state_dir: Path) -> dict[str, Any] | None:
-    """What a running daemon held by a share noted (HELD_FILE), with the share's mount."""
-    try:
-        note = json.loads((state_dir / HELD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(note, dict) or not isinstance(note.get("folder"), str):
-        return None
-    if not _alive(note.get("pid")):
+    """What a running daemon held by a share noted, with the share's mount."""
+    note = read_note(state_dir)
+    if note is None or not _alive(note.get("pid")):
         return None  # killed while held: nothing holds it now
     return {**note, "share": share_of(Path(note["folder"])) or note["folder"]}
 
 
 def _on_share(folder: Folder, share: str) -> bool:
     """Whether the inbox, its done or its failed folder is on ``share``, by name alone."""
-    return any(
-        str(path) == share or str(path).startswith(share.rstrip("/") + "/")
-        for path in (folder.path, folder.done, folder.failed)
-    )
+    return any(below(str(path), share) for path in (folder.path, folder.done, folder.failed))
 
 
 def _held_status(folder: Folder, held: dict[str, Any]) -> FolderStatus:

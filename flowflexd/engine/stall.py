@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -70,8 +71,8 @@ class StallWatch:
         self._noted = False  # ours to remove: a standby shares state_dir with the active one
         self._after = after
         self._look = look  # between looks once the loop is late
-        self._main = threading.get_ident()
-        self._task = Path(f"/proc/self/task/{threading.get_native_id()}/wchan")
+        self._main: int | None = None  # the watched thread, from start()
+        self._task: Path | None = None  # its wchan
         self._beat = time.monotonic()
         self._held_since: float | None = None  # the last beat before the loop was held
         self._done = threading.Event()
@@ -147,7 +148,7 @@ class StallWatch:
         interpreter lock or for another of our threads.
         """
         try:
-            where = self._task.read_text().strip()
+            where = self._task.read_text().strip() if self._task is not None else ""
         except OSError:
             return True  # no /proc: ten seconds without coming round say enough
         return where not in ("", "0") and "futex" not in where
@@ -166,7 +167,7 @@ class StallWatch:
             "the main loop has waited on a file system call; every folder waits with it",
             folder=folder,
             waited_s=round(waited, 1),
-            at=_where(sys._current_frames().get(self._main)),
+            at=_where(sys._current_frames().get(self._main)) if self._main is not None else None,
             fix="bring back the share whose server does not answer (a hard-mounted NFS "
             "share, a CIFS or FUSE mount); flowflexd goes on by itself once it answers. "
             "To go on without it now, force it off: umount -f SHARE (NFS, CIFS), or for a "
@@ -185,6 +186,17 @@ class StallWatch:
             self._noted = False
             with contextlib.suppress(OSError):
                 self._note.unlink()
+
+
+def read_note(state_dir: Path) -> dict[str, Any] | None:
+    """HELD_FILE as a held daemon wrote it (pid, folder, since); None without a whole one."""
+    try:
+        note = json.loads((state_dir / HELD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or not isinstance(note.get("folder"), str):
+        return None
+    return note
 
 
 def _where(frame: FrameType | None) -> str | None:

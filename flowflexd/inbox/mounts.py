@@ -49,7 +49,7 @@ def _entries(table: str) -> list[tuple[str, str]] | None:
     return entries
 
 
-def _below(target: str, point: str) -> bool:
+def below(target: str, point: str) -> bool:
     """Whether ``target`` is the mount point ``point`` or a path under it."""
     return target == point or target.startswith(point.rstrip("/") + "/")
 
@@ -61,7 +61,7 @@ def share_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
     ``stat`` or ``realpath`` would wait for its server.
     """
     entries = _entries(mounts_file) or []
-    above = [point for point, _ in entries if point != "/" and _below(str(path), point)]
+    above = [point for point, _ in entries if point != "/" and below(str(path), point)]
     return max(above, key=len) if above else None
 
 
@@ -77,7 +77,7 @@ def unmounted_share(path: Path, mounts_file: str = MOUNTS, fstab: str | None = N
     if not wanted or mounted is None:
         return None
     target = os.path.realpath(path)
-    above = [point for point, _ in wanted if point != "/" and _below(target, point)]
+    above = [point for point, _ in wanted if point != "/" and below(target, point)]
     if not above:
         return None
     point = max(above, key=len)
@@ -97,7 +97,7 @@ def mount_of(path: Path, mounts_file: str = MOUNTS) -> tuple[str, str] | None:
     if entries is None:
         return None
     target = os.path.realpath(existing_ancestor(path))
-    inside = [entry for entry in entries if _below(target, entry[0])]
+    inside = [entry for entry in entries if below(target, entry[0])]
     return max(inside, key=lambda entry: len(entry[0])) if inside else None
 
 

@@ -43,6 +43,7 @@ from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX, Writers, examin
 from flowflexd.inbox.reading import describe_mode, read_manifest, signature
 from flowflexd.rules.matching import (
     Match,
+    Rule,
     companion_patterns,
     companions,
     could_be_companion,
@@ -474,10 +475,8 @@ class Tracker:
                 # Named as a file's marker or sidecar: that file, judged in the same step
                 # or soon after, sets both aside together and says why. Alone, it goes
                 # when a companion without its file would.
-                entry.complete_at = now if entry.complete_at is None else entry.complete_at
-                deadline = entry.complete_at + rule.sidecar_timeout
+                deadline = self._as_companion(entry, rule, now)
                 if now < deadline:
-                    self._set(entry, Stage.COMPANION)
                     self._schedule(entry, deadline)
                     return None
             kind = describe_mode(info.st_mode)
@@ -799,15 +798,19 @@ class Tracker:
         self._schedule(entry, now + max(recheck, 0.05))
         return None
 
+    def _as_companion(self, entry: Entry, rule: Rule, now: float) -> float:
+        """Held as some file's companion from now on; when that file is given up on."""
+        self._set(entry, Stage.COMPANION)
+        if entry.complete_at is None:
+            entry.complete_at = now
+        return entry.complete_at + rule.sidecar_timeout
+
     def _unmatched(self, entry: Entry, info: os.stat_result, now: float) -> Ready | None:
         rule = could_be_companion(self._patterns, os.path.basename(entry.name))
         if rule is not None:
-            self._set(entry, Stage.COMPANION)
-            if entry.complete_at is None:
-                entry.complete_at = now
+            deadline = self._as_companion(entry, rule, now)
             if self.folder.unmatched != "fail":
                 return None
-            deadline = entry.complete_at + rule.sidecar_timeout
             if now < deadline:
                 self._schedule(entry, deadline)
                 return None
