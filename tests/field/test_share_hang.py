@@ -39,40 +39,70 @@ SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 RULES = [{"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}]
 
 
-@contextlib.contextmanager
-def sshfs_share(home: Path) -> Iterator[tuple[Path, int]]:
-    """A folder mounted over sshfs, and the pid of the sftp-server behind it."""
-    need("sshfs", SFTP_SERVER, "/dev/fuse")
-    served, mount = home / "served", home / "mnt"
-    served.mkdir()
-    mount.mkdir()
-    pidfile = home / "sftp-server.pid"
-    command = home / "sftp-server.sh"
-    command.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec {SFTP_SERVER}\n")
-    command.chmod(0o755)
-    # No directory cache: every look goes to the server, as on NFS with noac.
-    subprocess.run(
-        ["sshfs", "-o", f"ssh_command={command},dir_cache=no", f"share:{served}", str(mount)],
-        check=True,
-        timeout=30,
-    )
-    pid = int(wait_until(lambda: _read(pidfile), what="the sftp-server's pid"))
-    try:
-        yield mount, pid
-    finally:
+class Share:
+    """A folder mounted over sshfs, and the sftp-server process behind the mount."""
+
+    def __init__(self, home: Path) -> None:
+        need("sshfs", SFTP_SERVER, "/dev/fuse")
+        self.home = home
+        self.served, self.mount = home / "served", home / "mnt"
+        self.served.mkdir()
+        self.mount.mkdir()
+        self.server = 0
+        self.device = 0
+        self._mounts = 0
+
+    def mount_it(self) -> None:
+        self._mounts += 1
+        pidfile = self.home / f"sftp-server-{self._mounts}.pid"
+        command = self.home / f"sftp-server-{self._mounts}.sh"
+        command.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec {SFTP_SERVER}\n")
+        command.chmod(0o755)
+        # No directory cache: every look goes to the server, as on NFS with noac.
+        subprocess.run(
+            [
+                "sshfs",
+                "-o",
+                f"ssh_command={command},dir_cache=no",
+                f"share:{self.served}",
+                str(self.mount),
+            ],
+            check=True,
+            timeout=30,
+        )
+        self.server = int(wait_until(lambda: _read(pidfile), what="the sftp-server's pid"))
+        self.device = os.stat(self.mount).st_dev  # while it answers
+
+    def stop_answering(self) -> None:
+        os.kill(self.server, signal.SIGSTOP)
+
+    def answer(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        if subprocess.run(["umount", str(mount)], check=False).returncode:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
+            os.kill(self.server, signal.SIGCONT)
+
+    def force_off(self) -> None:
+        """What an operator does to go on without the share: abort its FUSE connection."""
+        connections = Path("/sys/fs/fuse/connections")
+        if not any(connections.iterdir()):
+            # Not checked: another test may have mounted it meanwhile; the write below says.
+            subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=False)
+        (connections / str(os.minor(self.device)) / "abort").write_text("1")
+
+    def unmount(self) -> None:
+        self.answer()
+        if subprocess.run(["umount", str(self.mount)], check=False).returncode:
+            # Still open in the daemon (a lock on the dead share): detach it anyway.
+            subprocess.run(["umount", "-l", str(self.mount)], check=False)
 
 
-def force_off(mount: Path, device: int) -> None:
-    """What an operator does to go on without the share: abort its FUSE connection."""
-    connections = Path("/sys/fs/fuse/connections")
-    if not any(connections.iterdir()):
-        # Not checked: another test may have mounted it meanwhile; the write below says.
-        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=False)
-    (connections / str(os.minor(device)) / "abort").write_text("1")
+@contextlib.contextmanager
+def sshfs_share(home: Path) -> Iterator[Share]:
+    share = Share(home)
+    share.mount_it()
+    try:
+        yield share
+    finally:
+        share.unmount()
 
 
 @pytest.mark.parametrize("ending", ["the server answers", "the share is forced off"])
@@ -81,9 +111,8 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
 ) -> None:
     home = site.root / "share"
     home.mkdir()
-    with sshfs_share(home) as (mount, server):
-        device = os.stat(mount).st_dev  # while it answers
-        share = mount / "inbox"
+    with sshfs_share(home) as mounted:
+        share = mounted.mount / "inbox"
         config = write_config(
             site.root / "config.yaml",
             emulator,
@@ -101,7 +130,7 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             drop(share, "before.pdf", pdf(b"before"))
             wait_until(lambda: "before.pdf" in files_in(share / "done"), timeout=30)
 
-            os.kill(server, signal.SIGSTOP)
+            mounted.stop_answering()
             held = proc.wait_for_log(
                 "the main loop has waited on a file system call; every folder waits with it",
                 timeout=60,
@@ -139,9 +168,9 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
 
             drop(site.inbox, "meanwhile.pdf", pdf(b"meanwhile"))
             if ending == "the server answers":
-                os.kill(server, signal.SIGCONT)
+                mounted.answer()
             else:
-                force_off(mount, device)
+                mounted.force_off()
             again = proc.wait_for_log("the main loop runs again", timeout=30)
             assert again["waited_s"] >= held["waited_s"]
             wait_until(lambda: "meanwhile.pdf" in files_in(site.done), timeout=30)
@@ -153,9 +182,67 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             sent = sorted(e["payload"]["assetId"] for e in emulator.events())
             assert len(sent) == len(set(sent)) == (3 if ending == "the server answers" else 2)
         finally:
-            os.kill(server, signal.SIGCONT)
+            mounted.answer()
             _stop(proc)
             notify.close()
+
+
+@pytest.mark.parametrize("moment", ["while its bytes go up", "after its event was sent"])
+def test_a_file_in_flight_when_its_share_is_forced_off_is_sent_once_when_it_is_back(
+    site: Site, emulator: Emulator, moment: str
+) -> None:
+    """A worker waits in the share with the file; the operator forces the share off, then mounts it.
+
+    The claim lives in the share's own work area, so it is gone with the share
+    and found again with it: the file is then carried on under its key, never
+    set aside as failed, and FlowFlex gets its event once.
+    """
+    home = site.root / "share"
+    home.mkdir()
+    with sshfs_share(home) as mounted:
+        share = mounted.mount / "inbox"
+        config = write_config(
+            site.root / "config.yaml",
+            emulator,
+            folders=[{"path": str(share), "poll": True, "rules": RULES}],
+            rescan_seconds=1,
+        )
+        # Each answer a second away: the worker is inside the call when the share stops.
+        emulator.set_faults(latency_ms=1000)
+        proc = run_daemon(config)
+        try:
+            proc.wait_for_log("watching", timeout=30)
+            data = pdf(os.urandom(4 << 20))
+            drop(share, "big.pdf", data)
+            if moment == "while its bytes go up":
+                wait_until(
+                    lambda: emulator.stats()["requests_by_path"].get("/_storage"), timeout=30
+                )
+            else:
+                wait_until(emulator.events, timeout=30)
+            mounted.stop_answering()
+            proc.wait_for_log(
+                "the main loop has waited on a file system call; every folder waits with it",
+                timeout=60,
+            )
+            mounted.force_off()
+            # The worker was in the share with the file: its call fails, the claim stays.
+            kept = proc.wait_for_log(
+                "cannot finish this file now; it stays claimed and is retried", file="big.pdf"
+            )
+            assert kept["errno"] in {"ENOTCONN", "ECONNABORTED"}, kept
+            assert wait_until(lambda: str(share) in _offline(proc), timeout=30)
+            emulator.set_faults(latency_ms=0)
+
+            mounted.unmount()
+            mounted.mount_it()
+            wait_until(lambda: "big.pdf" in files_in(share / "done"), timeout=60)
+            assert (share / "done" / "big.pdf").read_bytes() == data
+            assert not files_in(share / "failed")
+            assert len(emulator.events()) == 1, emulator.events()
+        finally:
+            mounted.answer()
+            _stop(proc)
 
 
 def _offline(proc: LoggedProcess) -> set[str]:
