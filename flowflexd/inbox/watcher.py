@@ -50,6 +50,8 @@ log = structlog.get_logger("flowflexd.inbox.watcher")
 
 Hint = Callable[[str | None], None]  # a name to look at again; None: rescan the folder
 
+OBSERVER_STOP_WAIT = 2.0  # seconds a stop waits for a polling thread; a held one is left
+
 # A file that appeared, was closed after writing, moved or went is enough of a
 # hint: the tracker re-checks a file that is still changing on its own
 # schedule, so per-write "modified" events would only add work. The folder
@@ -257,6 +259,14 @@ class _InotifyWatch:
             self._unwatch(list(self._folders))
 
 
+def _stop_observer(observer: BaseObserver) -> None:
+    try:
+        observer.stop()
+        observer.join()
+    except (OSError, RuntimeError) as err:
+        log.debug("observer stop failed", error=str(err))
+
+
 def _within(folder: str, top: str) -> bool:
     return folder == top or folder.startswith(top + "/")
 
@@ -310,11 +320,15 @@ class FolderWatcher:
             self._inotify.stop()
             self._inotify = None
         if self._observer is not None:
-            try:
-                self._observer.stop()
-                if self._observer.is_alive():
-                    self._observer.join(timeout=5)
-            except (OSError, RuntimeError) as err:
-                log.debug("observer stop failed", error=str(err))
+            # watchdog's stop joins the polling thread with no timeout, and that thread
+            # may wait in a share whose server is down: stopped aside, waited on a while.
+            stopper = threading.Thread(
+                target=_stop_observer,
+                args=(self._observer,),
+                name=f"flowflexd-unwatch {self.folder.path}",
+                daemon=True,
+            )
+            stopper.start()
+            stopper.join(timeout=OBSERVER_STOP_WAIT)
             self._observer = None
         self.mode = "stopped"
