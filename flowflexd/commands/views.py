@@ -234,6 +234,9 @@ class FolderStatus:
     held_by: int | None = None
     held_at: str | None = None
     held_since: float | None = None
+    # False: the running daemon found this folder's share not answering; nothing here is
+    # looked at, as that would wait too (the reason is unavailable_reason).
+    answering: bool = True
     latest_failures: list[dict[str, Any]] = field(default_factory=list)
     by_folder: dict[str, int] = field(default_factory=dict)  # waiting per subfolder ("" top)
 
@@ -342,13 +345,16 @@ def status(config: Config, now: float | None = None) -> list[FolderStatus]:
     now = time.time() if now is None else now
     outcomes = _outcomes(config.state_dir)
     held = _held(config.state_dir)
+    state = _daemon_state(config.state_dir)
+    silent = _silent_shares(state)
     rows = [
         _held_status(f, held)
         if held is not None and _on_share(f, held["share"])
+        else FolderStatus(path=f.path, online=True, answering=False)
+        if any(_on_share(f, share) for share in silent)
         else folder_status(f, outcomes.get(str(f.path), {}), now)
         for f in config.folders
     ]
-    state = _daemon_state(config.state_dir)
     several = len(config.destinations) > 1
     for row, folder in zip(rows, config.folders, strict=True):
         if state is None:
@@ -378,6 +384,20 @@ def _held(state_dir: Path) -> dict[str, Any] | None:
     if note is None or not _alive(note.get("pid")):
         return None  # killed while held: nothing holds it now
     return {**note, "share": share_of(Path(note["folder"])) or note["folder"]}
+
+
+def _silent_shares(state: dict[str, Any] | None) -> set[str]:
+    """The shares of the inboxes a running daemon found not answering: never looked at."""
+    if state is None or not _alive(state.get("pid")):
+        return set()
+    unavailable = state.get("unavailable")
+    if not isinstance(unavailable, dict):
+        return set()
+    return {
+        share_of(Path(path)) or path
+        for path, away in unavailable.items()
+        if isinstance(away, dict) and away.get("answering") is False
+    }
 
 
 def _on_share(folder: Folder, share: str) -> bool:
@@ -431,7 +451,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _folder_mark(row: FolderStatus) -> str:
-    if row.held_by:
+    if row.held_by or not row.answering:
         return "  (NOT ANSWERING)"
     if not row.online:
         return "  (MISSING)"
@@ -502,6 +522,11 @@ def render_status(rows: Iterable[FolderStatus]) -> list[str]:
             )
             if r.unavailable_hint:
                 lines.append(f"  hint: {printable(r.unavailable_hint)}")
+        if not r.answering:
+            if not r.unavailable_to:
+                lines.append("")
+                lines.append(f"{r.path} is on a share a running flowflexd found not answering")
+            lines.append("  its counts are not shown, as looking would wait too")
         if r.paused:
             lines.append("")
             what = "FlowFlex refuses the configuration" if r.paused == "config" else "unreachable"

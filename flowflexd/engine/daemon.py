@@ -642,7 +642,12 @@ class Daemon:
             },
             # Inboxes this daemon cannot take up now: status shows them, not "not running".
             "unavailable": {
-                path: {"reason": t.reason, "hint": t.hint, "since": _iso(t.since)}
+                path: {
+                    "reason": t.reason,
+                    "hint": t.hint,
+                    "since": _iso(t.since),
+                    "answering": t.answering,
+                }
                 for path, t in self._troubles().items()
             },
             "written": _iso(time.time()),

@@ -20,6 +20,7 @@ import structlog
 from flowflexd.config.model import Folder
 from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
+from flowflexd.inbox.answering import LOOK_TIMEOUT, Looker, NotAnswering
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import FSTAB, lease_problem, unmounted_share
 from flowflexd.inbox.spool import (
@@ -49,6 +50,7 @@ class Trouble:
     reason: str
     hint: str | None
     since: float
+    answering: bool = True  # False: its share does not answer, and status must not look
 
 
 def inbox_identity(path: Path) -> tuple[int, int] | None:
@@ -89,6 +91,7 @@ class Inbox:
         self.spool = Spool(folder, carried)
         self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
         self.watcher = FolderWatcher(folder)
+        self.looker = Looker(folder.path, look_at)
         self.rescan_seconds = rescan_seconds
         self.watch = watch  # False for ``once``: one look, no watch
         self._hint = hint(self)
@@ -112,7 +115,7 @@ class Inbox:
         few seconds; a done or failed folder on another filesystem is a
         configuration error and raises.
         """
-        if self._share_down(now):
+        if self._share_down(now) or isinstance(self._look(now), NotAnswering):
             return []
         try:
             self.spool.prepare()
@@ -138,7 +141,9 @@ class Inbox:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
         if self._share_down(now):
             return []
-        identity = look_at(self.path)
+        identity = self._look(now)
+        if isinstance(identity, NotAnswering):
+            return []
         if isinstance(identity, OSError):
             self._unavailable(identity, now)
             return []
@@ -242,6 +247,35 @@ class Inbox:
         )
         return True
 
+    def _look(self, now: float) -> tuple[int, int] | OSError | NotAnswering | None:
+        """``look_at`` the inbox; NotAnswering, and the inbox away, when it does not answer.
+
+        Made in a thread of its own and waited on for ``LOOK_TIMEOUT`` seconds at
+        most, so that a share whose server is down holds this inbox only.
+        """
+        found = self.looker.look()
+        if not isinstance(found, NotAnswering):
+            return found
+        reason = (
+            f"it does not answer: a look at it has waited over {LOOK_TIMEOUT:g} s "
+            "(a share whose server is down or cannot be reached)"
+        )
+        fix = (
+            "bring back the share's server or the network to it; the inbox is taken up by "
+            "itself once it answers. To go on without it, force the share off "
+            "(umount -f SHARE; for FUSE, echo 1 > /sys/fs/fuse/connections/N/abort)"
+        )
+        self._away(
+            reason,
+            fix,
+            now,
+            "inbox does not answer; other folders keep running, this one resumes when it does",
+            error=reason,
+            hint=fix,
+            answering=False,
+        )
+        return found
+
     def _unavailable(self, err: UserError | OSError, now: float) -> None:
         """The inbox cannot be used now: unwatched, looked at again in a few seconds.
 
@@ -260,14 +294,23 @@ class Inbox:
             hint=err.hint,
         )
 
-    def _away(self, reason: str, fix: str | None, now: float, event: str, **fields: object) -> None:
+    def _away(
+        self,
+        reason: str,
+        fix: str | None,
+        now: float,
+        event: str,
+        *,
+        answering: bool = True,
+        **fields: object,
+    ) -> None:
         """Unwatched, looked at again in a few seconds, ``reason`` and ``fix`` what status
         shows; ``event`` logged the first time this kind of trouble is met while away."""
         self.watcher.stop()
         self.online = False
         self.next_rescan = now + OFFLINE_CHECK_SECONDS
         since = self.trouble.since if self.trouble is not None else time.time()
-        self.trouble = Trouble(reason, fix, since)
+        self.trouble = Trouble(reason, fix, since, answering)
         kind = fix or reason  # the paths in a reason vary; a fix names the kind
         if kind not in self.said_offline:
             self.said_offline.add(kind)

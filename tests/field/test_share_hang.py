@@ -14,9 +14,11 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import (
+    PDF_END,
     LoggedProcess,
     NotifySocket,
     child_env,
@@ -125,10 +127,15 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
         notify = NotifySocket(site.root / "notify")
         # systemd's WatchdogSec=2s: a WATCHDOG=1 at least every second.
         proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
+        growing: Growing | None = None
         try:
             notify.wait_for("READY=1")
             drop(share, "before.pdf", pdf(b"before"))
             wait_until(lambda: "before.pdf" in files_in(share / "done"), timeout=30)
+            # A file still being written: the loop looks at it itself at each settle step,
+            # and that look into the share is the one a silent server holds.
+            growing = Growing(share / "growing.pdf")
+            notify.wait_for("STATUS=waiting 1,")
 
             mounted.stop_answering()
             held = proc.wait_for_log(
@@ -175,16 +182,43 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
             assert again["waited_s"] >= held["waited_s"]
             wait_until(lambda: "meanwhile.pdf" in files_in(site.done), timeout=30)
             if ending == "the server answers":
+                growing.finish()
                 drop(share, "after.pdf", pdf(b"after"))
-                wait_until(lambda: "after.pdf" in files_in(share / "done"), timeout=30)
+                wait_until(lambda: {"growing.pdf", "after.pdf"} <= files_in(share / "done"))
             else:
                 assert wait_until(lambda: str(share) in _offline(proc), timeout=30)
             sent = sorted(e["payload"]["assetId"] for e in emulator.events())
-            assert len(sent) == len(set(sent)) == (3 if ending == "the server answers" else 2)
+            assert len(sent) == len(set(sent)) == (4 if ending == "the server answers" else 2)
         finally:
             mounted.answer()
+            if growing is not None:
+                growing.abandon()
             _stop(proc)
             notify.close()
+
+
+class Growing:
+    """A PDF written a little at a time into the share until ``finish``, as a slow copy.
+
+    Written by a process of its own: a thread of the test's would hold the
+    test's process with the share (a fork waits on it).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_bytes(b"%PDF-1.7\n")
+        self._writer = subprocess.Popen(
+            ["sh", "-c", 'while :; do echo more; sleep 0.05; done >> "$0"', str(path)]
+        )
+
+    def finish(self) -> None:
+        self.abandon()
+        with self.path.open("ab") as fh:
+            fh.write(PDF_END)
+
+    def abandon(self) -> None:
+        self._writer.kill()  # a wait in a FUSE share ends for SIGKILL
+        self._writer.wait(timeout=30)
 
 
 @pytest.mark.parametrize("moment", ["while its bytes go up", "after its event was sent"])
@@ -221,8 +255,9 @@ def test_a_file_in_flight_when_its_share_is_forced_off_is_sent_once_when_it_is_b
             else:
                 wait_until(emulator.events, timeout=30)
             mounted.stop_answering()
+            # The worker waits in the share; the loop's own look gives up on it.
             proc.wait_for_log(
-                "the main loop has waited on a file system call; every folder waits with it",
+                "inbox does not answer; other folders keep running, this one resumes when it does",
                 timeout=60,
             )
             mounted.force_off()
@@ -243,6 +278,82 @@ def test_a_file_in_flight_when_its_share_is_forced_off_is_sent_once_when_it_is_b
         finally:
             mounted.answer()
             _stop(proc)
+
+
+def test_an_idle_share_that_stops_answering_is_set_aside_and_the_others_never_wait(
+    site: Site, emulator: Emulator
+) -> None:
+    """The periodic look meets the silent server first: it gives up, and the loop goes on.
+
+    A share's server going down overnight is met while the share is idle, by
+    the look at the inbox. That look waits in a thread of its own, so the
+    inbox beside it never waits, the watch is never held, and status stays
+    off the share.
+    """
+    home = site.root / "share"
+    home.mkdir()
+    with sshfs_share(home) as mounted:
+        share = mounted.mount / "inbox"
+        config = write_config(
+            site.root / "config.yaml",
+            emulator,
+            folders=[
+                folder_spec(site.root, RULES),
+                {"path": str(share), "poll": True, "rules": RULES},
+            ],
+            rescan_seconds=1,
+        )
+        proc = run_daemon(config)
+        try:
+            proc.wait_for_log("flowflexd ready", timeout=30)
+            drop(share, "before.pdf", pdf(b"before"))
+            wait_until(lambda: "before.pdf" in files_in(share / "done"), timeout=30)
+            # Idle: its claim is gone too, so nothing but the look goes into the share.
+            wait_until(lambda: _row(config, share)["in_progress"] == 0, timeout=30)
+
+            mounted.stop_answering()
+            silent = proc.wait_for_log(
+                "inbox does not answer; other folders keep running, this one resumes when it does",
+                timeout=30,
+                folder=str(share),
+            )
+            assert "does not answer" in silent["error"]
+            assert "force the share off" in silent["hint"]
+
+            drop(site.inbox, "meanwhile.pdf", pdf(b"meanwhile"))
+            wait_until(lambda: "meanwhile.pdf" in files_in(site.done), timeout=30)
+
+            shown = subprocess.run(
+                flowflexd_argv("status", "-c", str(config)),
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=child_env(),
+            )
+            assert shown.returncode == 0, shown.stderr
+            assert f"{share}  (NOT ANSWERING)" in shown.stdout
+            assert "it does not answer: a look at it has waited over 5 s" in shown.stdout
+            assert "its counts are not shown, as looking would wait too" in shown.stdout
+            row = _row(config, share)
+            assert row["answering"] is False
+            assert row["unavailable_to"] == proc.proc.pid
+            assert _row(config, site.inbox)["daemon_pid"] == proc.proc.pid
+
+            mounted.answer()
+            proc.wait_for_log("inbox is back", timeout=30, folder=str(share))
+            drop(share, "after.pdf", pdf(b"after"))
+            wait_until(lambda: "after.pdf" in files_in(share / "done"), timeout=30)
+            sent = sorted(e["payload"]["assetId"] for e in emulator.events())
+            assert len(sent) == len(set(sent)) == 3
+            assert not [r for r in proc.json_lines() if r["event"].startswith("the main loop")]
+        finally:
+            mounted.answer()
+            _stop(proc)
+
+
+def _row(config: Path, folder: Path) -> dict[str, Any]:
+    return {r["path"]: r for r in status_json(config)}[str(folder)]
 
 
 def _offline(proc: LoggedProcess) -> set[str]:
