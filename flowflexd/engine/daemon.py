@@ -530,7 +530,12 @@ class Daemon:
 
     def _sweep(self) -> None:
         """Retention: delete what flowflexd put in done and failed past its keep_*_days."""
-        keeping = [i for i in self.inboxes if i.folder.keep_done_days or i.folder.keep_failed_days]
+        # An inbox away waits for the next pass: its share may be down, and a look would wait.
+        keeping = [
+            i
+            for i in self.inboxes
+            if i.online and (i.folder.keep_done_days or i.folder.keep_failed_days)
+        ]
         if not keeping:
             return
         for inbox in keeping:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -697,3 +698,32 @@ def test_events_lost_to_a_full_inotify_queue_are_caught_up_at_once(
         assert proc.wait_exit() == 0
     finally:
         proc.stop()
+
+
+def test_retention_leaves_an_inbox_that_is_away_for_its_next_pass(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """An inbox away may be on a share whose server is down: the daily pass goes past it.
+
+    Here it is away for a plainer reason (a file stands where it should be), so
+    that its done folder can be seen to keep what the pass would have deleted.
+    The inbox beside it is swept in the same pass, which shows the pass ran.
+    """
+    keep = {"keep_done_days": 0.00002}  # about 2 s
+    away = {**folder_spec(tmp_path / "b", [PDF]), **keep}
+    here = {**folder_spec(tmp_path / "a", [PDF]), **keep}
+    # The inbox away comes first: once the other is swept, the pass has been past it.
+    config = write_config(tmp_path / "config.yaml", emulator, folders=[away, here])
+    with RunningDaemon(config):
+        drop(tmp_path / "b" / "inbox", "b.pdf", b"%PDF b\n%%EOF")
+        drop(tmp_path / "a" / "inbox", "a.pdf", b"%PDF a\n%%EOF")
+        wait_until(lambda: files_in(tmp_path / "b" / "done") == {"b.pdf"}, timeout=20)
+        wait_until(lambda: files_in(tmp_path / "a" / "done") == {"a.pdf"}, timeout=20)
+    wait_until(lambda: time.time() - (tmp_path / "state" / "journal.jsonl").stat().st_mtime > 2)
+    (tmp_path / "b" / "inbox").rename(tmp_path / "b" / "inbox-moved")
+    (tmp_path / "b" / "inbox").write_text("not a folder")
+
+    with RunningDaemon(config) as running:  # its first tick is a retention pass
+        wait_until(lambda: files_in(tmp_path / "a" / "done") == set(), what="a's done swept")
+        wait_until(lambda: running.daemon.snapshot.offline == (str(tmp_path / "b" / "inbox"),))
+        assert files_in(tmp_path / "b" / "done") == {"b.pdf"}
