@@ -132,7 +132,11 @@ SETTINGS: tuple[Setting, ...] = (
         default=60.0,
         minimum=0,
         above=True,
-        meaning="full rescan of every inbox, for what events missed",
+        meaning=(
+            "full rescan of every inbox, for what events missed; each begins with a look at "
+            "the inbox that waits 5 s at most, so an idle share whose server went down is met "
+            "within this and 5 s, and set aside (every 5 s while an inbox is away)"
+        ),
     ),
     Setting(
         "shutdown_grace_seconds",
@@ -243,7 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
         meaning=(
             "delete what flowflexd put in done this many days after it did (the files its "
             "journal placed there, same size and mtime; nothing else), journalled; dated "
-            "folders left empty go too. The one case where flowflexd deletes files"
+            "folders left empty go too. Looked at once a day, from the start; an inbox away "
+            "then waits for the next day's pass. The one case where flowflexd deletes files"
         ),
     ),
     Setting(
