@@ -14,6 +14,7 @@ from pathlib import Path
 from flowflexd.config.model import SERVICE_STATE_DIR, Config, Folder
 from flowflexd.errors import FileRejected, UserError
 from flowflexd.inbox import layout
+from flowflexd.inbox.answering import NOT_ANSWERING, Looker, NotAnswering
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import (
     FSTAB,
@@ -24,6 +25,7 @@ from flowflexd.inbox.mounts import (
     mount_of,
     unmounted_share,
 )
+from flowflexd.inbox.runtime import look_at
 from flowflexd.inbox.spool import not_ours, user_name
 from flowflexd.rules.templates import Template
 
@@ -87,6 +89,14 @@ def check_folder(
             f"inbox {folder.path} is on the share {FSTAB} mounts at {share}, and nothing is "
             f"mounted there now: flowflexd waits for it. Run: mount {share} (and give the "
             f"unit RequiresMountsFor={share}, so that it starts after the mount)"
+        )
+        return
+    if isinstance(Looker(folder.path, look_at).look(), NotAnswering):
+        # Every other check would wait on it too.
+        findings.errors.append(
+            f"inbox {folder.path} does not answer: {NOT_ANSWERING}. Bring back the server "
+            "or the network to it; flowflexd takes the inbox up by itself once it answers, "
+            "and the other inboxes do not wait for it"
         )
         return
     sticky = sticky_problem(folder.path)

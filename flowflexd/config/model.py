@@ -19,6 +19,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 from flowflexd.config import keys
 from flowflexd.config.keys import Setting, default
 from flowflexd.errors import ConfigError
+from flowflexd.inbox.answering import NotAnswering, all_within
 from flowflexd.rules.matching import Rule, glob_matcher
 from flowflexd.rules.templates import (
     MANIFEST_KINDS,
@@ -969,6 +971,25 @@ def default_state_dir(environ: Mapping[str, str], euid: int | None = None) -> Pa
 # ------------------------------------------------------------------------ load
 
 
+def _real_names(parsed: list[tuple[int, Folder]], *, offline: bool) -> list[str]:
+    """Where each folder leads: a link or another spelling is the same inbox.
+
+    Resolving a link looks into the folder's file system, and a share whose
+    server is down would hold the start there: a folder that does not answer
+    within a few seconds goes by its name, and is then set aside as not
+    answering. A command that only reads (status) goes by the names at once:
+    it must answer while such a share holds the daemon.
+    """
+    names = [os.path.normpath(folder.path) for _, folder in parsed]
+    if offline:
+        return names
+    resolved = all_within([partial(os.path.realpath, folder.path) for _, folder in parsed])
+    return [
+        name if isinstance(real, NotAnswering) else real
+        for name, real in zip(names, resolved, strict=True)
+    ]
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -1024,15 +1045,13 @@ def load(
     if not isinstance(raw_folders, list) or not raw_folders:
         check.fail(("folders",), "required: a list of inbox folders, each with path and rules")
     else:
+        parsed = [
+            (i, folder)
+            for i, raw_folder in enumerate(raw_folders)
+            if (folder := _folder(check, raw_folder, ("folders", i), base, known)) is not None
+        ]
         seen: dict[str, int] = {}
-        for i, raw_folder in enumerate(raw_folders):
-            folder = _folder(check, raw_folder, ("folders", i), base, known)
-            if folder is None:
-                continue
-            # By where it leads: a link or another spelling is the same inbox. A command
-            # that only reads (status) goes by the name: it must answer while a share that
-            # does not answer holds the daemon, where resolving a link would wait too.
-            real = os.path.normpath(folder.path) if offline else os.path.realpath(folder.path)
+        for (i, folder), real in zip(parsed, _real_names(parsed, offline=offline), strict=True):
             if real in seen:
                 check.fail(("folders", i, "path"), f"same inbox as folders[{seen[real]}]")
             seen[real] = i

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 LOOK_TIMEOUT = 5.0  # a local disk answers in microseconds, a live share in milliseconds
+#: Why a folder is said not to answer, in the daemon's log, status and check.
+NOT_ANSWERING = (
+    f"a look at it has waited over {LOOK_TIMEOUT:g} s "
+    "(a share whose server is down or cannot be reached)"
+)
 
 T = TypeVar("T")
 
@@ -33,14 +38,38 @@ class NotAnswering:
     since: float
 
 
+class _Call(Generic[T]):
+    """One call in a thread of its own, started at once; its answer or exception kept."""
+
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self.since = time.monotonic()
+        self._call = call
+        self._found: list[T] = []
+        self._failed: list[BaseException] = []
+        # daemon: one held in a dead share must not keep a stop waiting.
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._found.append(self._call())
+        except BaseException as err:  # handed to the caller, as if called there
+            self._failed.append(err)
+
+    def answer(self) -> T | NotAnswering:
+        """What the call answered, raised, or NotAnswering while it has not come back."""
+        if self._failed:
+            raise self._failed[0]
+        return self._found[0] if self._found else NotAnswering(self.since)
+
+
 class Looker(Generic[T]):
     """Makes ``look(path)`` for one inbox, never waiting more than a timeout for it."""
 
     def __init__(self, path: Path, look: Callable[[Path], T]) -> None:
         self.path = path
         self._look = look
-        self._waiting: threading.Thread | None = None  # a look that has not come back
-        self._since = 0.0
+        self._waiting: _Call[T] | None = None  # a look that has not come back
 
     def look(self, timeout: float = LOOK_TIMEOUT) -> T | NotAnswering:
         """What the look found, or NotAnswering when it has waited ``timeout`` seconds.
@@ -48,31 +77,32 @@ class Looker(Generic[T]):
         While an earlier look still waits, answers NotAnswering at once.
         """
         if self._waiting is not None:
-            if self._waiting.is_alive():
-                return NotAnswering(self._since)
+            if self._waiting.thread.is_alive():
+                return NotAnswering(self._waiting.since)
             self._waiting = None  # it came back at last: look afresh, its answer is old
-        found: list[T] = []
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                found.append(self._look(self.path))
-            except BaseException as err:  # handed to the caller, as if looked at here
-                failed.append(err)
-
-        # daemon: one stuck in a dead share must not keep a stop waiting.
-        thread = threading.Thread(target=run, name=f"flowflexd-look {self.path}", daemon=True)
-        since = time.monotonic()
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            self._waiting, self._since = thread, since
-            return NotAnswering(since)
-        if failed:
-            raise failed[0]
-        return found[0]
+        call = _Call(lambda: self._look(self.path), f"flowflexd-look {self.path}")
+        call.thread.join(timeout)
+        if call.thread.is_alive():
+            self._waiting = call
+        return call.answer()
 
     @property
     def waiting(self) -> bool:
         """A look has not come back yet."""
-        return self._waiting is not None and self._waiting.is_alive()
+        return self._waiting is not None and self._waiting.thread.is_alive()
+
+
+def all_within(
+    calls: Sequence[Callable[[], T]], timeout: float = LOOK_TIMEOUT
+) -> list[T | NotAnswering]:
+    """Each call in a thread of its own, all waited on together for ``timeout`` seconds.
+
+    For the few calls into the folders made once, where no ``Looker`` is kept:
+    resolving the configured folders' links at a start or a reload. A call
+    that has not come back is NotAnswering, and is left waiting.
+    """
+    started = [_Call(call, "flowflexd-look") for call in calls]
+    deadline = time.monotonic() + timeout
+    for call in started:
+        call.thread.join(max(0.0, deadline - time.monotonic()))
+    return [call.answer() for call in started]

@@ -20,7 +20,7 @@ import structlog
 from flowflexd.config.model import Folder
 from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
-from flowflexd.inbox.answering import LOOK_TIMEOUT, Looker, NotAnswering
+from flowflexd.inbox.answering import NOT_ANSWERING, Looker, NotAnswering
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import FSTAB, lease_problem, unmounted_share
 from flowflexd.inbox.spool import (
@@ -256,10 +256,7 @@ class Inbox:
         found = self.looker.look()
         if not isinstance(found, NotAnswering):
             return found
-        reason = (
-            f"it does not answer: a look at it has waited over {LOOK_TIMEOUT:g} s "
-            "(a share whose server is down or cannot be reached)"
-        )
+        reason = f"it does not answer: {NOT_ANSWERING}"
         fix = (
             "bring back the share's server or the network to it; the inbox is taken up by "
             "itself once it answers. To go on without it, force the share off "

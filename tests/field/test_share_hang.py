@@ -352,6 +352,68 @@ def test_an_idle_share_that_stops_answering_is_set_aside_and_the_others_never_wa
             _stop(proc)
 
 
+def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_says_which(
+    site: Site, emulator: Emulator
+) -> None:
+    """The file server is down when the machine boots: the mount is there, its server is not.
+
+    Reading the configuration resolves each folder's links, and the start looks
+    at each inbox: each gives up on the share after a few seconds, so the
+    daemon comes up and takes up the inboxes that answer.
+    """
+    home = site.root / "share"
+    home.mkdir()
+    with sshfs_share(home) as mounted:
+        share = mounted.mount / "inbox"
+        share.mkdir()
+        config = write_config(
+            site.root / "config.yaml",
+            emulator,
+            folders=[
+                {"path": str(share), "poll": True, "rules": RULES},
+                folder_spec(site.root, RULES),
+            ],
+            rescan_seconds=1,
+        )
+        mounted.stop_answering()
+        # check says so while the share is down. Its process ends once the share answers:
+        # a look held by a FUSE server waits out a kill too (NFS and CIFS waits end).
+        said = site.root / "check.out"
+        with said.open("w") as out:
+            checked = subprocess.Popen(
+                flowflexd_argv("check", "-c", str(config)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+            )
+        wait_until(lambda: f"inbox {site.inbox}" in said.read_text(), timeout=60)
+        text = said.read_text()
+        assert f"inbox {share} does not answer: a look at it has waited over 5 s" in text
+        assert "configuration is valid" in text  # the others are checked all the same
+
+        proc = run_daemon(config)
+        try:
+            proc.wait_for_log("flowflexd ready", timeout=60)
+            proc.wait_for_log(
+                "inbox does not answer; other folders keep running, this one resumes when it does",
+                folder=str(share),
+            )
+            drop(site.inbox, "local.pdf", pdf(b"local"))
+            wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
+
+            mounted.answer()
+            proc.wait_for_log("inbox is back", timeout=30, folder=str(share))
+            drop(share, "shared.pdf", pdf(b"shared"))
+            wait_until(lambda: "shared.pdf" in files_in(share / "done"), timeout=30)
+            assert len(emulator.events()) == 2
+            assert not [r for r in proc.json_lines() if r["event"].startswith("the main loop")]
+            assert checked.wait(timeout=30) == 2, said.read_text()
+        finally:
+            mounted.answer()
+            _stop(proc)
+            checked.kill()
+
+
 def _row(config: Path, folder: Path) -> dict[str, Any]:
     return {r["path"]: r for r in status_json(config)}[str(folder)]
 

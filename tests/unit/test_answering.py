@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import wait_until
 
-from flowflexd.inbox.answering import Looker, NotAnswering
+from flowflexd.inbox.answering import Looker, NotAnswering, all_within
 
 
 def _open_and_stat(path: Path) -> int:
@@ -69,3 +69,18 @@ def test_a_look_that_fails_raises_in_the_caller(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="cannot look at"):
         Looker(tmp_path, broken).look()
+
+
+def test_calls_made_together_wait_together_and_each_answers_alone(tmp_path: Path) -> None:
+    fifo = tmp_path / "share"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    found = all_within(
+        [lambda: _open_and_stat(fifo), lambda: os.stat(tmp_path).st_ino, lambda: "third"],
+        timeout=0.3,
+    )
+    assert 0.3 <= time.monotonic() - started < 5  # one wait for all, not one each
+    assert isinstance(found[0], NotAnswering)
+    assert found[1:] == [os.stat(tmp_path).st_ino, "third"]
+    with open(fifo, "wb"):  # let the held call go
+        pass
