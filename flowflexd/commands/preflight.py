@@ -25,7 +25,7 @@ from flowflexd.inbox.mounts import (
     mount_of,
     unmounted_share,
 )
-from flowflexd.inbox.runtime import look_at
+from flowflexd.inbox.runtime import look_into
 from flowflexd.inbox.spool import not_ours, user_name
 from flowflexd.rules.templates import Template
 
@@ -82,21 +82,22 @@ def check_folder(
     mounts_file: str = MOUNTS,
     fstab: str | None = None,
 ) -> None:
-    share = unmounted_share(folder.path, mounts_file, fstab)
+    sight = Looker(folder.path, look_into).look()
+    if isinstance(sight, NotAnswering):
+        # Every other check would wait on it too.
+        findings.errors.append(
+            f"inbox {folder.path} does not answer: {NOT_ANSWERING}. Bring back the server "
+            "or the network to it; flowflexd takes the inbox up by itself once it answers, "
+            "and the other inboxes do not wait for it"
+        )
+        return
+    share = unmounted_share(folder.path, mounts_file, fstab, target=sight.real)
     if share is not None:
         # What else could be checked is the bare mount point on this machine's disk.
         findings.errors.append(
             f"inbox {folder.path} is on the share {FSTAB} mounts at {share}, and nothing is "
             f"mounted there now: flowflexd waits for it. Run: mount {share} (and give the "
             f"unit RequiresMountsFor={share}, so that it starts after the mount)"
-        )
-        return
-    if isinstance(Looker(folder.path, look_at).look(), NotAnswering):
-        # Every other check would wait on it too.
-        findings.errors.append(
-            f"inbox {folder.path} does not answer: {NOT_ANSWERING}. Bring back the server "
-            "or the network to it; flowflexd takes the inbox up by itself once it answers, "
-            "and the other inboxes do not wait for it"
         )
         return
     sticky = sticky_problem(folder.path)

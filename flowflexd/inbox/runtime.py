@@ -75,6 +75,23 @@ def look_at(path: Path) -> tuple[int, int] | OSError | None:
     return (info.st_dev, info.st_ino)
 
 
+@dataclass(frozen=True)
+class Sight:
+    """What a look at an inbox found: where its path leads, and what is there."""
+
+    real: str
+    identity: tuple[int, int] | OSError | None
+
+
+def look_into(path: Path) -> Sight:
+    """Everything a look asks of the inbox's file system, made in one go.
+
+    Both calls may wait on a share whose server is down, so both are made by
+    the inbox's ``Looker``, never on the main loop.
+    """
+    return Sight(os.path.realpath(path), look_at(path))
+
+
 class Inbox:
     def __init__(
         self,
@@ -91,7 +108,7 @@ class Inbox:
         self.spool = Spool(folder, carried)
         self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
         self.watcher = FolderWatcher(folder)
-        self.looker = Looker(folder.path, look_at)
+        self.looker = Looker(folder.path, look_into)
         self.rescan_seconds = rescan_seconds
         self.watch = watch  # False for ``once``: one look, no watch
         self._hint = hint(self)
@@ -115,7 +132,7 @@ class Inbox:
         few seconds; a done or failed folder on another filesystem is a
         configuration error and raises.
         """
-        if self._share_down(now) or isinstance(self._look(now), NotAnswering):
+        if self._look(now) is None:
             return []
         try:
             self.spool.prepare()
@@ -139,11 +156,10 @@ class Inbox:
 
     def check(self, now: float) -> list[Claim | Unreadable]:
         """The periodic look: gone, back, replaced, or a full rescan; claims to resume."""
-        if self._share_down(now):
+        sight = self._look(now)
+        if sight is None:
             return []
-        identity = self._look(now)
-        if isinstance(identity, NotAnswering):
-            return []
+        identity = sight.identity
         if isinstance(identity, OSError):
             self._unavailable(identity, now)
             return []
@@ -189,7 +205,7 @@ class Inbox:
         self.spool.folder = folder
         self.rescan_seconds = rescan_seconds
         now = time.monotonic()
-        if self.online and not self._share_down(now):
+        if self.online and self._look(now) is not None:
             try:
                 self.spool.prepare(create_inbox=False)  # a new done or failed folder must exist
             except UserError as err:
@@ -233,9 +249,9 @@ class Inbox:
         self.next_rescan = now + self.rescan_seconds
         return found
 
-    def _share_down(self, now: float) -> bool:
+    def _share_down(self, now: float, real: str) -> bool:
         """Away while the share fstab mounts at or above the inbox is not mounted."""
-        share = unmounted_share(self.path)
+        share = unmounted_share(self.path, target=real)
         if share is None:
             return False
         self._away(
@@ -247,15 +263,16 @@ class Inbox:
         )
         return True
 
-    def _look(self, now: float) -> tuple[int, int] | OSError | NotAnswering | None:
-        """``look_at`` the inbox; NotAnswering, and the inbox away, when it does not answer.
+    def _look(self, now: float) -> Sight | None:
+        """A look at the inbox; None, and the inbox away, when it does not answer or its
+        fstab share is not mounted.
 
         Made in a thread of its own and waited on for ``LOOK_TIMEOUT`` seconds at
         most, so that a share whose server is down holds this inbox only.
         """
-        found = self.looker.look()
-        if not isinstance(found, NotAnswering):
-            return found
+        sight = self.looker.look()
+        if not isinstance(sight, NotAnswering):
+            return None if self._share_down(now, sight.real) else sight
         reason = f"it does not answer: {NOT_ANSWERING}"
         fix = (
             "bring back the share's server or the network to it; the inbox is taken up by "
@@ -271,7 +288,7 @@ class Inbox:
             hint=fix,
             answering=False,
         )
-        return found
+        return None
 
     def _unavailable(self, err: UserError | OSError, now: float) -> None:
         """The inbox cannot be used now: unwatched, looked at again in a few seconds.

@@ -291,12 +291,13 @@ def test_an_idle_share_that_stops_answering_is_set_aside_and_the_others_never_wa
     A share's server going down overnight is met while the share is idle, by
     the look at the inbox. That look waits in a thread of its own, so the
     inbox beside it never waits, the watch is never held, and status stays
-    off the share.
+    off the share. The share is in the daemon's /etc/fstab, as in the field:
+    the daemon then also asks where the inbox's path leads, in the share.
     """
     with sshfs_share(site.root / "share") as mounted:
         share = mounted.mount / "inbox"
         config = beside_local(site, emulator, share)
-        proc = run_daemon(config)
+        proc = run_with_fstab(site.root / "fstab", mounted.mount, config)
         try:
             proc.wait_for_log("flowflexd ready", timeout=30)
             drop(share, "before.pdf", pdf(b"before"))
@@ -344,7 +345,8 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
 
     Reading the configuration resolves each folder's links, and the start looks
     at each inbox: each gives up on the share after a few seconds, so the
-    daemon comes up and takes up the inboxes that answer.
+    daemon comes up and takes up the inboxes that answer. The share is in
+    /etc/fstab, as in the field, so each also asks where the path leads.
     """
     with sshfs_share(site.root / "share") as mounted:
         share = mounted.mount / "inbox"
@@ -354,25 +356,24 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
         # check says so while the share is down. Its process ends once the share answers:
         # a look held by a FUSE server waits out a kill too (NFS and CIFS waits end).
         said = site.root / "check.out"
+        fstab = site.root / "fstab"
         with said.open("w") as out:
             checked = subprocess.Popen(
-                flowflexd_argv("check", "-c", str(config)),
+                with_fstab(fstab, mounted.mount, flowflexd_argv("check", "-c", str(config))),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=child_env(),
             )
-        wait_until(lambda: f"inbox {site.inbox}" in said.read_text(), timeout=60)
-        text = said.read_text()
-        assert f"inbox {share} does not answer: a look at it has waited over 5 s" in text
-        assert "configuration is valid" in text  # the others are checked all the same
-
-        proc = run_daemon(config)
+        proc: LoggedProcess | None = None
         try:
+            wait_until(lambda: f"inbox {site.inbox}" in said.read_text(), timeout=60)
+            text = said.read_text()
+            assert f"inbox {share} does not answer: a look at it has waited over 5 s" in text
+            assert "configuration is valid" in text  # the others are checked all the same
+
+            proc = run_with_fstab(fstab, mounted.mount, config)
             proc.wait_for_log("flowflexd ready", timeout=60)
-            proc.wait_for_log(
-                SILENT,
-                folder=str(share),
-            )
+            proc.wait_for_log(SILENT, folder=str(share))
             drop(site.inbox, "local.pdf", pdf(b"local"))
             wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
 
@@ -385,8 +386,23 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
             assert checked.wait(timeout=30) == 2, said.read_text()
         finally:
             mounted.answer()
-            _stop(proc)
+            if proc is not None:
+                _stop(proc)
             checked.kill()
+
+
+def with_fstab(table: Path, share: Path, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace of its own, where /etc/fstab mounts the sshfs ``share``."""
+    need("unshare")
+    table.write_text(f"share: {share} fuse.sshfs defaults 0 0\n")
+    bind = 'mount --bind "$0" /etc/fstab && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(table), *argv]
+
+
+def run_with_fstab(table: Path, share: Path, config: Path) -> LoggedProcess:
+    """``flowflexd run``, with ``share`` in its /etc/fstab as in the field."""
+    argv = flowflexd_argv("run", "-c", str(config), "--log-format", "json")
+    return LoggedProcess(with_fstab(table, share, argv), env=child_env())
 
 
 def _status_text(config: Path) -> str:
