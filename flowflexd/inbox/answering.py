@@ -10,6 +10,10 @@ and waited on for at most ``LOOK_TIMEOUT`` seconds. One that has not
 answered by then leaves the inbox away as "not answering"; while it still
 waits no other look is started, so a share down for a week costs one
 thread, and the first look after it answers takes the inbox up again.
+
+The same limit keeps the few other calls into the folders off a silent
+share: resolving the configured folders' links when the configuration is
+read, and ``flowflexd check``'s first look at each inbox.
 """
 
 from __future__ import annotations
