@@ -91,7 +91,7 @@ def check_folder(
             "and the other inboxes do not wait for it"
         )
         return
-    share = unmounted_share(folder.path, mounts_file, fstab, target=sight.real)
+    share = unmounted_share(sight.real, mounts_file, fstab)
     if share is not None:
         # What else could be checked is the bare mount point on this machine's disk.
         findings.errors.append(

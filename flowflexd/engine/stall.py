@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.support.durable import write_durable
 
 log = structlog.get_logger("flowflexd")
@@ -170,10 +171,9 @@ class StallWatch:
             at=_where(sys._current_frames().get(self._main)) if self._main is not None else None,
             fix="bring back the share whose server does not answer (a hard-mounted NFS "
             "share, a CIFS or FUSE mount); flowflexd goes on by itself once it answers. "
-            "To go on without it now, force it off: umount -f SHARE (NFS, CIFS), or for a "
-            "FUSE mount echo 1 > /sys/fs/fuse/connections/N/abort (N: the minor number "
-            "mountpoint -d SHARE prints); its inbox is then away and every other folder "
-            "goes on. A restart does not help: it waits at the same folder",
+            f"To go on without it now, force it off: {FORCE_OFF}; its inbox is then away "
+            "and every other folder goes on. A restart does not help: it waits at the same "
+            "folder",
             watchdog="fed while the loop is held by the share"
             if self._feed is not None and self._feed_every
             else None,

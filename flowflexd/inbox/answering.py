@@ -31,6 +31,11 @@ NOT_ANSWERING = (
     f"a look at it has waited over {LOOK_TIMEOUT:g} s "
     "(a share whose server is down or cannot be reached)"
 )
+#: How an operator forces such a share off to go on without it, in the lines that name one.
+FORCE_OFF = (
+    "umount -f SHARE (NFS, CIFS), or for a FUSE mount echo 1 > "
+    "/sys/fs/fuse/connections/N/abort (N: the minor number mountpoint -d SHARE prints)"
+)
 
 T = TypeVar("T")
 
@@ -89,11 +94,6 @@ class Looker(Generic[T]):
         if call.thread.is_alive():
             self._waiting = call
         return call.answer()
-
-    @property
-    def waiting(self) -> bool:
-        """A look has not come back yet."""
-        return self._waiting is not None and self._waiting.thread.is_alive()
 
 
 def all_within(

@@ -65,22 +65,20 @@ def share_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
     return max(above, key=len) if above else None
 
 
-def unmounted_share(
-    path: Path, mounts_file: str = MOUNTS, fstab: str | None = None, *, target: str | None = None
-) -> str | None:
-    """The mount point fstab gives ``path`` (or a folder above it) when nothing is mounted there.
+def unmounted_share(target: str, mounts_file: str = MOUNTS, fstab: str | None = None) -> str | None:
+    """The mount point fstab gives ``target`` (or a folder above it) when nothing is mounted there.
 
     A share that did not mount (its server was down at boot, say) leaves the
     bare mount point on the machine's own disk: an inbox made or found there
-    would be taken for the share, and its files would never come. ``target``:
-    where ``path`` leads, when the caller resolved it where a share that does
-    not answer cannot hold it.
+    would be taken for the share, and its files would never come. ``target``
+    is where the inbox's path leads, resolved by the caller's look (a
+    ``realpath`` would wait on a share that does not answer): nothing here
+    looks at the disk.
     """
     wanted = _entries(fstab or FSTAB)
     mounted = _entries(mounts_file)
     if not wanted or mounted is None:
         return None
-    target = target or os.path.realpath(path)
     above = [point for point, _ in wanted if point != "/" and below(target, point)]
     if not above:
         return None

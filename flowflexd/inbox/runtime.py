@@ -20,7 +20,7 @@ import structlog
 from flowflexd.config.model import Folder
 from flowflexd.engine.lifecycle import Ledger
 from flowflexd.errors import UserError
-from flowflexd.inbox.answering import NOT_ANSWERING, Looker, NotAnswering
+from flowflexd.inbox.answering import FORCE_OFF, NOT_ANSWERING, Looker, NotAnswering
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import FSTAB, lease_problem, unmounted_share
 from flowflexd.inbox.spool import (
@@ -251,7 +251,7 @@ class Inbox:
 
     def _share_down(self, now: float, real: str) -> bool:
         """Away while the share fstab mounts at or above the inbox is not mounted."""
-        share = unmounted_share(self.path, target=real)
+        share = unmounted_share(real)
         if share is None:
             return False
         self._away(
@@ -276,8 +276,7 @@ class Inbox:
         reason = f"it does not answer: {NOT_ANSWERING}"
         fix = (
             "bring back the share's server or the network to it; the inbox is taken up by "
-            "itself once it answers. To go on without it, force the share off "
-            "(umount -f SHARE; for FUSE, echo 1 > /sys/fs/fuse/connections/N/abort)"
+            f"itself once it answers. To go on without it, force the share off: {FORCE_OFF}"
         )
         self._away(
             reason,

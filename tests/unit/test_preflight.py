@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flowflexd.commands.preflight import Findings, check_folder
@@ -135,11 +136,18 @@ def test_an_inbox_on_a_share_fstab_mounts_and_nothing_mounted_there_is_named(
     escaped = str(share).replace(" ", "\\040")
     mounted.write_text(f"/dev/vda / ext4 rw 0 0\n//nas/scans {escaped} cifs rw 0 0\n")
 
-    assert unmounted_share(inbox, str(not_mounted), table) == str(share)
-    assert unmounted_share(share, str(not_mounted), table) == str(share)  # the point itself
-    assert unmounted_share(inbox, str(mounted), table) is None
-    assert unmounted_share(tmp_path / "elsewhere", str(not_mounted), table) is None
-    assert unmounted_share(inbox, str(not_mounted), str(tmp_path / "no-fstab")) is None
+    assert unmounted_share(os.path.realpath(inbox), str(not_mounted), table) == str(share)
+    assert unmounted_share(os.path.realpath(share), str(not_mounted), table) == str(
+        share
+    )  # the point itself
+    assert unmounted_share(os.path.realpath(inbox), str(mounted), table) is None
+    assert (
+        unmounted_share(os.path.realpath(tmp_path / "elsewhere"), str(not_mounted), table) is None
+    )
+    assert (
+        unmounted_share(os.path.realpath(inbox), str(not_mounted), str(tmp_path / "no-fstab"))
+        is None
+    )
 
     findings = Findings()
     check_folder(folder(inbox, poll=True), findings, str(not_mounted), table)
@@ -157,5 +165,5 @@ def test_the_deepest_fstab_mount_point_above_an_inbox_decides(tmp_path: Path) ->
     mounts_now = tmp_path / "mounts"
     mounts_now.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/sdb1 {outer} ext4 rw 0 0\n")
 
-    assert unmounted_share(inner / "inbox", str(mounts_now), table) == str(inner)
-    assert unmounted_share(outer / "local-inbox", str(mounts_now), table) is None
+    assert unmounted_share(os.path.realpath(inner / "inbox"), str(mounts_now), table) == str(inner)
+    assert unmounted_share(os.path.realpath(outer / "local-inbox"), str(mounts_now), table) is None
