@@ -686,21 +686,39 @@ class SpoolRun:
 
 
 class NotifySocket:
-    """The receiving end of sd_notify: a real unix datagram socket."""
+    """The receiving end of sd_notify: a real unix datagram socket, read all the time.
+
+    Like systemd, it reads each message as it comes: the kernel queues only
+    ``net.unix.max_dgram_qlen`` (10 by default) unread, and drops what comes
+    after (the daemon never waits for the socket).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="notify-socket", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(message)
 
     def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.messages
+        """Every message received so far."""
+        with self._lock:
+            return list(self.messages)
 
     def fields(self) -> list[str]:
         return [line for message in self.drain() for line in message.splitlines()]
@@ -719,4 +737,6 @@ class NotifySocket:
         return found - 1
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(timeout=5)
         self.sock.close()

@@ -222,6 +222,27 @@ def test_an_abstract_notify_socket_works(tmp_path: Path) -> None:
         receiver.close()
 
 
+def test_a_notify_socket_nobody_reads_never_holds_the_daemon() -> None:
+    """systemd reads each message at once; a receiver that does not must not hold the loop.
+
+    The kernel queues only net.unix.max_dgram_qlen unread datagrams (10 by
+    default); a blocking send waits there for good, and the loop with it.
+    """
+    name = f"flowflexd-test-{os.getpid()}-{time.monotonic_ns()}"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind("\0" + name)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
+        started = time.monotonic()
+        for n in range(200):
+            notifier.status(f"waiting {n}")
+        assert time.monotonic() - started < 5
+        receiver.settimeout(1)
+        assert receiver.recv(100) == b"STATUS=waiting 0"  # the first ones are kept
+    finally:
+        receiver.close()
+
+
 def test_the_heartbeat_stops_when_a_worker_is_gone(
     tmp_path: Path, emulator: Emulator, notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
