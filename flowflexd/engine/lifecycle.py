@@ -6,12 +6,15 @@ tracker moves a ticket through the stages before a claim, the daemon through
 the stages after it; both ask the ledger for counts instead of keeping their
 own, and nothing walks every file to answer "how many" or "since when".
 
-Only the scheduler thread touches a ledger.
+The scheduler thread touches a ledger, and so does the thread of each inbox
+on a share (own_thread.py), whose tracker steps there: a lock keeps the
+counts whole.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -48,6 +51,7 @@ OBSERVED = frozenset(
 )
 #: Stages of a file that is on its way to FlowFlex but not yet handed to a worker.
 WAITING_TO_GO = frozenset({Stage.SETTLING, Stage.WAITING, Stage.INCOMPLETE, Stage.READY})
+WAITING_TO_GO_STAGES = tuple(WAITING_TO_GO)
 #: Stages of a file handed over: the daemon, not the tracker, decides what comes next.
 HANDED_OVER = frozenset({Stage.READY, Stage.IN_FLIGHT, Stage.RETRYING})
 
@@ -97,6 +101,7 @@ class Ledger:
         self._oldest: list[tuple[float, Ticket]] = []
         #: Bumped by every change: a snapshot is rebuilt only when it moved.
         self.version = 0
+        self._lock = threading.Lock()
 
     def enter(self, folder: str, stage: Stage, *, since: float) -> Ticket:
         return self.admit(Ticket(folder, stage, since))
@@ -106,54 +111,63 @@ class Ledger:
         stage = ticket.stage
         if stage not in ENTRY_STAGES:
             raise IllegalMove(f"a file cannot start its life {stage and stage.value}")
-        self._count(ticket.folder, stage, +1)
-        self._note_waiting(ticket, stage)
-        self.version += 1
+        with self._lock:
+            self._count(ticket.folder, stage, +1)
+            self._note_waiting(ticket, stage)
+            self.version += 1
         return ticket
 
     def move(self, ticket: Ticket, stage: Stage) -> None:
-        was = ticket.stage
-        if was is stage:
-            return
-        if was is None:
-            raise IllegalMove(f"a finished file cannot become {stage.value}")
-        if stage not in TRANSITIONS[was]:
-            raise IllegalMove(f"a file cannot go from {was.value} to {stage.value}")
-        ticket.stage = stage
-        self._count(ticket.folder, was, -1)
-        self._count(ticket.folder, stage, +1)
-        if was not in WAITING_TO_GO:
-            self._note_waiting(ticket, stage)
-        self.version += 1
+        with self._lock:
+            was = ticket.stage
+            if was is stage:
+                return
+            if was is None:
+                raise IllegalMove(f"a finished file cannot become {stage.value}")
+            if stage not in TRANSITIONS[was]:
+                raise IllegalMove(f"a file cannot go from {was.value} to {stage.value}")
+            ticket.stage = stage
+            self._count(ticket.folder, was, -1)
+            self._count(ticket.folder, stage, +1)
+            if was not in WAITING_TO_GO:
+                self._note_waiting(ticket, stage)
+            self.version += 1
 
     def finish(self, ticket: Ticket) -> None:
         """The file's life here is over (done, failed, gone, or its folder removed)."""
-        if ticket.stage is None:
-            return
-        self._count(ticket.folder, ticket.stage, -1)
-        ticket.stage = None
-        self.version += 1
+        with self._lock:
+            if ticket.stage is None:
+                return
+            self._count(ticket.folder, ticket.stage, -1)
+            ticket.stage = None
+            self.version += 1
 
     @staticmethod
     def stage(ticket: Ticket) -> Stage | None:
         return ticket.stage
 
     def count(self, *stages: Stage, folder: str | None = None) -> int:
+        with self._lock:
+            return self._sum(stages, folder)
+
+    def _sum(self, stages: tuple[Stage, ...], folder: str | None = None) -> int:
         counts = self._counts if folder is None else self._by_folder.get(folder, {})
         return sum(counts.get(stage, 0) for stage in stages)
 
     def oldest_waiting(self) -> float | None:
         """When the oldest file still waiting to go was first seen (wall clock)."""
-        heap = self._oldest
-        while heap:
-            since, ticket = heap[0]
-            if ticket.stage in WAITING_TO_GO:
-                return since
-            heapq.heappop(heap)
-        return None
+        with self._lock:
+            heap = self._oldest
+            while heap:
+                since, ticket = heap[0]
+                if ticket.stage in WAITING_TO_GO:
+                    return since
+                heapq.heappop(heap)
+            return None
 
     def __len__(self) -> int:
-        return sum(self._counts.values())
+        with self._lock:
+            return sum(self._counts.values())
 
     def _count(self, folder: str, stage: Stage, delta: int) -> None:
         self._counts[stage] += delta
@@ -167,6 +181,6 @@ class Ledger:
             return
         heapq.heappush(self._oldest, (ticket.since, ticket))
         # Stale items below a long-waiting file would pile up; drop them now and then.
-        if len(self._oldest) > 2 * self.count(*WAITING_TO_GO) + 1024:
+        if len(self._oldest) > 2 * self._sum(WAITING_TO_GO_STAGES) + 1024:
             self._oldest = [item for item in self._oldest if item[1].stage in WAITING_TO_GO]
             heapq.heapify(self._oldest)

@@ -34,6 +34,7 @@ import structlog
 
 from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.support.durable import write_durable
+from flowflexd.support.kernelwait import asleep_in_kernel
 
 log = structlog.get_logger("flowflexd")
 
@@ -73,7 +74,7 @@ class StallWatch:
         self._after = after
         self._look = look  # between looks once the loop is late
         self._main: int | None = None  # the watched thread, from start()
-        self._task: Path | None = None  # its wchan
+        self._native: int | None = None  # its native thread id, for its wchan
         self._beat = time.monotonic()
         self._held_since: float | None = None  # the last beat before the loop was held
         self._done = threading.Event()
@@ -94,7 +95,7 @@ class StallWatch:
     def start(self) -> None:
         """Watch the calling thread from now on."""
         self._main = threading.get_ident()
-        self._task = Path(f"/proc/self/task/{threading.get_native_id()}/wchan")
+        self._native = threading.get_native_id()
         self._done.clear()
         self._held_since = None
         self._beat = time.monotonic()
@@ -141,18 +142,8 @@ class StallWatch:
         return self._look if due <= 0 else max(0.05, due)
 
     def _in_kernel_wait(self) -> bool:
-        """The loop's thread sleeps in the kernel, and not on a lock of ours or on the GIL.
-
-        ``wchan`` names where a sleeping thread waits ("0" while it runs): a file
-        system's wait for its server (``request_wait_answer`` for FUSE, NFS's and
-        CIFS's own), never a futex, which is how a thread waits for the
-        interpreter lock or for another of our threads.
-        """
-        try:
-            where = self._task.read_text().strip() if self._task is not None else ""
-        except OSError:
-            return True  # no /proc: ten seconds without coming round say enough
-        return where not in ("", "0") and "futex" not in where
+        """The loop's thread sleeps in a file system's wait, not on the GIL or a lock of ours."""
+        return self._native is not None and asleep_in_kernel(self._native)
 
     def _say_held(self, waited: float) -> None:
         folder = str(self._folder) if self._folder is not None else None

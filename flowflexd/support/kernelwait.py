@@ -1,0 +1,24 @@
+"""Whether a thread sleeps in the kernel's wait for a file system, read from ``/proc``.
+
+A thread held by a share whose server does not answer sleeps in that file
+system's wait (``request_wait_answer`` for FUSE, NFS's and CIFS's own);
+``wchan`` names it. A thread waiting for the interpreter lock or for another
+of our threads sleeps in a futex instead, and one that runs shows "0".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def asleep_in_kernel(native_id: int) -> bool:
+    """The thread (its native id) sleeps in the kernel, and not on a futex.
+
+    Without ``/proc`` (or the thread gone) this answers True: the callers have
+    already waited long enough for that to say enough.
+    """
+    try:
+        where = Path(f"/proc/self/task/{native_id}/wchan").read_text().strip()
+    except OSError:
+        return True
+    return where not in ("", "0") and "futex" not in where
