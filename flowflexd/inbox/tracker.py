@@ -203,15 +203,17 @@ class Tracker:
     # ----------------------------------------------------------------- output
 
     def next_due(self) -> float | None:
+        """When ``step`` has something to look at next (monotonic); 0 for names noted now."""
+        if self._pending:
+            return 0.0
+        later = self._later[0][0] if self._later else None
         while self._heap:
             due, name = self._heap[0]
             entry = self._entries.get(name)
             if entry is not None and entry.due == due:
-                return due
+                return due if later is None else min(due, later)
             heapq.heappop(self._heap)
-        if self._pending:
-            return 0.0
-        return self._later[0][0] if self._later else None
+        return later
 
     def step(self, now: float | None = None) -> list[Ready]:
         now = time.monotonic() if now is None else now
