@@ -34,6 +34,10 @@ class WorkerPool(Generic[J, R]):
         self._jobs: queue.SimpleQueue[J | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.busy = 0  # jobs submitted and not yet reported back as finished
+        self._size = 0  # the workers asked for by resize
+        self._lent = 0  # threads more, each for a worker waiting on a share that does not answer
+        self._leaving = 0  # threads told to leave that have not yet
+        self._lock = threading.Lock()
 
     def submit(self, job: J) -> None:
         self.busy += 1
@@ -44,13 +48,31 @@ class WorkerPool(Generic[J, R]):
         self.busy -= 1
 
     def resize(self, count: int) -> None:
-        self._threads = [t for t in self._threads if t.is_alive()]
-        while len(self._threads) < count:
-            thread = threading.Thread(target=self._work, name="worker", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        for _ in range(len(self._threads) - count):
-            self._jobs.put(None)  # that many workers leave after their current job
+        self._size = count
+        self._adjust()
+
+    def lend(self, count: int) -> None:
+        """``count`` threads more while as many workers wait on a share that does not answer."""
+        if count > 0:
+            self._lent += count
+            self._adjust()
+
+    def recall(self, count: int) -> None:
+        """Waiting workers came back: as many threads (any) leave after their current job."""
+        self._lent -= count
+        self._adjust()
+
+    def _adjust(self) -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            staying = len(self._threads) - self._leaving
+            for _ in range(self._size + self._lent - staying):
+                thread = threading.Thread(target=self._work, name="worker", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+            for _ in range(staying - self._size - self._lent):
+                self._leaving += 1
+                self._jobs.put(None)  # a worker leaves after its current job
 
     def alive(self) -> int:
         return sum(1 for t in self._threads if t.is_alive())
@@ -58,14 +80,20 @@ class WorkerPool(Generic[J, R]):
     def take_unstarted(self) -> list[J]:
         """Jobs no worker has started yet, taken back (at a stop)."""
         taken: list[J] = []
+        leaves = 0
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
-                return taken
-            if job is not None:
+                break
+            if job is None:
+                leaves += 1
+            else:
                 self.busy -= 1
                 taken.append(job)
+        for _ in range(leaves):  # a worker told to leave still does
+            self._jobs.put(None)
+        return taken
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -75,6 +103,8 @@ class WorkerPool(Generic[J, R]):
         while True:
             job = self._jobs.get()
             if job is None:
+                with self._lock:
+                    self._leaving = max(0, self._leaving - 1)  # a stop's is not counted
                 return
             try:
                 result = self._run(job)
