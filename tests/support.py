@@ -637,7 +637,7 @@ def folder_spec(base: Path, rules: list[dict[str, Any]], **extra: Any) -> dict[s
 class Folders:
     """One inbox with its done and failed folders under ``root``, and its configuration."""
 
-    FOLDER_KEYS = ("poll", "poll_interval", "unmatched", "order")
+    FOLDER_KEYS = ("poll", "poll_interval", "unmatched", "order", "own_thread")
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -233,6 +233,19 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="seconds between polls when polling",
     ),
     Setting(
+        "folders[].own_thread",
+        shown="auto",
+        default="auto",
+        options=("auto", "always", "never"),
+        meaning=(
+            "where the daemon's calls into this folder's file system run (its settling, "
+            "rescans, take-up, moves into done, retention): in a thread of its own, so that a "
+            "share whose server stops answering holds this folder alone, or on the main loop "
+            "that serves every folder; `auto` gives network file systems (cifs, nfs, sshfs and "
+            "other FUSE mounts) their own, `always` any (a USB or iSCSI disk, say)"
+        ),
+    ),
+    Setting(
         "folders[].unmatched",
         shown="ignore",
         default="ignore",

@@ -84,6 +84,7 @@ class Folder:
     rules: tuple[Rule, ...]
     poll: bool = default("folders[].poll")
     poll_interval: float = default("folders[].poll_interval")
+    own_thread: str = default("folders[].own_thread")
     unmatched: str = default("folders[].unmatched")
     order: str = default("folders[].order")
     recursive: bool = default("folders[].recursive")
@@ -830,6 +831,7 @@ def _folder(
     failed_text = check.text(section, "failed", key)
     poll = check.setting(section, keys.BY_KEY["folders[].poll"], key)
     interval = check.setting(section, keys.BY_KEY["folders[].poll_interval"], key)
+    own_thread = check.setting(section, keys.BY_KEY["folders[].own_thread"], key)
     unmatched = check.setting(section, keys.BY_KEY["folders[].unmatched"], key)
     order = check.setting(section, keys.BY_KEY["folders[].order"], key)
     recursive = check.setting(section, keys.BY_KEY["folders[].recursive"], key)
@@ -872,6 +874,7 @@ def _folder(
         rules=tuple(rules),
         poll=poll,
         poll_interval=interval,
+        own_thread=own_thread,
         unmatched=unmatched,
         order=order,
         done_below=done_below,

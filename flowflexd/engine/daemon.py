@@ -2,7 +2,10 @@
 
 One scheduler thread owns every inbox, the ledger of where each file is in
 its life and the scheduler: watchdog threads, workers and signal handlers
-only put typed messages on its queue. What runs next is the scheduler's
+only put typed messages on its queue. An inbox on a share lends its tracker
+to a thread of its own for each step there (inbox/own_thread.py), and has it
+back with the answer, so that a share whose server stops holds that inbox
+alone. What runs next is the scheduler's
 business (scheduler.py), an inbox's online and offline life the inbox's
 (inbox/runtime.py), pausing the breaker's (breaker.py).
 """
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,12 @@ from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.engine.stall import HELD_FILE, StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
+from flowflexd.inbox.answering import FORCE_OFF
+from flowflexd.inbox.mounts import wants_own_thread
+from flowflexd.inbox.own_thread import HELD_AFTER, Answered, OwnThread
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
+from flowflexd.inbox.tracker import Ready
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
 
@@ -47,6 +55,13 @@ log = structlog.get_logger("flowflexd")
 ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
 STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
+CLOSE_WAIT_SECONDS = 5.0  # at a stop, for the inboxes' own threads to finish their calls
+#: Why an inbox whose own thread waits on its share is shown away (status, daemon.json).
+HELD_REASON = f"a call into it has waited over {HELD_AFTER:g} s: its share's server does not answer"
+HELD_FIX = (
+    "bring back the share's server or the network to it; this folder goes on by itself once "
+    f"it answers, and the others are not held. To go on without it, force it off: {FORCE_OFF}"
+)
 
 
 def _worst(kinds: Iterable[Pause | None]) -> Pause | None:
@@ -91,7 +106,17 @@ class Stop:
     force: bool
 
 
-Message = Hint | Finished | Refused | Reload | Stop
+@dataclass(frozen=True)
+class Turn:
+    """What an inbox's step in its own thread found: claims to resume, files to take."""
+
+    found: list[Claim | Unreadable]
+    ready: list[Ready]
+    looked: bool  # the periodic look was made
+    came_online: bool
+
+
+Message = Hint | Finished | Refused | Reload | Stop | Answered
 
 
 class Daemon:
@@ -212,6 +237,7 @@ class Daemon:
     # --------------------------------------------------------------- start
 
     def _new_inbox(self, folder: Folder) -> Inbox:
+        own = OwnThread(folder.path, self._messages.put) if wants_own_thread(folder) else None
         return Inbox(
             folder,
             ledger=self.ledger,
@@ -220,6 +246,7 @@ class Daemon:
             watch=not self.once,
             hint=self._hint,
             carried=self.carried,
+            own=own,
         )
 
     def _start_inbox(self, folder: Folder, now: float) -> Inbox:
@@ -425,13 +452,31 @@ class Daemon:
 
     def healthy(self) -> bool:
         """Workers and folder watches are all running (the heartbeat's condition)."""
-        watching = self.once or all(i.watcher.alive() for i in self.inboxes if i.online)
+        watching = self.once or all(
+            i.watcher.alive() for i in self.inboxes if i.online and not i.lent
+        )
         return self.scheduler.pool.alive() >= self.config.workers and watching
 
     def _close_inboxes(self) -> None:
+        apart = []
         for inbox in self.inboxes:
-            inbox.watcher.stop()
-            inbox.spool.unlock()
+            if inbox.own is None:
+                inbox.watcher.stop()
+                inbox.spool.unlock()
+                continue
+            # After the calls handed over before (the last commit's among them).
+            inbox.own.submit(inbox.watcher.stop)
+            inbox.own.submit(inbox.spool.unlock)
+            inbox.own.stop()
+            apart.append(inbox)
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+        for inbox in apart:
+            assert inbox.own is not None
+            if not inbox.own.join(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "an inbox's share does not answer; its lock goes with this process",
+                    folder=str(inbox.path),
+                )
 
     # ---------------------------------------------------------------- loop
 
@@ -467,6 +512,8 @@ class Daemon:
         if self.notifier.watchdog_interval is not None:
             times.append(self._next_heartbeat)
         for inbox in self.inboxes:
+            if inbox.lent:
+                continue  # its answer wakes the loop
             due = inbox.tracker.next_due()
             if due is not None:
                 times.append(due)
@@ -479,10 +526,10 @@ class Daemon:
     def _handle(self, message: Message) -> bool:
         """Handle one message; True to leave the loop at once."""
         match message:
-            case Hint(inbox, None):
-                inbox.next_rescan = 0.0
-            case Hint(inbox, str(name)):
-                inbox.tracker.note(name)
+            case Hint(inbox, name):
+                inbox.note(name)
+            case Answered(then, answer):
+                then(answer)
             case Finished(job, outcome):
                 if self.metrics is not None and job.prefetch is None:
                     rule = (
@@ -511,22 +558,104 @@ class Daemon:
         return False
 
     def _tick(self, now: float) -> None:
+        self._look_where_workers_wait(now)
         for inbox in self.inboxes:
+            if inbox.own is not None:
+                self._step_apart(inbox, now)
+                continue
             self.stall.at(inbox.path)
-            if now >= inbox.next_rescan:
-                was_online = inbox.online
-                self._resume(inbox, inbox.check(now), now)
-                if inbox.online and not was_online:
-                    self.pipeline.commits.retry_soon()  # claims it could not remove while away
-                if inbox.online:
-                    self.pipeline.urls.purge()
-            if inbox.online:
-                self.scheduler.queue(inbox, inbox.tracker.step(now))
+            self._take_turn(inbox, _step(inbox, now), now)
         self.stall.at(None)
+        self._hold_silent()
         self.scheduler.dispatch(now, self.inboxes)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
             self._sweep()
+
+    def _take_turn(self, inbox: Inbox, turn: Turn, now: float) -> None:
+        self._resume(inbox, turn.found, now)
+        if turn.came_online:
+            self.pipeline.commits.retry_soon()  # claims it could not remove while away
+        if turn.looked:
+            self._published = 0.0  # gone or back shows at once, not a quarter second later
+            if inbox.online:
+                self.pipeline.urls.purge()
+        self.scheduler.queue(inbox, turn.ready)
+
+    def _step_apart(self, inbox: Inbox, now: float) -> None:
+        """An inbox on a share: its look and step, made in its own thread, answer later."""
+        assert inbox.own is not None
+        if inbox.lent:
+            self._watch_apart(inbox, now)
+            return
+        due = inbox.tracker.next_due() if inbox.online else None
+        if now < inbox.next_rescan and (due is None or due > now):
+            return
+        inbox.out += 1
+        inbox.own.submit(partial(_step, inbox), partial(self._stepped, inbox))
+
+    def _stepped(self, inbox: Inbox, answer: Turn | Exception) -> None:
+        inbox.answered()
+        if isinstance(answer, Exception):
+            raise answer  # a bug: as if it were raised on the loop, where the step once ran
+        if inbox in self.inboxes:
+            self._take_turn(inbox, answer, time.monotonic())
+            return
+        # Removed by a reload meanwhile: what it found stays on disk, for the folder added back.
+        for item in answer.found:
+            if isinstance(item, Claim):
+                inbox.spool.carried.discard(item.id)
+        for ready in answer.ready:
+            self.ledger.finish(ready.ticket)
+
+    def _watch_apart(self, inbox: Inbox, now: float) -> None:
+        """Says once when an inbox's own thread waits on a share that does not answer."""
+        assert inbox.own is not None
+        if inbox.held_since is None and inbox.own.held(now):
+            since = inbox.own.waiting_since() or now
+            inbox.held_since = time.time() - (now - since)
+            log.error(
+                "inbox does not answer; other folders keep running, this one resumes when it does",
+                folder=str(inbox.path),
+                error=HELD_REASON,
+                hint=HELD_FIX,
+                waited_s=round(now - since, 1),
+            )
+
+    def _hold_silent(self) -> None:
+        """Files of inboxes whose share does not answer wait off the workers; back when it does."""
+        held = self.scheduler.held()
+        for inbox in self.inboxes:
+            if inbox.held_since is not None and inbox.own is not None and not inbox.lent:
+                log.info("inbox answers again", folder=str(inbox.path))
+                inbox.held_since = None
+            silent = inbox.held_since is not None or (
+                not inbox.online and inbox.trouble is not None and not inbox.trouble.answering
+            )
+            if silent and inbox.path not in held:
+                self.scheduler.hold(inbox)
+            elif not silent and inbox.path in held:
+                self.scheduler.unhold(inbox)
+
+    def _look_where_workers_wait(self, now: float) -> None:
+        """A worker out over HELD_AFTER s on an inbox's file: look whether its share answers.
+
+        An upload that long over a slow network is common, and the look costs a
+        ``stat``; a share that stopped is then set aside within seconds, not at
+        the next rescan, before every worker waits there.
+        """
+        for path, since in self.scheduler.oldest_jobs().items():
+            if now - since < HELD_AFTER:
+                continue
+            for inbox in self.inboxes:
+                if (
+                    inbox.path == path
+                    and inbox.online
+                    and not inbox.lent
+                    and now - inbox.looked_early >= HELD_AFTER
+                ):
+                    inbox.looked_early = now
+                    inbox.next_rescan = min(inbox.next_rescan, now)
 
     def _sweep(self) -> None:
         """Retention: delete what flowflexd put in done and failed past its keep_*_days."""
@@ -539,25 +668,29 @@ class Daemon:
         if not keeping:
             return
         for inbox in keeping:
-            self.stall.at(inbox.path)
-            try:
-                # Streamed, one pass per folder: the journal may hold 200,000 records.
-                records = journal.read(self.journal.dir)
-                deleted = retention.sweep_done(
-                    inbox.folder, records, now=time.time(), record=self.journal.record
-                )
-                deleted += retention.sweep_failed(
-                    inbox.folder, now=time.time(), record=self.journal.record
-                )
-            except OSError as err:
-                log.warning("retention could not finish", folder=str(inbox.path), error=str(err))
+            if inbox.own is not None:
+                inbox.own.submit(partial(self._sweep_one, inbox.folder))
                 continue
-            if deleted:
-                log.info(
-                    "retention deleted files past their keep_*_days",
-                    folder=str(inbox.path),
-                    deleted=len(deleted),
-                )
+            self.stall.at(inbox.path)
+            self._sweep_one(inbox.folder)
+
+    def _sweep_one(self, folder: Folder) -> None:
+        try:
+            # Streamed, one pass per folder: the journal may hold 200,000 records.
+            records = journal.read(self.journal.dir)
+            deleted = retention.sweep_done(
+                folder, records, now=time.time(), record=self.journal.record
+            )
+            deleted += retention.sweep_failed(folder, now=time.time(), record=self.journal.record)
+        except OSError as err:
+            log.warning("retention could not finish", folder=str(folder.path), error=str(err))
+            return
+        if deleted:
+            log.info(
+                "retention deleted files past their keep_*_days",
+                folder=str(folder.path),
+                deleted=len(deleted),
+            )
 
     # ---------------------------------------------------------------- stop
 
@@ -566,7 +699,10 @@ class Daemon:
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.config.shutdown_grace_seconds
         for inbox in self.inboxes:
-            inbox.watcher.stop()
+            if inbox.own is None:
+                inbox.watcher.stop()
+            else:
+                inbox.own.submit(inbox.watcher.stop)  # it may be taking the watch up there
         self.scheduler.take_back_unstarted()
         log.info(
             "stopping: no new files are taken; waiting for files in flight",
@@ -618,12 +754,20 @@ class Daemon:
                 return True
         if not self.scheduler.idle():
             return False
-        return all(not i.online or i.tracker.unfinished() == 0 for i in self.inboxes)
+        return all(
+            not i.lent and (not i.online or i.tracker.unfinished() == 0) for i in self.inboxes
+        )
 
     # -------------------------------------------------------------- status
 
     def _troubles(self) -> dict[str, Trouble]:
-        return {str(i.path): i.trouble for i in self.inboxes if not i.online and i.trouble}
+        troubles = {str(i.path): i.trouble for i in self.inboxes if not i.online and i.trouble}
+        for inbox in self.inboxes:
+            if inbox.held_since is not None:
+                troubles[str(inbox.path)] = Trouble(
+                    HELD_REASON, HELD_FIX, inbox.held_since, answering=False
+                )
+        return troubles
 
     def _write_state(self, *, running: bool = True) -> None:
         """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
@@ -682,7 +826,9 @@ class Daemon:
         if now - self._published < 0.25 and not force:
             return
         self._published = now
-        offline = tuple(str(i.path) for i in self.inboxes if not i.online)
+        offline = tuple(
+            str(i.path) for i in self.inboxes if not i.online or i.held_since is not None
+        )
         troubles = self._troubles()
         if troubles != self._troubles_written:  # an inbox went, came back, or why changed
             self._troubles_written = dict(troubles)
@@ -767,6 +913,12 @@ class Daemon:
         self._publish(force=True)
         self.notifier.ready()
 
+    @staticmethod
+    def _reconfigured(inbox: Inbox, answer: object) -> None:
+        inbox.answered()
+        if isinstance(answer, Exception):
+            raise answer
+
     def _changed_clients(self, new: Config) -> dict[str, FlowFlex]:
         """New clients for the destinations whose settings changed, or that are new.
 
@@ -794,18 +946,38 @@ class Daemon:
                 continue
             timing = (new.settle_seconds, new.rescan_seconds)
             if inbox.folder != folder or timing != (old.settle_seconds, old.rescan_seconds):
-                self.stall.at(folder.path)
-                inbox.reconfigure(
+                change = partial(
+                    inbox.reconfigure,
                     folder,
                     settle_seconds=new.settle_seconds,
                     rescan_seconds=new.rescan_seconds,
                 )
+                if inbox.own is None:
+                    self.stall.at(folder.path)
+                    change()
+                else:
+                    inbox.out += 1  # its tracker is changed there, after the step out now
+                    inbox.own.submit(change, partial(self._reconfigured, inbox))
             self.inboxes.append(inbox)
         for gone in current.values():
-            gone.close()
+            if gone.own is None:
+                gone.close()
+            else:
+                gone.own.submit(gone.close)
+                gone.own.stop()
             left = self.scheduler.drop(gone)
             log.info(
                 "folder removed; its files stay where they are",
                 folder=str(gone.path),
                 claimed_left=left,
             )
+
+
+def _step(inbox: Inbox, now: float | None = None) -> Turn:
+    """An inbox's look (when due) and step: on the loop, or in its own thread."""
+    now = time.monotonic() if now is None else now
+    looked = now >= inbox.next_rescan
+    was_online = inbox.online
+    found = inbox.check(now) if looked else []
+    ready = inbox.tracker.step(now) if inbox.online else []
+    return Turn(found, ready, looked, inbox.online and not was_online)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -95,41 +96,63 @@ class GroupCommit:
             try:
                 self._at(self.journal.dir)
                 self.journal.sync()
-                for target in dict.fromkeys(placed.target for _, placed in batch):
-                    self._at(target)
-                    fsync_dir(target)
             except OSError as err:
-                self._hold(batch)
-                log.warning(
-                    "cannot make finished files durable; their claims stay in the work area "
-                    "and this is tried again",
-                    error=str(err),
-                    claims=len(batch),
-                    retry_in_s=RETRY_AFTER,
-                )
+                self._cannot_sync(batch, err)
                 return
-            held = []
+            by_spool: dict[Spool, list[Placed]] = {}
             for spool, placed in batch:
-                self._at(spool.inbox)
-                try:
-                    spool.release(placed)
-                except OSError as err:
-                    held.append((spool, placed))
-                    # An inbox away says so itself; anything else, once per claim.
-                    away = isinstance(err, FileNotFoundError)
+                by_spool.setdefault(spool, []).append(placed)
+            for spool, placed_there in by_spool.items():
+                if spool.run_apart is None:
+                    self._finish(spool, placed_there)
+                else:
+                    # On a share: in the inbox's own thread, so a server that stopped
+                    # answering holds that inbox's claims alone.
+                    spool.run_apart(partial(self._finish, spool, placed_there))
+
+    def _finish(self, spool: Spool, batch: list[Placed]) -> None:
+        """Make one inbox's new names durable, then remove its claims from the work area."""
+        try:
+            for target in dict.fromkeys(placed.target for placed in batch):
+                self._at(target)
+                fsync_dir(target)
+        except OSError as err:
+            self._cannot_sync([(spool, placed) for placed in batch], err)
+            return
+        held = []
+        for placed in batch:
+            self._at(spool.inbox)
+            try:
+                spool.release(placed)
+            except OSError as err:
+                held.append((spool, placed))
+                # An inbox away says so itself; anything else, once per claim.
+                away = isinstance(err, FileNotFoundError)
+                with self._lock:
                     said = placed.claim.id in self._warned
                     self._warned.add(placed.claim.id)
-                    (log.debug if away or said else log.warning)(
-                        "cannot remove a finished claim from the work area yet; its file is "
-                        "in done, and this is tried again",
-                        folder=str(spool.inbox),
-                        file=placed.claim.name,
-                        claim=placed.claim.id,
-                        error=str(err),
-                    )
-                else:
+                (log.debug if away or said else log.warning)(
+                    "cannot remove a finished claim from the work area yet; its file is "
+                    "in done, and this is tried again",
+                    folder=str(spool.inbox),
+                    file=placed.claim.name,
+                    claim=placed.claim.id,
+                    error=str(err),
+                )
+            else:
+                with self._lock:
                     self._warned.discard(placed.claim.id)
-            self._hold(held)
+        self._hold(held)
+
+    def _cannot_sync(self, batch: list[tuple[Spool, Placed]], err: OSError) -> None:
+        self._hold(batch)
+        log.warning(
+            "cannot make finished files durable; their claims stay in the work area "
+            "and this is tried again",
+            error=str(err),
+            claims=len(batch),
+            retry_in_s=RETRY_AFTER,
+        )
 
     def _at(self, folder: Path) -> None:
         if self.watch is not None:

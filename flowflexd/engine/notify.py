@@ -43,9 +43,7 @@ class Notifier:
         try:
             # Never waited on: a receiver that stopped reading (its queue holds only
             # net.unix.max_dgram_qlen messages, 10 by default) must not hold the loop.
-            self._socket.sendto(
-                "\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address
-            )
+            self._socket.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as err:
             log.debug("sd_notify failed", error=str(err))
 

@@ -8,7 +8,10 @@ to two jobs per worker in all, and idle workers ask for the upload URLs of
 settling files; while it is paused only one probe at a time goes out there,
 and its files that need no API call (set aside as failed) still move. A
 destination that refuses our credentials pauses only the folders that send
-there. Driven by the scheduler thread alone.
+there. An inbox whose share does not answer is held: its files wait here,
+not with the workers, and the pool is lent a thread for each worker already
+waiting on that share, so the other inboxes keep their workers. Driven by
+the scheduler thread alone.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class Lane:
 
 
 @dataclass
+class Held:
+    """An inbox's files kept back while its share does not answer, in their lanes' order."""
+
+    waiting: list[tuple[str, Inbox, Ready]] = field(default_factory=list)
+    retries: list[tuple[str, float, Job]] = field(default_factory=list)
+
+
+@dataclass
 class Totals:
     done: int = 0
     failed: int = 0
@@ -98,6 +109,11 @@ class Scheduler:
         self._seq = itertools.count()
         self._inboxes: dict[Path, Inbox] = {}  # the inboxes in use now, by path
         self._unclaimed = 0  # claims failed in a row for trouble here: the wait grows
+        # Jobs with the workers (by id), and when each was handed over (monotonic).
+        self._flying: dict[int, tuple[Job, float]] = {}
+        # Inboxes held (their share does not answer): their files, kept back meanwhile.
+        self._held: dict[Path, Held] = {}
+        self._lent: set[int] = set()  # jobs held in a silent share, a thread lent for each
 
     # ----------------------------------------------------------------- lanes
 
@@ -130,8 +146,13 @@ class Scheduler:
     # ----------------------------------------------------------------- input
 
     def queue(self, inbox: Inbox, ready: Iterable[Ready]) -> None:
+        held = self._held.get(inbox.path)
         for r in ready:
-            self.lane(inbox.folder.destination_of(r.rule)).waiting.append((inbox, r))
+            name = inbox.folder.destination_of(r.rule)
+            if held is not None:
+                held.waiting.append((name, inbox, r))
+            else:
+                self.lane(name).waiting.append((inbox, r))
 
     def resume(self, inbox: Inbox, claims: Iterable[Claim], now: float) -> None:
         """Claims an earlier run left: carried again, with their keys."""
@@ -161,6 +182,13 @@ class Scheduler:
         if self._inboxes.get(inbox.path) is inbox:
             del self._inboxes[inbox.path]
         left = 0
+        held = self._held.pop(inbox.path, None)
+        if held is not None:
+            for _, _, ready in held.waiting:
+                self.ledger.finish(ready.ticket)
+            for _, _, job in held.retries:
+                self._let_go(job)
+            left += len(held.retries)
         for lane in self.lanes.values():
             for queued, ready in lane.waiting:
                 if queued is inbox:
@@ -178,8 +206,77 @@ class Scheduler:
     def take_back_unstarted(self) -> None:
         """At a stop: jobs not yet started go back; their files were never touched."""
         for job in self.pool.take_unstarted():
+            self._flying.pop(id(job), None)
             if job.ticket is not None:
                 self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
+
+    # ------------------------------------------------------ silent shares
+
+    def hold(self, inbox: Inbox) -> None:
+        """The inbox's share does not answer: keep its files back, and lend for its workers.
+
+        Files queued or waiting for a retry stay here; jobs not yet started
+        come back from the pool. Each of its jobs a worker already carries
+        waits in the share, so the pool gets a thread more for each until it
+        comes back: the other inboxes keep every worker they had.
+        """
+        if inbox.path in self._held:
+            return
+        held = self._held[inbox.path] = Held()
+        for lane in self.lanes.values():
+            held.waiting += [(lane.name, i, r) for i, r in lane.waiting if i.path == inbox.path]
+            lane.waiting = deque(item for item in lane.waiting if item[0].path != inbox.path)
+            held.retries += [
+                (lane.name, due, job)
+                for due, _, job in lane.retries
+                if job.inbox.path == inbox.path
+            ]
+            lane.retries = [item for item in lane.retries if item[2].inbox.path != inbox.path]
+            heapq.heapify(lane.retries)
+        for job in self.pool.take_unstarted():
+            if job.inbox.path != inbox.path:
+                self.pool.submit(job)  # the order of the others is kept
+                continue
+            self._flying.pop(id(job), None)
+            if job.ticket is not None:
+                self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
+            if job.ready is not None:
+                held.waiting.append((self.destination(job), job.inbox, job.ready))
+            elif job.claim is not None:
+                held.retries.append((self.destination(job), 0.0, job))
+        stuck = [key for key, (job, _) in self._flying.items() if job.inbox.path == inbox.path]
+        fresh = [key for key in stuck if key not in self._lent]
+        self._lent.update(fresh)
+        self.pool.lend(len(fresh))
+        log.warning(
+            "files of an inbox whose share does not answer wait; other folders keep every worker",
+            folder=str(inbox.path),
+            held_back=len(held.waiting) + len(held.retries),
+            workers_waiting_there=len(stuck),
+        )
+
+    def unhold(self, inbox: Inbox) -> None:
+        """Its share answers again: its files go back to their lanes, ahead of newer ones."""
+        held = self._held.pop(inbox.path, None)
+        if held is None:
+            return
+        for name, _, ready in reversed(held.waiting):
+            self.lane(name).waiting.appendleft((inbox, ready))
+        for name, due, job in held.retries:
+            job.inbox = inbox
+            heapq.heappush(self.lane(name).retries, (due, next(self._seq), job))
+
+    def held(self) -> set[Path]:
+        return set(self._held)
+
+    def oldest_jobs(self) -> dict[Path, float]:
+        """For each inbox a worker carries files of: since when its oldest job is out."""
+        oldest: dict[Path, float] = {}
+        for job, since in self._flying.values():
+            path = job.inbox.path
+            if since < oldest.get(path, since + 1):
+                oldest[path] = since
+        return oldest
 
     # -------------------------------------------------------------- dispatch
 
@@ -227,7 +324,7 @@ class Scheduler:
         for inbox in inboxes:
             if idle <= 0:
                 break
-            if inbox.online:
+            if inbox.online and not inbox.lent and inbox.path not in self._held:
                 for name, inode in inbox.tracker.take_prefetch(idle):
                     self._submit(Job(inbox, prefetch=(name, inode)))
                     idle -= 1
@@ -252,18 +349,24 @@ class Scheduler:
 
     @property
     def _capacity(self) -> int:
-        return 2 * self.workers - self.pool.busy
+        # A job waiting in a silent share has a thread lent for it: it takes no turn.
+        return 2 * self.workers - self.pool.busy + len(self._lent)
 
     def _submit(self, job: Job) -> None:
         if job.ticket is not None:
             self.ledger.move(job.ticket, Stage.IN_FLIGHT)
+        self._flying[id(job)] = (job, time.monotonic())
         self.pool.submit(job)
 
     def _retry(self, job: Job, now: float, delay: float = 0.0) -> None:
         if job.ticket is not None:
             self.ledger.move(job.ticket, Stage.RETRYING)
-        lane = self.lane(self.destination(job))
-        heapq.heappush(lane.retries, (now + delay, next(self._seq), job))
+        name = self.destination(job)
+        held = self._held.get(job.inbox.path)
+        if held is not None:
+            held.retries.append((name, now + delay, job))
+            return
+        heapq.heappush(self.lane(name).retries, (now + delay, next(self._seq), job))
 
     @staticmethod
     def _take_probe(lane: Lane) -> Job | None:
@@ -317,6 +420,10 @@ class Scheduler:
     def finished(self, job: Job, outcome: Outcome) -> None:
         """A worker's report: count it, close or requeue the file, open or trip the breaker."""
         self.pool.finished()
+        self._flying.pop(id(job), None)
+        if id(job) in self._lent:
+            self._lent.discard(id(job))
+            self.pool.recall(1)  # its share answered: the thread lent for it goes
         if job.prefetch is not None:
             return
         now = time.monotonic()
@@ -325,7 +432,7 @@ class Scheduler:
             # Not claimed for trouble here (a read-only inbox): not again at once.
             unclaimed = verdict is Verdict.RETRY_LOCAL and outcome.claim is None
             wait = min(FILESYSTEM_RETRY[1], FILESYSTEM_RETRY[0] * 2**self._unclaimed)
-            job.inbox.tracker.release(job.ready, look_again_in=wait if unclaimed else 0.0)
+            job.inbox.release(job.ready, look_again_in=wait if unclaimed else 0.0)
             self._unclaimed = self._unclaimed + 1 if unclaimed else 0
         ended = verdict in (Verdict.DONE, Verdict.FAILED)
         if verdict is Verdict.DONE:

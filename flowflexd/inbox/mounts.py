@@ -65,6 +65,27 @@ def share_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
     return max(above, key=len) if above else None
 
 
+def filesystem_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
+    """The type of the file system a path lies on, from its name alone (see ``share_of``)."""
+    entries = _entries(mounts_file) or []
+    inside = [entry for entry in entries if below(str(path), entry[0])]
+    return max(inside, key=lambda entry: len(entry[0]))[1] if inside else None
+
+
+def on_network(fs_type: str | None) -> bool:
+    """Whether a file system's calls may wait on a server: a share, or any FUSE mount."""
+    return fs_type is not None and (
+        fs_type in NETWORK_FILESYSTEMS or fs_type == "fuse" or fs_type.startswith("fuse.")
+    )
+
+
+def wants_own_thread(folder: Folder, mounts_file: str = MOUNTS) -> bool:
+    """Whether an inbox's calls into its folders run in a thread of its own (own_thread.py)."""
+    if folder.own_thread != "auto":
+        return folder.own_thread == "always"
+    return on_network(filesystem_of(folder.path, mounts_file))
+
+
 def unmounted_share(target: str, mounts_file: str = MOUNTS, fstab: str | None = None) -> str | None:
     """The mount point fstab gives ``target`` (or a folder above it) when nothing is mounted there.
 

@@ -23,6 +23,7 @@ from flowflexd.errors import UserError
 from flowflexd.inbox.answering import FORCE_OFF, NOT_ANSWERING, Looker, NotAnswering
 from flowflexd.inbox.completeness import NO_LEASE, NO_LEASE_FIX
 from flowflexd.inbox.mounts import FSTAB, lease_problem, unmounted_share
+from flowflexd.inbox.own_thread import OwnThread
 from flowflexd.inbox.spool import (
     GONE_HINT,
     GONE_REASON,
@@ -34,7 +35,7 @@ from flowflexd.inbox.spool import (
     Unreadable,
     unusable,
 )
-from flowflexd.inbox.tracker import Tracker
+from flowflexd.inbox.tracker import Ready, Tracker
 from flowflexd.inbox.watcher import FolderWatcher
 
 log = structlog.get_logger("flowflexd")
@@ -103,9 +104,21 @@ class Inbox:
         watch: bool,
         hint: Callable[[Inbox], NameHint],
         carried: Carried,
+        own: OwnThread | None = None,
     ) -> None:
         self.folder = folder
         self.spool = Spool(folder, carried)
+        # On a share: the calls into its folders are made in this thread (own_thread.py).
+        self.own = own
+        if own is not None:
+            self.spool.run_apart = own.submit
+        # The main loop's calls out in its own thread: till they answer, the tracker is theirs.
+        self.out = 0
+        self.held_since: float | None = None  # wall clock: a call there waits on its share
+        self.looked_early = 0.0  # when a worker out long on its files last asked for a look
+        self._notes: set[str] = set()  # hints and releases that came meanwhile
+        self._rescan_asked = False
+        self._releases: list[tuple[Ready, float]] = []
         self.tracker = Tracker(folder, settle_seconds=settle_seconds, ledger=ledger)
         self.watcher = FolderWatcher(folder)
         self.looker = Looker(folder.path, look_into)
@@ -124,6 +137,45 @@ class Inbox:
     @property
     def path(self) -> Path:
         return self.folder.path
+
+    @property
+    def lent(self) -> bool:
+        """Its tracker is lent to its own thread: the main loop leaves it alone till it answers."""
+        return self.out > 0
+
+    def note(self, name: str | None) -> None:
+        """A name changed in the inbox (None: look at all), said by its watch."""
+        if self.lent:
+            if name is None:
+                self._rescan_asked = True
+            else:
+                self._notes.add(name)
+        elif name is None:
+            self.next_rescan = 0.0
+        else:
+            self.tracker.note(name)
+
+    def release(self, ready: Ready, look_again_in: float = 0.0) -> None:
+        """A file handed out came back: its names are looked at afresh (``Tracker.release``)."""
+        if self.lent:
+            self._releases.append((ready, look_again_in))
+        else:
+            self.tracker.release(ready, look_again_in=look_again_in)
+
+    def answered(self) -> None:
+        """One of the main loop's calls in its own thread came back: what waited is told now."""
+        self.out -= 1
+        if self.lent:
+            return
+        for ready, look_again_in in self._releases:
+            self.tracker.release(ready, look_again_in=look_again_in)
+        for name in self._notes:
+            self.tracker.note(name)
+        if self._rescan_asked:
+            self.next_rescan = 0.0
+        self._releases.clear()
+        self._notes.clear()
+        self._rescan_asked = False
 
     def start(self, now: float) -> list[Claim | Unreadable]:
         """Prepare and watch the inbox; the claims left by an earlier run.

@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -372,6 +372,9 @@ class Spool:
         self._adopted = False
         self._home_checked = 0.0
         self._spares: list[str] = []  # names in the work area of emptied claim folders
+        # Set for an inbox on a share: how a group commit hands this spool's part to the
+        # inbox's own thread (own_thread.py); None: made where the commit runs.
+        self.run_apart: Callable[[Callable[[], Any]], None] | None = None
 
     # ---------------------------------------------------------- preparation
 

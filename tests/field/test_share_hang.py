@@ -1,9 +1,11 @@
-"""A share whose server stops answering holds the main loop: flowflexd says where, and goes on.
+"""A share whose server stops answering holds its own folder alone; flowflexd says so, and goes on.
 
 sshfs over OpenSSH's own sftp-server is a real network file system (sshfs
 starts the server itself as its "ssh" command, so no sshd and no keys are
 needed). SIGSTOP on that server is a server that stops answering: every call
 into the mount waits, as on a hard-mounted NFS share whose server is gone.
+An inbox on such a mount has a thread of its own by default (``own_thread:
+auto``); with ``own_thread: never`` the main loop is held, and says so.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 RULES = [{"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}]
 SILENT = "inbox does not answer; other folders keep running, this one resumes when it does"
 HELD = "the main loop has waited on a file system call; every folder waits with it"
+HELD_BACK = "files of an inbox whose share does not answer wait; other folders keep every worker"
 KEPT = {
     "cannot finish this file now; it stays claimed and is retried",
     "cannot make finished files durable; their claims stay in the work area and this is "
@@ -115,24 +118,34 @@ def sshfs_share(home: Path) -> Iterator[Share]:
         share.unmount()
 
 
-def beside_local(site: Site, emulator: Emulator, share: Path, *, share_first: bool = False) -> Path:
-    """A configuration of the site's local inbox and ``share`` (polled), looked at each second."""
-    folders = [folder_spec(site.root, RULES), {"path": str(share), "poll": True, "rules": RULES}]
+def beside_local(
+    site: Site, emulator: Emulator, share: Path, *, share_first: bool = False, **top: Any
+) -> Path:
+    """A configuration of the site's local inbox and ``share`` (polled), looked at each second.
+
+    ``own_thread`` among ``top`` goes to the share's folder.
+    """
+    shared = {"path": str(share), "poll": True, "rules": RULES}
+    if "own_thread" in top:
+        shared["own_thread"] = top.pop("own_thread")
+    folders = [folder_spec(site.root, RULES), shared]
     return write_config(
         site.root / "config.yaml",
         emulator,
         folders=folders[::-1] if share_first else folders,
         rescan_seconds=1,
+        **top,
     )
 
 
 @pytest.mark.parametrize("ending", ["the server answers", "the share is forced off"])
-def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
+def test_a_share_that_holds_the_main_loop_is_named_and_every_folder_goes_on_after(
     site: Site, emulator: Emulator, ending: str
 ) -> None:
+    """With ``own_thread: never`` the main loop itself waits in the share, and says so."""
     with sshfs_share(site.root / "share") as mounted:
         share = mounted.mount / "inbox"
-        config = beside_local(site, emulator, share)
+        config = beside_local(site, emulator, share, own_thread="never")
         notify = NotifySocket(site.root / "notify")
         # systemd's WatchdogSec=2s: a WATCHDOG=1 at least every second.
         proc = run_daemon(config, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
@@ -196,6 +209,74 @@ def test_a_share_that_stops_answering_is_named_and_every_folder_goes_on_after(
                 growing.abandon()
             _stop(proc)
             notify.close()
+
+
+@pytest.mark.parametrize("ending", ["the server answers", "the share is forced off"])
+def test_a_busy_share_that_stops_answering_holds_its_own_folder_alone(
+    site: Site, emulator: Emulator, ending: str
+) -> None:
+    """Its thread and two workers wait in the share; the local inbox keeps both its workers.
+
+    A file still being written there is looked at by the share's own thread
+    at each settle step, and the workers are reading two big files from it
+    when its server stops. The local inbox's files go meanwhile, on threads
+    the pool is lent for the two held ones, and the main loop never waits.
+    """
+    with sshfs_share(site.root / "share") as mounted:
+        share = mounted.mount / "inbox"
+        config = beside_local(site, emulator, share, workers=2)
+        emulator.set_faults(latency_ms=1000)  # the workers are inside their uploads at the stop
+        proc = run_daemon(config)
+        growing: Growing | None = None
+        try:
+            proc.wait_for_log("flowflexd ready", timeout=30)
+            big = {f"big-{n}.pdf": pdf(os.urandom(4 << 20)) for n in range(3)}
+            for name, data in big.items():
+                drop(share, name, data)
+            growing = Growing(share / "growing.pdf")
+            wait_until(lambda: emulator.stats()["requests_by_path"].get("/_storage"), timeout=30)
+
+            mounted.stop_answering()
+            silent = proc.wait_for_log(SILENT, timeout=60, folder=str(share))
+            assert "does not answer" in silent["error"], silent
+            assert "force it off" in silent["hint"] or "force the share off" in silent["hint"]
+            back = proc.wait_for_log(HELD_BACK, timeout=30, folder=str(share))
+            assert back["workers_waiting_there"] == 2, back
+            assert back["held_back"] == 1, back  # the third big file waits off the workers
+
+            emulator.set_faults(latency_ms=0)
+            for n in range(4):
+                drop(site.inbox, f"local-{n}.pdf", pdf(b"local %d" % n))
+            wait_until(lambda: len(files_in(site.done)) == 4, timeout=30)
+            shown = _status_text(config)
+            assert f"{share}  (NOT ANSWERING)" in shown
+
+            if ending == "the server answers":
+                mounted.answer()
+                growing.finish()
+                wanted = {*big, "growing.pdf"}
+            else:
+                mounted.force_off()
+                assert wait_until(lambda: str(share) in _offline(proc), timeout=30)
+                drop(site.inbox, "after.pdf", pdf(b"after"))
+                wait_until(lambda: "after.pdf" in files_in(site.done), timeout=30)
+                growing.abandon()
+                mounted.unmount()
+                mounted.mount_it()
+                (share / "growing.pdf").unlink()  # cut short by the abort: never whole
+                wanted = set(big)
+            wait_until(lambda: wanted <= files_in(share / "done"), timeout=90)
+            for name, data in big.items():
+                assert (share / "done" / name).read_bytes() == data
+            assert not files_in(share / "failed")
+            sent = sorted(e["payload"]["assetId"] for e in emulator.events())
+            assert len(sent) == len(set(sent)) == len(wanted) + len(files_in(site.done))
+            assert not [r for r in proc.json_lines() if r["event"].startswith("the main loop")]
+        finally:
+            mounted.answer()
+            if growing is not None:
+                growing.abandon()
+            _stop(proc)
 
 
 class Growing:

@@ -11,6 +11,7 @@ from flowflexd.inbox.mounts import (
     mount_of,
     share_of,
     unmounted_share,
+    wants_own_thread,
 )
 
 
@@ -110,6 +111,29 @@ def test_a_share_is_found_by_name_alone_without_looking_at_it(tmp_path: Path) ->
     assert share_of(Path("/mnt/nas"), table) is None  # a prefix of the name is not the share
     assert share_of(Path("/srv/drop/inbox"), table) is None  # only / above it
     assert share_of(Path("/mnt/nas drop/x"), str(tmp_path / "no-table")) is None
+
+
+def test_an_inbox_on_a_share_gets_its_own_thread_by_its_mount_name_alone(tmp_path: Path) -> None:
+    table = fstab(
+        tmp_path,
+        "/dev/vda / ext4 rw 0 0",
+        "nas:/srv /mnt/nas nfs4 rw 0 0",
+        "//fs/scans /mnt/scans cifs rw 0 0",
+        "share: /mnt/sftp fuse.sshfs rw 0 0",
+        "/dev/sdb1 /mnt/nas/usb ext4 rw 0 0",  # a local disk mounted below a share
+    )
+
+    def own(path: str, setting: str = "auto") -> bool:
+        folder = Folder(
+            Path(path), Path(path) / "done", Path(path) / "failed", (), own_thread=setting
+        )
+        return wants_own_thread(folder, table)
+
+    assert own("/mnt/nas/inbox") and own("/mnt/scans/in") and own("/mnt/sftp/in")
+    assert not own("/srv/drop/inbox")  # the machine's own disk
+    assert not own("/mnt/nas/usb/inbox")  # the deepest mount decides
+    assert not own("/mnt/nasty/inbox")  # a prefix of the name is not the share
+    assert own("/srv/drop/inbox", "always") and not own("/mnt/nas/inbox", "never")
 
 
 def fstab(tmp_path: Path, *lines: str) -> str:

@@ -1,0 +1,130 @@
+"""An inbox served by a thread of its own (``own_thread: always``) does all the loop did.
+
+On a share (the default for network file systems) the inbox's settling,
+rescans, commits into done and retention run in its own thread, and the
+tracker goes back and forth between it and the main loop. Here the same
+flows run on local folders, where nothing hangs: what must hold is that
+nothing is lost, late or sent twice by the hand-offs. (A share whose server
+stops is in tests/field/test_share_hang.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from support import (
+    PDF_END,
+    Folders,
+    RunningDaemon,
+    claims_in,
+    drop,
+    files_in,
+    wait_until,
+)
+
+from flowflexd.config.model import load
+from flowflexd.emulator import Emulator
+from flowflexd.engine.lifecycle import Stage
+from flowflexd.inbox.spool import try_lock
+
+PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
+OWN = {"own_thread": "always"}
+
+
+def _inbox_threads(path: Path) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == f"inbox {path}"]
+
+
+def test_files_sidecars_and_markers_go_as_they_do_from_the_loop(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    rules = [
+        {**PDF, "name": "late", "pattern": "late*.pdf", "sidecar": "{stem}.json"},
+        {**PDF, "name": "marked", "pattern": "INV-*.pdf", "marker": "{name}.ok"},
+        PDF,
+    ]
+    with RunningDaemon(layout.config(emulator, rules, **OWN)) as running:
+        assert _inbox_threads(layout.inbox)  # its calls are made there
+        for n in range(20):
+            drop(layout.inbox, f"plain-{n}.pdf", b"%PDF plain" + PDF_END)
+        drop(layout.inbox, "late.pdf", b"%PDF late" + PDF_END)
+        drop(layout.inbox, "INV-1.pdf", b"%PDF invoice" + PDF_END)
+        wait_until(lambda: running.daemon.ledger.count(Stage.WAITING) == 2)
+        # Each companion, noted while its file waits with a deadline an hour off,
+        # is looked at now: a step is asked for, not left to that deadline.
+        started = time.monotonic()
+        drop(layout.inbox, "late.json", b'{"n": 1}')
+        drop(layout.inbox, "INV-1.pdf.ok", b"")
+        wanted = {f"plain-{n}.pdf" for n in range(20)} | {
+            "late.pdf",
+            "late.json",
+            "INV-1.pdf",
+            "INV-1.pdf.ok",
+        }
+        wait_until(lambda: files_in(layout.done) == wanted)
+        assert time.monotonic() - started < 10
+        wait_until(lambda: not claims_in(layout.inbox), what="every claim committed")
+
+    assert len(emulator.events()) == 22
+    assert not files_in(layout.failed)
+
+
+def test_a_reload_changes_removes_and_adds_back_an_inbox_in_its_own_thread(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    layout = Folders(tmp_path)
+    first = layout.config(emulator, [PDF], **OWN)
+    spec = yaml.safe_load(first.read_text())
+    versions = {"now": first}
+    with_txt, without = tmp_path / "with-txt.yaml", tmp_path / "without.yaml"
+    txt = {"name": "txt", "pattern": "*.txt", "event": "doc.received"}
+    spec["folders"][0]["rules"] = [PDF, txt]
+    with_txt.write_text(yaml.safe_dump(spec))
+    spec["folders"] = [{**spec["folders"][0], "path": str(tmp_path / "other")}]
+    (tmp_path / "other").mkdir()
+    without.write_text(yaml.safe_dump(spec))
+    for path in (with_txt, without):
+        path.chmod(0o600)
+
+    with RunningDaemon(first, reload_config=lambda: load(versions["now"])) as running:
+        drop(layout.inbox, "a.txt", b"not taken yet")
+        drop(layout.inbox, "a.pdf", b"%PDF a" + PDF_END)
+        wait_until(lambda: files_in(layout.done) == {"a.pdf"})
+
+        versions["now"] = with_txt  # a rule added: applied in its thread, then taken
+        running.daemon.request_reload()
+        wait_until(lambda: files_in(layout.done) == {"a.pdf", "a.txt"})
+
+        versions["now"] = without  # the folder removed: its thread ends, its lock goes
+        running.daemon.request_reload()
+        wait_until(lambda: not _inbox_threads(layout.inbox), what="its thread gone")
+        fd = try_lock(layout.inbox)
+        assert isinstance(fd, int)  # nobody holds it now
+        os.close(fd)
+        drop(layout.inbox, "b.pdf", b"%PDF b" + PDF_END)
+
+        versions["now"] = with_txt  # added back: what waited there goes
+        running.daemon.request_reload()
+        wait_until(lambda: "b.pdf" in files_in(layout.done))
+
+    assert len(emulator.events()) == 3
+
+
+def test_a_stop_commits_every_claim_and_frees_the_inbox(tmp_path: Path, emulator: Emulator) -> None:
+    layout = Folders(tmp_path)
+    config = layout.config(emulator, [PDF], **OWN)
+    with RunningDaemon(config) as running:
+        for n in range(30):
+            drop(layout.inbox, f"f{n}.pdf", b"%PDF f" + PDF_END)
+        wait_until(lambda: running.daemon.totals.done == 30)
+    # Committed in the inbox's own thread before its lock went: nothing left claimed.
+    assert not claims_in(layout.inbox)
+    assert len(files_in(layout.done)) == 30
+    fd = try_lock(layout.inbox)
+    assert isinstance(fd, int)
+    os.close(fd)
