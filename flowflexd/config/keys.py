@@ -242,7 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
             "rescans, take-up, moves into done, retention): in a thread of its own, so that a "
             "share whose server stops answering holds this folder alone, or on the main loop "
             "that serves every folder; `auto` gives network file systems (cifs, nfs, sshfs and "
-            "other FUSE mounts) their own, `always` any (a USB or iSCSI disk, say)"
+            "other FUSE mounts) their own, `always` any (a USB or iSCSI disk, say); chosen when "
+            "the folder is taken up (a start, or a reload that adds it)"
         ),
     ),
     Setting(

@@ -183,6 +183,7 @@ class Daemon:
         self._published_from: tuple[object, ...] = ()
         self._troubles_written: dict[str, Trouble] = {}
         self._next_sweep = 0.0
+        self._next_worker_look = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen is not None:
@@ -644,6 +645,9 @@ class Daemon:
         ``stat``; a share that stopped is then set aside within seconds, not at
         the next rescan, before every worker waits there.
         """
+        if now < self._next_worker_look:
+            return
+        self._next_worker_look = now + 1.0  # a second's delay is nothing beside HELD_AFTER
         for path, since in self.scheduler.oldest_jobs().items():
             if now - since < HELD_AFTER:
                 continue
