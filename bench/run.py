@@ -27,7 +27,10 @@ three calls together in the same threads (the protocol's own floor); ``--only on
 measures flowflexd and the http.client floor confined to one CPU against
 free, the emulator on another; ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
-of the same file to the same emulator. The emulator
+of the same file to the same emulator; ``--only cpu_ab --against OTHER``
+runs flowflexd and another install of it (``OTHER``: its ``flowflexd``
+command, from a virtualenv holding an earlier commit, say) in turns against
+one emulator, CPU per file and files/s of each run. The emulator
 runs in its own process; so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
@@ -142,6 +145,7 @@ class Daemon:
         rescan: float = 60.0,
         rule: dict[str, Any] | None = None,
         events_per_second: float | None = None,
+        command: str = FLOWFLEXD,
     ) -> None:
         self.root = root
         limit = {"max_events_per_second": events_per_second} if events_per_second else {}
@@ -173,7 +177,7 @@ class Daemon:
         self.log = root / "daemon.log"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [FLOWFLEXD, "run", "-c", str(path), "--log-format", "json"],
+            [command, "run", "-c", str(path), "--log-format", "json"],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
         )
@@ -497,7 +501,13 @@ def confine(pid: int, cpu: int) -> None:
 
 
 def daemon_cpu(
-    root: Path, url: str, payloads: list[bytes], workers: int, cpu: int | None = None
+    root: Path,
+    url: str,
+    payloads: list[bytes],
+    workers: int,
+    cpu: int | None = None,
+    *,
+    command: str = FLOWFLEXD,
 ) -> tuple[float, float]:
     """flowflexd's CPU ms per delivered file, and its files/s, with ``workers`` workers.
 
@@ -505,7 +515,7 @@ def daemon_cpu(
     """
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
-    daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5)
+    daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5, command=command)
     if cpu is not None:
         confine(daemon.proc.pid, cpu)
     try:
@@ -517,6 +527,42 @@ def daemon_cpu(
     finally:
         daemon.stop()
     return used / len(payloads) * 1000, len(payloads) / (finished - started)
+
+
+def cpu_ab(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """This flowflexd against ``--against`` (another install), in turns: CPU per file, files/s.
+
+    An A/B of two versions of the code on the same emulator, machine and
+    hour: the rounds alternate which goes first, so a machine getting slower
+    during the run weighs on both alike.
+    """
+    if args.against is None:
+        raise SystemExit("cpu_ab needs --against PATH: the other install's flowflexd command")
+    commands = {"this": FLOWFLEXD, "against": str(args.against)}
+    payloads = make_payloads(args.cpu_files, args.size)
+    emulator = Emulator(root, args.cpu_latency)
+    runs: dict[str, list[float]] = {"this": [], "against": []}
+    rates: dict[str, list[float]] = {"this": [], "against": []}
+    try:
+        for i in range(args.repeat):
+            for name in ("this", "against") if i % 2 == 0 else ("against", "this"):
+                used, rate = daemon_cpu(
+                    root / f"{name}{i}", emulator.url, payloads, 4, command=commands[name]
+                )
+                runs[name].append(used)
+                rates[name].append(rate)
+    finally:
+        emulator.stop()
+    ms = medians(runs, 3)
+    return {
+        **cpu_run(args, len(payloads)),
+        "against": commands["against"],
+        "cpu_ms_per_file": ms,
+        "this_vs_against": round(ms["this"] / ms["against"], 3),
+        "files_per_s": medians(rates, 1),
+        "all_runs": {k: [round(v, 3) for v in vs] for k, vs in runs.items()},
+        "all_rates": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+    }
 
 
 def cpu_run(args: argparse.Namespace, files: int) -> dict[str, Any]:
@@ -1075,8 +1121,14 @@ def arguments() -> argparse.Namespace:
         nargs="*",
         default=None,
         help="throughput latency big_files idle backlog; also sidecar_backlog ignored_idle "
-        "(the scaling checks), rate_limit, cpu, one_core and upload_speed, not in the "
-        "default run",
+        "(the scaling checks), rate_limit, cpu, one_core, upload_speed and cpu_ab, not in "
+        "the default run",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="cpu_ab: the flowflexd command of another install to compare with",
     )
     parser.add_argument(
         "--sweep",
@@ -1143,6 +1195,7 @@ def main() -> int:
                     "ignored_idle": ignored_idle,
                     "rate_limit": rate_limit,
                     "cpu": cpu_per_file,
+                    "cpu_ab": cpu_ab,
                     "one_core": one_core,
                     "upload_speed": upload_speed,
                 }[part](args, sub)
