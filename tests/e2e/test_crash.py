@@ -318,9 +318,9 @@ def test_corrupted_state_never_stops_a_start_and_nothing_is_sent_twice(
         drop(inbox, f"INV-{i}.pdf", body)
     point = rng.choice(POINTS)
     run_until_killed(config, point)
-    work = inbox / ".flowflexd" / "work"
     damaged = []
-    for claim_dir in sorted(work.iterdir()):
+    # Emptied folders kept for reuse hold no claim file: nothing there to damage.
+    for claim_dir in claim_dirs(inbox):
         harm = rng.choice(CLAIM_DAMAGE)
         harm(claim_dir / "claim.jsonl")
         damaged.append(harm.__name__)
