@@ -275,7 +275,10 @@ class Daemon:
         for item in found:
             entry = recorded.get(item.id)
             if isinstance(item, Unreadable):
-                self._set_aside(inbox, item, entry)
+                if inbox.own is None:
+                    self._set_aside(inbox, item, entry)
+                else:  # its files move on its share: there
+                    inbox.own.submit(partial(self._set_aside, inbox, item, entry))
                 continue
             if entry is not None and entry.get("outcome") == "done" and item.answer is None:
                 item.answer = entry.get("answer")

@@ -10,6 +10,7 @@ stops is in tests/field/test_share_hang.py.)
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -128,3 +129,24 @@ def test_a_stop_commits_every_claim_and_frees_the_inbox(tmp_path: Path, emulator
     fd = try_lock(layout.inbox)
     assert isinstance(fd, int)
     os.close(fd)
+
+
+def test_a_claim_found_unreadable_at_take_up_is_set_aside_from_its_own_thread(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A claim file an earlier run left zero-filled, no journal record: its file goes to failed."""
+    layout = Folders(tmp_path)
+    config = layout.config(emulator, [PDF], **OWN)
+    with RunningDaemon(config):  # makes the work area as flowflexd keeps it
+        pass
+    claim = layout.inbox / ".flowflexd" / "work" / "0123456789abcdef0123456789abcdef"
+    claim.mkdir(mode=0o700)
+    drop(claim, "lost.pdf", b"%PDF lost" + PDF_END)
+    (claim / "claim.jsonl").write_bytes(b"\0" * 64)
+
+    with RunningDaemon(config):
+        wait_until(lambda: "lost.pdf" in files_in(layout.failed))
+    report = json.loads((layout.failed / "lost.pdf.error.json").read_text())
+    assert report["code"] == "CLAIM_UNREADABLE"
+    assert not claims_in(layout.inbox)
+    assert emulator.events() == []  # never sent under a new key
