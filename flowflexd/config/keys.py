@@ -143,7 +143,10 @@ SETTINGS: tuple[Setting, ...] = (
         shown="20",
         default=20.0,
         minimum=0,
-        meaning="on SIGTERM, how long files in flight may take to finish",
+        meaning=(
+            "on SIGTERM, how long files in flight may take to finish (not waited for: those "
+            "whose workers wait in a share that does not answer; they stay claimed)"
+        ),
     ),
     Setting(
         "state_dir",

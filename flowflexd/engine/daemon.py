@@ -718,8 +718,13 @@ class Daemon:
         )
 
     def _stopped(self) -> bool:
-        """Every file in flight finished, or the grace period is over."""
-        busy = self.scheduler.pool.busy
+        """Every file in flight finished, or the grace period is over.
+
+        Files whose workers wait in a share that does not answer are not waited
+        for: they cannot finish before it answers, and their claims stay.
+        """
+        held = self.scheduler.lent()
+        busy = self.scheduler.pool.busy - held
         if busy and (self._stop_deadline is None or time.monotonic() < self._stop_deadline):
             return False
         if busy:
@@ -727,6 +732,12 @@ class Daemon:
                 "grace period over; files still in flight stay claimed "
                 "and resume at the next start",
                 in_flight=busy,
+            )
+        if held:
+            log.warning(
+                "files wait in a share that does not answer; they stay claimed there "
+                "and resume at the next start",
+                in_flight=held,
             )
         return True
 

@@ -266,6 +266,10 @@ class Scheduler:
             job.inbox = inbox
             heapq.heappush(self.lane(name).retries, (due, next(self._seq), job))
 
+    def lent(self) -> int:
+        """Jobs waiting in a share that does not answer, a thread lent for each."""
+        return len(self._lent)
+
     def held(self) -> set[Path]:
         return set(self._held)
 

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,57 @@ def test_a_busy_share_that_stops_answering_holds_its_own_folder_alone(
             if growing is not None:
                 growing.abandon()
             _stop(proc)
+
+
+def test_a_stop_does_not_wait_for_files_held_in_a_share_that_does_not_answer(
+    site: Site, emulator: Emulator
+) -> None:
+    """Their workers cannot finish before it answers: the stop leaves their claims, at once.
+
+    The grace period (60 s here) is for files that can finish. After the
+    stop, and a start once the share answers, each file ends in done once.
+    """
+    with sshfs_share(site.root / "share") as mounted:
+        share = mounted.mount / "inbox"
+        config = beside_local(site, emulator, share, workers=2, shutdown_grace_seconds=60)
+        emulator.set_faults(latency_ms=1000)
+        proc = run_daemon(config)
+        try:
+            proc.wait_for_log("flowflexd ready", timeout=30)
+            big = {f"big-{n}.pdf": pdf(os.urandom(4 << 20)) for n in range(2)}
+            for name, data in big.items():
+                drop(share, name, data)
+            wait_until(lambda: emulator.stats()["requests_by_path"].get("/_storage"), timeout=30)
+            mounted.stop_answering()
+            proc.wait_for_log(HELD_BACK, timeout=60, folder=str(share))
+
+            asked = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            left = proc.wait_for_log(
+                "files wait in a share that does not answer; they stay claimed there and "
+                "resume at the next start",
+                timeout=30,
+            )
+            assert left["in_flight"] == 2, left
+            proc.wait_for_log("flowflexd stopped", timeout=30)
+            assert time.monotonic() - asked < 20  # not the 60 s grace
+            # Its last calls there (closing its lock file, FUSE's flush) end with the share's.
+            mounted.answer()
+            assert proc.wait_exit(timeout=60) == 0, proc.output()
+        finally:
+            mounted.answer()
+            if proc.proc.poll() is None:
+                _stop(proc)
+        emulator.set_faults(latency_ms=0)
+
+        again = run_daemon(config)
+        try:
+            wait_until(lambda: set(big) <= files_in(share / "done"), timeout=60)
+            for name, data in big.items():
+                assert (share / "done" / name).read_bytes() == data
+            assert len(emulator.events()) == 2, emulator.events()
+        finally:
+            _stop(again)
 
 
 class Growing:
