@@ -238,6 +238,7 @@ class Scheduler:
                 self.pool.submit(job)  # the order of the others is kept
                 continue
             self._flying.pop(id(job), None)
+            self._no_longer_probing(job)
             if job.ticket is not None:
                 self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
             if job.ready is not None:
@@ -245,6 +246,8 @@ class Scheduler:
             elif job.claim is not None:
                 held.retries.append((self.destination(job), 0.0, job))
         stuck = [key for key, (job, _) in self._flying.items() if job.inbox.path == inbox.path]
+        for key in stuck:
+            self._no_longer_probing(self._flying[key][0])
         fresh = [key for key in stuck if key not in self._lent]
         self._lent.update(fresh)
         self.pool.lend(len(fresh))
@@ -254,6 +257,12 @@ class Scheduler:
             held_back=len(held.waiting) + len(held.retries),
             workers_waiting_there=len(stuck),
         )
+
+    def _no_longer_probing(self, job: Job) -> None:
+        """A destination's probe held in a silent share: another file may probe instead."""
+        if job.probe:
+            job.probe = False
+            self.lane(self.destination(job)).gate.probing = False
 
     def unhold(self, inbox: Inbox) -> None:
         """Its share answers again: its files go back to their lanes, ahead of newer ones."""

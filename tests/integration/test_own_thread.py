@@ -22,15 +22,21 @@ from support import (
     Folders,
     RunningDaemon,
     claims_in,
+    client_for,
     drop,
     files_in,
     wait_until,
 )
 
-from flowflexd.config.model import load
+from flowflexd.config.model import DEFAULT_DESTINATION, load
 from flowflexd.emulator import Emulator
-from flowflexd.engine.lifecycle import Stage
-from flowflexd.inbox.spool import try_lock
+from flowflexd.engine.journal import Journal
+from flowflexd.engine.lifecycle import Ledger, Stage
+from flowflexd.engine.pipeline import Pipeline
+from flowflexd.engine.scheduler import Scheduler
+from flowflexd.engine.snapshot import Pause
+from flowflexd.inbox.runtime import Inbox
+from flowflexd.inbox.spool import Carried, try_lock
 
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
 OWN = {"own_thread": "always"}
@@ -150,3 +156,47 @@ def test_a_claim_found_unreadable_at_take_up_is_set_aside_from_its_own_thread(
     assert report["code"] == "CLAIM_UNREADABLE"
     assert not claims_in(layout.inbox)
     assert emulator.events() == []  # never sent under a new key
+
+
+def test_a_held_inbox_gives_back_its_files_and_the_destinations_probe(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """FlowFlex down and a share silent at once: the probe from that share must not block others.
+
+    No worker threads run here, so what the scheduler hands the pool stays
+    unstarted, as a job queued behind busy workers does.
+    """
+    layout = Folders(tmp_path)
+    folder = load(layout.config(emulator, [PDF], **OWN)).folders[0]
+    ledger = Ledger()
+    pipeline = Pipeline({DEFAULT_DESTINATION: client_for(emulator)}, Journal(tmp_path / "state"))
+    scheduler = Scheduler(pipeline, ledger, workers=1, settle_seconds=0.0, report=lambda *_: None)
+    inbox = Inbox(
+        folder,
+        ledger=ledger,
+        settle_seconds=0.0,
+        rescan_seconds=60,
+        watch=False,
+        hint=lambda _: lambda _name: None,
+        carried=Carried(),
+    )
+    inbox.start(time.monotonic())
+    for n in range(3):
+        drop(layout.inbox, f"f{n}.pdf", b"%PDF f" + PDF_END)
+    inbox.tracker.rescan()
+    ready = wait_until(lambda: inbox.tracker.step(time.monotonic() + 1), what="files ready")
+    scheduler.queue(inbox, ready)
+    now = time.monotonic()
+    scheduler.gate.trip(Pause.OUTAGE, "FlowFlex is down", now, probe=False)
+    scheduler.dispatch(now + 3600, [inbox])  # the probe is due: one file goes to probe
+    assert scheduler.gate.probing and scheduler.pool.busy == 1
+
+    scheduler.hold(inbox)
+    assert not scheduler.gate.probing  # a file of another inbox may probe now
+    assert scheduler.pool.busy == 0 and not scheduler.lanes[DEFAULT_DESTINATION].busy()
+    assert ledger.count(Stage.READY, folder=str(layout.inbox)) == 3  # none lost, none in flight
+
+    scheduler.unhold(inbox)
+    names = [r.name for _, r in scheduler.lanes[DEFAULT_DESTINATION].waiting]
+    assert sorted(names) == ["f0.pdf", "f1.pdf", "f2.pdf"]
+    inbox.close()
