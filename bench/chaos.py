@@ -43,7 +43,7 @@ FLOWFLEXD = str(Path(sys.executable).with_name("flowflexd"))
 STALL_SECONDS = 180.0
 
 
-def write_config(root: Path, emulator: Emulator, workers: int) -> Path:
+def write_config(root: Path, emulator: Emulator, workers: int, own_thread: str) -> Path:
     config = {
         "flowflex": {
             "base_url": emulator.url,
@@ -62,6 +62,7 @@ def write_config(root: Path, emulator: Emulator, workers: int) -> Path:
                 "path": str(root / "inbox"),
                 "done": str(root / "done"),
                 "failed": str(root / "failed"),
+                "own_thread": own_thread,
                 "rules": [
                     {
                         "name": "with-sidecar",
@@ -124,13 +125,20 @@ def sha256_file(path: Path) -> str:
 
 
 def chaos(
-    *, files: int, kills: int, fail_rate: float, workers: int, seed: int, root: Path
+    *,
+    files: int,
+    kills: int,
+    fail_rate: float,
+    workers: int,
+    seed: int,
+    root: Path,
+    own_thread: str = "auto",
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     (root / "inbox").mkdir(parents=True)
     started = time.monotonic()
     with Emulator(data_dir=root / "emulator", fail_rate=fail_rate, seed=seed) as emulator:
-        config = write_config(root, emulator, workers)
+        config = write_config(root, emulator, workers, own_thread)
         # Spread the drops over the killing phase, so kills land on files in flight.
         kill_window = max(5.0, kills * 1.0)
         producer = Producer(root / "inbox", files, seconds=kill_window * 0.8, seed=seed)
@@ -220,6 +228,12 @@ def main() -> int:
     parser.add_argument("--fail-rate", type=float, default=0.2)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--own-thread",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="the inbox's own_thread (always: its calls in a thread of its own, as on a share)",
+    )
     parser.add_argument("--json", type=Path, help="write the result here too")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args()
@@ -232,6 +246,7 @@ def main() -> int:
         workers=args.workers,
         seed=args.seed,
         root=root,
+        own_thread=args.own_thread,
     )
     width = max(map(len, result))
     for key, value in result.items():
