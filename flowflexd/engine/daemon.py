@@ -108,7 +108,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class Turn:
-    """What an inbox's step in its own thread found: claims to resume, files to take."""
+    """What an inbox's look and step found (on the loop, or in its own thread)."""
 
     found: list[Claim | Unreadable]
     ready: list[Ready]

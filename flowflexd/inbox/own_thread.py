@@ -5,8 +5,9 @@ mount waits for as long as the share's server does not answer. The main
 loop looks at every inbox and commits every finished claim, so a share that
 stopped while its files settled or were moved into done held every folder
 with it. An inbox on a network file system therefore makes those calls here:
-its tracker's steps and rescans, its take-up, its share of a group commit,
-its retention pass. The main loop hands a call over and goes on; the answer
+its tracker's steps and rescans, its take-up when it comes back (the one at
+a start stays on the loop, after a look that gives up in 5 s), its share of
+a group commit, its retention pass. The main loop hands a call over and goes on; the answer
 comes back to it as a message. While a call of the main loop's is out, the
 inbox's tracker belongs to this thread and the loop leaves it alone (hints
 and releases wait for the answer).
