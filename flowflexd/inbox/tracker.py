@@ -56,6 +56,9 @@ from flowflexd.rules.sanitize import asset_name
 log = structlog.get_logger("flowflexd.inbox.tracker")
 
 
+#: A file the daemon has (handed over), or finished and has not yet released: an
+#: inbox in its own thread hears of the release only when its step answers.
+THE_DAEMONS: frozenset[Stage | None] = frozenset({*HANDED_OVER, None})
 EMPTY_RECHECK_SECONDS = 5.0
 MAX_ROWS_SHOWN = 20  # bad rows named in a reason; the rest are counted
 
@@ -149,7 +152,7 @@ class Tracker:
         self._wanted_by.clear()
         self._wants.clear()
         for name, entry in self._entries.items():
-            if entry.stage not in HANDED_OVER:
+            if entry.stage not in THE_DAEMONS:
                 self._set(entry, Stage.SETTLING)
                 entry.complete_at = None
                 entry.said = None
@@ -176,7 +179,7 @@ class Tracker:
         except OSError:
             return
         for name in [n for n in self._entries if n not in names]:
-            if self._entries[name].stage not in HANDED_OVER:
+            if self._entries[name].stage not in THE_DAEMONS:
                 self._forget(name)
         self._pending.update(names)
 
@@ -335,7 +338,7 @@ class Tracker:
                 age = time.time() - info.st_ctime
                 if age > 0:
                     entry.still_since = now - age
-            if entry.stage not in HANDED_OVER | {Stage.COMPANION}:
+            if entry.stage not in THE_DAEMONS | {Stage.COMPANION}:
                 self._set(entry, Stage.SETTLING)
         return entry, info
 
@@ -398,7 +401,7 @@ class Tracker:
 
     def _observe(self, name: str, now: float) -> Ready | None:
         existing = self._entries.get(name)
-        if existing is not None and existing.stage in HANDED_OVER:
+        if existing is not None and existing.stage in THE_DAEMONS:
             return None
         if self._outside(name):
             return None
@@ -597,7 +600,7 @@ class Tracker:
         batch = self._batches.get(entry.name)
         if batch:
             self._pending.update(
-                n for n in batch if n in self._entries and self._entries[n].stage not in HANDED_OVER
+                n for n in batch if n in self._entries and self._entries[n].stage not in THE_DAEMONS
             )
             self._set(entry, Stage.COMPANION)
             return None
