@@ -29,7 +29,7 @@ from support import (
     wait_until,
 )
 
-from flowflexd.config.model import DEFAULT_DESTINATION, load
+from flowflexd.config.model import DEFAULT_DESTINATION, Folder, load
 from flowflexd.emulator import Emulator
 from flowflexd.engine.journal import Journal
 from flowflexd.engine.lifecycle import Ledger, Stage
@@ -45,6 +45,21 @@ OWN = {"own_thread": "always"}
 
 def _inbox_threads(path: Path) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name == f"inbox {path}"]
+
+
+def _inbox_by_hand(folder: Folder, ledger: Ledger) -> Inbox:
+    """An inbox taken up and stepped by the test, as the daemon's loop would (no watch)."""
+    inbox = Inbox(
+        folder,
+        ledger=ledger,
+        settle_seconds=0.0,
+        rescan_seconds=60,
+        watch=False,
+        hint=lambda _: lambda _name: None,
+        carried=Carried(),
+    )
+    inbox.start(time.monotonic())
+    return inbox
 
 
 def test_files_sidecars_and_markers_go_as_they_do_from_the_loop(
@@ -173,16 +188,7 @@ def test_a_held_inbox_gives_back_its_files_and_the_destinations_probe(
     ledger = Ledger()
     pipeline = Pipeline({DEFAULT_DESTINATION: client_for(emulator)}, Journal(tmp_path / "state"))
     scheduler = Scheduler(pipeline, ledger, workers=1, settle_seconds=0.0, report=lambda *_: None)
-    inbox = Inbox(
-        folder,
-        ledger=ledger,
-        settle_seconds=0.0,
-        rescan_seconds=60,
-        watch=False,
-        hint=lambda _: lambda _name: None,
-        carried=Carried(),
-    )
-    inbox.start(time.monotonic())
+    inbox = _inbox_by_hand(folder, ledger)
     for n in range(3):
         drop(layout.inbox, f"f{n}.pdf", b"%PDF f" + PDF_END)
     inbox.tracker.rescan()
@@ -214,16 +220,7 @@ def test_a_file_finished_while_its_release_waits_for_the_inbox_is_left_to_the_da
     layout = Folders(tmp_path)
     folder = load(layout.config(emulator, [PDF], **OWN)).folders[0]
     ledger = Ledger()
-    inbox = Inbox(
-        folder,
-        ledger=ledger,
-        settle_seconds=0.0,
-        rescan_seconds=60,
-        watch=False,
-        hint=lambda _: lambda _name: None,
-        carried=Carried(),
-    )
-    inbox.start(time.monotonic())
+    inbox = _inbox_by_hand(folder, ledger)
     drop(layout.inbox, "a.pdf", b"%PDF a" + PDF_END)
     inbox.tracker.rescan()
     [ready] = wait_until(lambda: inbox.tracker.step(time.monotonic() + 1), what="a.pdf ready")
