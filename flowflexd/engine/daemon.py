@@ -275,10 +275,7 @@ class Daemon:
         for item in found:
             entry = recorded.get(item.id)
             if isinstance(item, Unreadable):
-                if inbox.own is None:
-                    self._set_aside(inbox, item, entry)
-                else:  # its files move on its share: there
-                    inbox.own.submit(partial(self._set_aside, inbox, item, entry))
+                inbox.spool.run_there(partial(self._set_aside, inbox, item, entry))
                 continue
             if entry is not None and entry.get("outcome") == "done" and item.answer is None:
                 item.answer = entry.get("answer")
@@ -464,15 +461,12 @@ class Daemon:
     def _close_inboxes(self) -> None:
         apart = []
         for inbox in self.inboxes:
-            if inbox.own is None:
-                inbox.watcher.stop()
-                inbox.spool.unlock()
-                continue
-            # After the calls handed over before (the last commit's among them).
-            inbox.own.submit(inbox.watcher.stop)
-            inbox.own.submit(inbox.spool.unlock)
-            inbox.own.stop()
-            apart.append(inbox)
+            # In its own thread, after the calls handed over before (the last commit's).
+            inbox.spool.run_there(inbox.watcher.stop)
+            inbox.spool.run_there(inbox.spool.unlock)
+            if inbox.own is not None:
+                inbox.own.stop()
+                apart.append(inbox)
         deadline = time.monotonic() + CLOSE_WAIT_SECONDS
         for inbox in apart:
             assert inbox.own is not None
@@ -675,11 +669,8 @@ class Daemon:
         if not keeping:
             return
         for inbox in keeping:
-            if inbox.own is not None:
-                inbox.own.submit(partial(self._sweep_one, inbox.folder))
-                continue
             self.stall.at(inbox.path)
-            self._sweep_one(inbox.folder)
+            inbox.spool.run_there(partial(self._sweep_one, inbox.folder))
 
     def _sweep_one(self, folder: Folder) -> None:
         try:
@@ -706,10 +697,7 @@ class Daemon:
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.config.shutdown_grace_seconds
         for inbox in self.inboxes:
-            if inbox.own is None:
-                inbox.watcher.stop()
-            else:
-                inbox.own.submit(inbox.watcher.stop)  # it may be taking the watch up there
+            inbox.spool.run_there(inbox.watcher.stop)  # its own thread may be taking it up
         self.scheduler.take_back_unstarted()
         log.info(
             "stopping: no new files are taken; waiting for files in flight",
@@ -978,10 +966,8 @@ class Daemon:
                     inbox.own.submit(change, partial(self._reconfigured, inbox))
             self.inboxes.append(inbox)
         for gone in current.values():
-            if gone.own is None:
-                gone.close()
-            else:
-                gone.own.submit(gone.close)
+            gone.spool.run_there(gone.close)
+            if gone.own is not None:
                 gone.own.stop()
             left = self.scheduler.drop(gone)
             log.info(

@@ -103,12 +103,9 @@ class GroupCommit:
             for spool, placed in batch:
                 by_spool.setdefault(spool, []).append(placed)
             for spool, placed_there in by_spool.items():
-                if spool.run_apart is None:
-                    self._finish(spool, placed_there)
-                else:
-                    # On a share: in the inbox's own thread, so a server that stopped
-                    # answering holds that inbox's claims alone.
-                    spool.run_apart(partial(self._finish, spool, placed_there))
+                # On a share, in the inbox's own thread: a server that stopped
+                # answering holds that inbox's claims alone.
+                spool.run_there(partial(self._finish, spool, placed_there))
 
     def _finish(self, spool: Spool, batch: list[Placed]) -> None:
         """Make one inbox's new names durable, then remove its claims from the work area."""

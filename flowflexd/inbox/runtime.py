@@ -111,7 +111,7 @@ class Inbox:
         # On a share: the calls into its folders are made in this thread (own_thread.py).
         self.own = own
         if own is not None:
-            self.spool.run_apart = own.submit
+            self.spool.run_there = own.submit
         # The main loop's calls out in its own thread: till they answer, the tracker is theirs.
         self.out = 0
         self.held_since: float | None = None  # wall clock: a call there waits on its share

@@ -372,9 +372,9 @@ class Spool:
         self._adopted = False
         self._home_checked = 0.0
         self._spares: list[str] = []  # names in the work area of emptied claim folders
-        # Set for an inbox on a share: how a group commit hands this spool's part to the
-        # inbox's own thread (own_thread.py); None: made where the commit runs.
-        self.run_apart: Callable[[Callable[[], Any]], None] | None = None
+        # Where calls into this inbox's folders are made: at once by the caller, or, for
+        # an inbox on a share, handed to its own thread (own_thread.py) to be made there.
+        self.run_there: Callable[[Callable[[], Any]], None] = _call_now
 
     # ---------------------------------------------------------- preparation
 
@@ -974,3 +974,7 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode(
         "utf-8", "surrogateescape"
     )
+
+
+def _call_now(call: Callable[[], Any]) -> None:
+    call()
