@@ -43,12 +43,13 @@ from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.inbox.mounts import wants_own_thread
-from flowflexd.inbox.own_thread import HELD_AFTER, Answered, OwnThread
+from flowflexd.inbox.own_thread import Answered, OwnThread
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
 from flowflexd.inbox.tracker import Ready
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
+from flowflexd.support.kernelwait import HELD_AFTER
 
 log = structlog.get_logger("flowflexd")
 
@@ -645,18 +646,18 @@ class Daemon:
         if now < self._next_worker_look:
             return
         self._next_worker_look = now + 1.0  # a second's delay is nothing beside HELD_AFTER
-        for path, since in self.scheduler.oldest_jobs().items():
-            if now - since < HELD_AFTER:
-                continue
-            for inbox in self.inboxes:
-                if (
-                    inbox.path == path
-                    and inbox.online
-                    and not inbox.lent
-                    and now - inbox.looked_early >= HELD_AFTER
-                ):
-                    inbox.looked_early = now
-                    inbox.next_rescan = min(inbox.next_rescan, now)
+        oldest = self.scheduler.oldest_jobs()
+        for inbox in self.inboxes:
+            since = oldest.get(inbox.path)
+            if (
+                since is not None
+                and now - since >= HELD_AFTER
+                and inbox.online
+                and not inbox.lent
+                and now - inbox.looked_early >= HELD_AFTER
+            ):
+                inbox.looked_early = now
+                inbox.next_rescan = min(inbox.next_rescan, now)
 
     def _sweep(self) -> None:
         """Retention: delete what flowflexd put in done and failed past its keep_*_days."""

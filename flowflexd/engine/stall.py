@@ -34,18 +34,10 @@ import structlog
 
 from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.support.durable import write_durable
-from flowflexd.support.kernelwait import asleep_in_kernel
+from flowflexd.support.kernelwait import HELD_AFTER, HELD_LOOKS, asleep_in_kernel
 
 log = structlog.get_logger("flowflexd")
 
-# The loop comes round at least once a second when all is well (its wait is
-# capped at 1 s); 10 s is past any listing or commit seen in the benchmarks
-# (a 100,000-file backlog: 3.6 s), and well inside systemd's WatchdogSec=30s.
-STALL_SECONDS = 10.0
-# A loop that is slow but working (a huge folder listed on a busy disk) runs
-# its own code most of the time; one held by a server that does not answer
-# sleeps in the file system's wait at every look, a second apart.
-HELD_LOOKS = 3
 # In state_dir while the loop is held: which folder, since when, by which pid. For
 # ``flowflexd status``, which must not look at that share itself, or it would wait too.
 HELD_FILE = "held.json"
@@ -62,7 +54,9 @@ class StallWatch:
         feed: Callable[[], None] | None = None,
         feed_every: float | None = None,
         note: Path | None = None,
-        after: float = STALL_SECONDS,
+        # The loop comes round at least once a second when all is well (its wait is
+        # capped at 1 s); HELD_AFTER is well inside systemd's WatchdogSec=30s.
+        after: float = HELD_AFTER,
         look: float = 1.0,
     ) -> None:
         self._status = status

@@ -60,16 +60,14 @@ def share_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
     Nothing is looked at on disk: for a share that does not answer, where a
     ``stat`` or ``realpath`` would wait for its server.
     """
-    entries = _entries(mounts_file) or []
-    above = [point for point, _ in entries if point != "/" and below(str(path), point)]
-    return max(above, key=len) if above else None
+    found = _deepest(str(path), _entries(mounts_file) or [])
+    return found[0] if found is not None and found[0] != "/" else None
 
 
 def filesystem_of(path: Path, mounts_file: str = MOUNTS) -> str | None:
     """The type of the file system a path lies on, from its name alone (see ``share_of``)."""
-    entries = _entries(mounts_file) or []
-    inside = [entry for entry in entries if below(str(path), entry[0])]
-    return max(inside, key=lambda entry: len(entry[0]))[1] if inside else None
+    found = _deepest(str(path), _entries(mounts_file) or [])
+    return found[1] if found is not None else None
 
 
 def on_network(fs_type: str | None) -> bool:
@@ -119,7 +117,11 @@ def mount_of(path: Path, mounts_file: str = MOUNTS) -> tuple[str, str] | None:
     entries = _entries(mounts_file)
     if entries is None:
         return None
-    target = os.path.realpath(existing_ancestor(path))
+    return _deepest(os.path.realpath(existing_ancestor(path)), entries)
+
+
+def _deepest(target: str, entries: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The (mount point, type) of the deepest mount holding ``target``, by name alone."""
     inside = [entry for entry in entries if below(target, entry[0])]
     return max(inside, key=lambda entry: len(entry[0])) if inside else None
 

@@ -30,13 +30,11 @@ from typing import Any
 
 import structlog
 
-from flowflexd.support.kernelwait import asleep_in_kernel
+from flowflexd.support.kernelwait import HELD_AFTER, HELD_LOOKS, asleep_in_kernel
 
 log = structlog.get_logger("flowflexd")
 
-HELD_AFTER = 10.0  # as the main loop's own stall watch: past any listing seen in the benchmarks
-HELD_LOOKS = 3  # looks a second apart; a slow share's thread runs code between its waits
-LOOK_EVERY = 1.0
+LOOK_EVERY = 1.0  # between looks at a call's thread, once it is out HELD_AFTER seconds
 
 Then = Callable[[Any], None]
 

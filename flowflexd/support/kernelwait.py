@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The one rule for "held by a share", for the main loop (stall.py) and for an
+# inbox's own thread (own_thread.py): a call out this long, 10 s being past any
+# listing or commit seen in the benchmarks (a 100,000-file backlog: 3.6 s) ...
+HELD_AFTER = 10.0
+# ... whose thread sleeps in the kernel at this many looks a second apart: a slow
+# but working share runs its own code between its server's answers.
+HELD_LOOKS = 3
+
 
 def asleep_in_kernel(native_id: int) -> bool:
     """The thread (its native id) sleeps in the kernel, and not on a futex.
