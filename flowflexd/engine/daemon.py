@@ -594,9 +594,8 @@ class Daemon:
         inbox.own.submit(partial(_step, inbox), partial(self._stepped, inbox))
 
     def _stepped(self, inbox: Inbox, answer: Turn | Exception) -> None:
-        inbox.answered()
-        if isinstance(answer, Exception):
-            raise answer  # a bug: as if it were raised on the loop, where the step once ran
+        self._answered(inbox, answer)
+        assert isinstance(answer, Turn)
         if inbox in self.inboxes:
             self._take_turn(inbox, answer, time.monotonic())
             return
@@ -921,10 +920,11 @@ class Daemon:
         self.notifier.ready()
 
     @staticmethod
-    def _reconfigured(inbox: Inbox, answer: object) -> None:
+    def _answered(inbox: Inbox, answer: object) -> None:
+        """A call the loop lent the inbox's tracker for came back: the loop has it again."""
         inbox.answered()
         if isinstance(answer, Exception):
-            raise answer
+            raise answer  # a bug: as if it were raised on the loop, where the call once ran
 
     def _changed_clients(self, new: Config) -> dict[str, FlowFlex]:
         """New clients for the destinations whose settings changed, or that are new.
@@ -964,7 +964,7 @@ class Daemon:
                     change()
                 else:
                     inbox.out += 1  # its tracker is changed there, after the step out now
-                    inbox.own.submit(change, partial(self._reconfigured, inbox))
+                    inbox.own.submit(change, partial(self._answered, inbox))
             self.inboxes.append(inbox)
         for gone in current.values():
             gone.spool.run_there(gone.close)
