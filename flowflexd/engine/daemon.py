@@ -2,12 +2,11 @@
 
 One scheduler thread owns every inbox, the ledger of where each file is in
 its life and the scheduler: watchdog threads, workers and signal handlers
-only put typed messages on its queue. An inbox on a share lends its tracker
-to a thread of its own for each step there (inbox/own_thread.py), and has it
-back with the answer, so that a share whose server stops holds that inbox
-alone. What runs next is the scheduler's
+only put typed messages on its queue. What runs next is the scheduler's
 business (scheduler.py), an inbox's online and offline life the inbox's
-(inbox/runtime.py), pausing the breaker's (breaker.py).
+(inbox/runtime.py), pausing the breaker's (breaker.py), the steps of inboxes
+on shares, made in threads of their own, and holding the files of a silent
+one, the shares' (shares.py).
 """
 
 from __future__ import annotations
@@ -37,19 +36,17 @@ from flowflexd.engine.notify import Notifier
 from flowflexd.engine.outcomes import Code
 from flowflexd.engine.pipeline import Outcome, Pipeline
 from flowflexd.engine.scheduler import Job, Scheduler, Totals
+from flowflexd.engine.shares import Shares, held_trouble
 from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.engine.stall import HELD_FILE, StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
-from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.inbox.mounts import wants_own_thread
 from flowflexd.inbox.own_thread import Answered, OwnThread
-from flowflexd.inbox.runtime import Inbox, NameHint, Trouble
+from flowflexd.inbox.runtime import Inbox, NameHint, Trouble, Turn
 from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
-from flowflexd.inbox.tracker import Ready
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
-from flowflexd.support.kernelwait import HELD_AFTER
 
 log = structlog.get_logger("flowflexd")
 
@@ -57,12 +54,6 @@ ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
 STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
 CLOSE_WAIT_SECONDS = 5.0  # at a stop, for the inboxes' own threads to finish their calls
-#: Why an inbox whose own thread waits on its share is shown away (status, daemon.json).
-HELD_REASON = f"a call into it has waited over {HELD_AFTER:g} s: its share's server does not answer"
-HELD_FIX = (
-    "bring back the share's server or the network to it; this folder goes on by itself once "
-    f"it answers, and the others are not held. To go on without it, force it off: {FORCE_OFF}"
-)
 
 
 def _worst(kinds: Iterable[Pause | None]) -> Pause | None:
@@ -105,16 +96,6 @@ class Reload:
 @dataclass(frozen=True)
 class Stop:
     force: bool
-
-
-@dataclass(frozen=True)
-class Turn:
-    """What an inbox's look and step found (on the loop, or in its own thread)."""
-
-    found: list[Claim | Unreadable]
-    ready: list[Ready]
-    looked: bool  # the periodic look was made
-    came_online: bool
 
 
 Message = Hint | Finished | Refused | Reload | Stop | Answered
@@ -174,6 +155,9 @@ class Daemon:
         self.pipeline.commits.watch = self.stall
         self.scheduler.on_gate_change = self._write_state
         self.totals: Totals = self.scheduler.totals
+        self.shares = Shares(
+            self.scheduler, self.ledger, take_turn=self._take_turn, inboxes=lambda: self.inboxes
+        )
         self.ready = threading.Event()
         self._messages: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stopping = False
@@ -184,7 +168,6 @@ class Daemon:
         self._published_from: tuple[object, ...] = ()
         self._troubles_written: dict[str, Trouble] = {}
         self._next_sweep = 0.0
-        self._next_worker_look = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen is not None:
@@ -557,15 +540,15 @@ class Daemon:
         return False
 
     def _tick(self, now: float) -> None:
-        self._look_where_workers_wait(now)
+        self.shares.look_where_workers_wait(now)
         for inbox in self.inboxes:
             if inbox.own is not None:
-                self._step_apart(inbox, now)
+                self.shares.step(inbox, now)
                 continue
             self.stall.at(inbox.path)
-            self._take_turn(inbox, _step(inbox, now), now)
+            self._take_turn(inbox, inbox.turn(now), now)
         self.stall.at(None)
-        self._hold_silent()
+        self.shares.hold_silent()
         self.scheduler.dispatch(now, self.inboxes)
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
@@ -580,83 +563,6 @@ class Daemon:
             if inbox.online:
                 self.pipeline.urls.purge()
         self.scheduler.queue(inbox, turn.ready)
-
-    def _step_apart(self, inbox: Inbox, now: float) -> None:
-        """An inbox on a share: its look and step, made in its own thread, answer later."""
-        assert inbox.own is not None
-        if inbox.lent:
-            self._watch_apart(inbox, now)
-            return
-        due = inbox.tracker.next_due() if inbox.online else None
-        if now < inbox.next_rescan and (due is None or due > now):
-            return
-        inbox.out += 1
-        inbox.own.submit(partial(_step, inbox), partial(self._stepped, inbox))
-
-    def _stepped(self, inbox: Inbox, answer: Turn | Exception) -> None:
-        self._answered(inbox, answer)
-        assert isinstance(answer, Turn)
-        if inbox in self.inboxes:
-            self._take_turn(inbox, answer, time.monotonic())
-            return
-        # Removed by a reload meanwhile: what it found stays on disk, for the folder added back.
-        for item in answer.found:
-            if isinstance(item, Claim):
-                inbox.spool.carried.discard(item.id)
-        for ready in answer.ready:
-            self.ledger.finish(ready.ticket)
-
-    def _watch_apart(self, inbox: Inbox, now: float) -> None:
-        """Says once when an inbox's own thread waits on a share that does not answer."""
-        assert inbox.own is not None
-        if inbox.held_since is None and inbox.own.held(now):
-            since = inbox.own.waiting_since() or now
-            inbox.held_since = time.time() - (now - since)
-            log.error(
-                "inbox does not answer; other folders keep running, this one resumes when it does",
-                folder=str(inbox.path),
-                error=HELD_REASON,
-                hint=HELD_FIX,
-                waited_s=round(now - since, 1),
-            )
-
-    def _hold_silent(self) -> None:
-        """Files of inboxes whose share does not answer wait off the workers; back when it does."""
-        held = self.scheduler.held()
-        for inbox in self.inboxes:
-            if inbox.held_since is not None and inbox.own is not None and not inbox.lent:
-                log.info("inbox answers again", folder=str(inbox.path))
-                inbox.held_since = None
-            silent = inbox.held_since is not None or (
-                not inbox.online and inbox.trouble is not None and not inbox.trouble.answering
-            )
-            if silent and inbox.path not in held:
-                self.scheduler.hold(inbox)
-            elif not silent and inbox.path in held:
-                self.scheduler.unhold(inbox)
-
-    def _look_where_workers_wait(self, now: float) -> None:
-        """A worker out over HELD_AFTER s on an inbox's file: look whether its share answers.
-
-        An upload that long over a slow network is common, and the look costs a
-        ``stat``; a share that stopped is then set aside within seconds, not at
-        the next rescan, before every worker waits there.
-        """
-        if now < self._next_worker_look:
-            return
-        self._next_worker_look = now + 1.0  # a second's delay is nothing beside HELD_AFTER
-        oldest = self.scheduler.oldest_jobs()
-        for inbox in self.inboxes:
-            since = oldest.get(inbox.path)
-            if (
-                since is not None
-                and now - since >= HELD_AFTER
-                and inbox.online
-                and not inbox.lent
-                and now - inbox.looked_early >= HELD_AFTER
-            ):
-                inbox.looked_early = now
-                inbox.next_rescan = min(inbox.next_rescan, now)
 
     def _sweep(self) -> None:
         """Retention: delete what flowflexd put in done and failed past its keep_*_days."""
@@ -769,10 +675,9 @@ class Daemon:
     def _troubles(self) -> dict[str, Trouble]:
         troubles = {str(i.path): i.trouble for i in self.inboxes if not i.online and i.trouble}
         for inbox in self.inboxes:
-            if inbox.held_since is not None:
-                troubles[str(inbox.path)] = Trouble(
-                    HELD_REASON, HELD_FIX, inbox.held_since, answering=False
-                )
+            held = held_trouble(inbox)
+            if held is not None:
+                troubles[str(inbox.path)] = held
         return troubles
 
     def _write_state(self, *, running: bool = True) -> None:
@@ -919,13 +824,6 @@ class Daemon:
         self._publish(force=True)
         self.notifier.ready()
 
-    @staticmethod
-    def _answered(inbox: Inbox, answer: object) -> None:
-        """A call the loop lent the inbox's tracker for came back: the loop has it again."""
-        inbox.answered()
-        if isinstance(answer, Exception):
-            raise answer  # a bug: as if it were raised on the loop, where the call once ran
-
     def _changed_clients(self, new: Config) -> dict[str, FlowFlex]:
         """New clients for the destinations whose settings changed, or that are new.
 
@@ -963,8 +861,7 @@ class Daemon:
                     self.stall.at(folder.path)
                     change()
                 else:
-                    inbox.out += 1  # its tracker is changed there, after the step out now
-                    inbox.own.submit(change, partial(self._answered, inbox))
+                    self.shares.change(inbox, change)
             self.inboxes.append(inbox)
         for gone in current.values():
             gone.spool.run_there(gone.close)
@@ -976,13 +873,3 @@ class Daemon:
                 folder=str(gone.path),
                 claimed_left=left,
             )
-
-
-def _step(inbox: Inbox, now: float | None = None) -> Turn:
-    """An inbox's look (when due) and step: on the loop, or in its own thread."""
-    now = time.monotonic() if now is None else now
-    looked = now >= inbox.next_rescan
-    was_online = inbox.online
-    found = inbox.check(now) if looked else []
-    ready = inbox.tracker.step(now) if inbox.online else []
-    return Turn(found, ready, looked, inbox.online and not was_online)

@@ -77,6 +77,16 @@ def look_at(path: Path) -> tuple[int, int] | OSError | None:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """What an inbox's look and step found (``Inbox.turn``): on the loop, or in its own thread."""
+
+    found: list[Claim | Unreadable]  # claims to resume, from a take-up
+    ready: list[Ready]
+    looked: bool  # the periodic look was made
+    came_online: bool
+
+
+@dataclass(frozen=True)
 class Sight:
     """What a look at an inbox found: where its path leads, and what is there."""
 
@@ -176,6 +186,15 @@ class Inbox:
         self._releases.clear()
         self._notes.clear()
         self._rescan_asked = False
+
+    def turn(self, now: float | None = None) -> Turn:
+        """Its look (when due) and its step."""
+        now = time.monotonic() if now is None else now
+        looked = now >= self.next_rescan
+        was_online = self.online
+        found = self.check(now) if looked else []
+        ready = self.tracker.step(now) if self.online else []
+        return Turn(found, ready, looked, self.online and not was_online)
 
     def start(self, now: float) -> list[Claim | Unreadable]:
         """Prepare and watch the inbox; the claims left by an earlier run.
