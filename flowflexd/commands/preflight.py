@@ -25,7 +25,7 @@ from flowflexd.inbox.mounts import (
     mount_of,
     unmounted_share,
 )
-from flowflexd.inbox.runtime import look_into
+from flowflexd.inbox.runtime import Sight, look_into
 from flowflexd.inbox.spool import not_ours, user_name
 from flowflexd.rules.templates import Template
 
@@ -81,8 +81,10 @@ def check_folder(
     findings: Findings,
     mounts_file: str = MOUNTS,
     fstab: str | None = None,
+    looker: Looker[Sight] | None = None,
 ) -> None:
-    sight = Looker(folder.path, look_into).look()
+    """What would stop or trouble the daemon at this inbox; ``looker``'s look may be begun."""
+    sight = (looker or Looker(folder.path, look_into)).look()
     if isinstance(sight, NotAnswering):
         # Every other check would wait on it too.
         findings.errors.append(
@@ -169,8 +171,11 @@ def lease_warning(folder: Folder, why: str) -> str:
 
 def check(config: Config, mounts_file: str = MOUNTS) -> Findings:
     findings = Findings(warnings=list(config.warnings))
-    for folder in config.folders:
-        check_folder(folder, findings, mounts_file)
+    lookers = [Looker(folder.path, look_into) for folder in config.folders]
+    for looker in lookers:
+        looker.begin()  # a share that does not answer is waited on once, not once per inbox
+    for folder, looker in zip(config.folders, lookers, strict=True):
+        check_folder(folder, findings, mounts_file, looker=looker)
     if config.state_dir == SERVICE_STATE_DIR and not config.state_dir.exists():
         findings.notes.append(f"state_dir {config.state_dir}: the unit's StateDirectory creates it")
         return findings

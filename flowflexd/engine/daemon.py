@@ -41,6 +41,7 @@ from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.engine.stall import HELD_FILE, StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
+from flowflexd.inbox.answering import all_within
 from flowflexd.inbox.mounts import wants_own_thread
 from flowflexd.inbox.own_thread import Answered, OwnThread
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble, Turn
@@ -234,17 +235,26 @@ class Daemon:
             own=own,
         )
 
-    def _start_inbox(self, folder: Folder, now: float) -> Inbox:
+    def _looked_at_together(self, folders: Iterable[Folder]) -> list[Inbox]:
+        """New inboxes for ``folders``, the first look at each already begun.
+
+        Taken up one after another, each inbox whose share's server is down
+        held the start for a look's whole limit; begun together, they are all
+        given up on within one.
+        """
+        fresh = [self._new_inbox(folder) for folder in folders]
+        for inbox in fresh:
+            inbox.looker.begin()
+        return fresh
+
+    def _take_up(self, inbox: Inbox, now: float) -> None:
         self.stall.beat()  # each inbox's take-up gets its own time
-        self.stall.at(folder.path)
-        inbox = self._new_inbox(folder)
-        held = self._adopted.pop(folder.path, None)
+        self.stall.at(inbox.path)
+        held = self._adopted.pop(inbox.path, None)
         if held is not None:
             inbox.spool.adopt_lock(held)
-        self.inboxes.append(inbox)  # closed with the others should a later one refuse
         self.scheduler.attach(inbox)
         self._resume(inbox, inbox.start(now), now)
-        return inbox
 
     def _resume(self, inbox: Inbox, found: list[Claim | Unreadable], now: float) -> None:
         """Claims left by an earlier run, checked against the journal before anything is sent.
@@ -315,8 +325,10 @@ class Daemon:
         now = time.monotonic()
         self.stall.start()
         try:
-            for folder in self.config.folders:
-                self._start_inbox(folder, now)
+            # All of them closed with the others should a later one refuse.
+            self.inboxes = self._looked_at_together(self.config.folders)
+            for inbox in self.inboxes:
+                self._take_up(inbox, now)
             self._serve_metrics()
         except UserError:
             self.stall.stop()
@@ -793,8 +805,10 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self._reload_config()
-            for folder in new.folders:
-                Spool(folder).check_placement()
+            # Each looks into its inbox's file system: one on a share whose server is
+            # down held the loop until it answered. Not answering, it is checked when
+            # it is taken up again, as a share coming back is.
+            all_within([Spool(folder).check_placement for folder in new.folders])
             changed = self._changed_clients(new)
         except UserError as err:
             log.error("reload failed; the running configuration stays", error=str(err))
@@ -841,13 +855,19 @@ class Daemon:
     def _reconcile_inboxes(self, new: Config, old: Config) -> None:
         """Keep, change, add and remove inboxes; queued and claimed files are untouched."""
         current = {i.path: i for i in self.inboxes}
+        added = {
+            i.path: i
+            for i in self._looked_at_together(f for f in new.folders if f.path not in current)
+        }
         self.inboxes = []
         now = time.monotonic()
         for folder in new.folders:
             inbox = current.pop(folder.path, None)
             if inbox is None:
                 log.info("folder added", folder=str(folder.path))
-                self._start_inbox(folder, now)
+                fresh = added[folder.path]
+                self.inboxes.append(fresh)  # closed with the others should a later one refuse
+                self._take_up(fresh, now)
                 continue
             timing = (new.settle_seconds, new.rescan_seconds)
             if inbox.folder != folder or timing != (old.settle_seconds, old.rescan_seconds):

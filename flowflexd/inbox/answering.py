@@ -13,7 +13,10 @@ thread, and the first look after it answers takes the inbox up again.
 
 The same limit keeps the few other calls into the folders off a silent
 share: resolving the configured folders' links when the configuration is
-read, and ``flowflexd check``'s first look at each inbox.
+read, a reload's check of where done and failed are, and ``flowflexd
+check``'s first look at each inbox. Where many inboxes are looked at in
+turn (a start, a reload, ``check``), their looks are begun together and
+share one limit.
 """
 
 from __future__ import annotations
@@ -79,21 +82,42 @@ class Looker(Generic[T]):
         self.path = path
         self._look = look
         self._waiting: _Call[T] | None = None  # a look that has not come back
+        self._begun: _Call[T] | None = None  # a look started ahead, for the next ``look``
+
+    def begin(self) -> None:
+        """Start the next look now; ``look`` then waits for it, from when it began.
+
+        Many inboxes looked at in turn (a start, a reload, ``check``) each waited
+        up to ``LOOK_TIMEOUT`` for a share whose server is down: twenty such
+        shares held a start for 100 s, past systemd's start timeout. Begun
+        together, they are given up on together.
+        """
+        if self._begun is None and not self._still_waiting():
+            self._begun = self._start()
 
     def look(self, timeout: float = LOOK_TIMEOUT) -> T | NotAnswering:
         """What the look found, or NotAnswering when it has waited ``timeout`` seconds.
 
         While an earlier look still waits, answers NotAnswering at once.
         """
-        if self._waiting is not None:
-            if self._waiting.thread.is_alive():
+        call, self._begun = self._begun, None
+        if call is None:
+            if self._still_waiting():
+                assert self._waiting is not None
                 return NotAnswering(self._waiting.since)
-            self._waiting = None  # it came back at last: look afresh, its answer is old
-        call = _Call(lambda: self._look(self.path), f"flowflexd-look {self.path}")
-        call.thread.join(timeout)
+            call = self._start()
+        call.thread.join(max(0.0, call.since + timeout - time.monotonic()))
         if call.thread.is_alive():
             self._waiting = call
         return call.answer()
+
+    def _still_waiting(self) -> bool:
+        if self._waiting is not None and not self._waiting.thread.is_alive():
+            self._waiting = None  # it came back at last: look afresh, its answer is old
+        return self._waiting is not None
+
+    def _start(self) -> _Call[T]:
+        return _Call(lambda: self._look(self.path), f"flowflexd-look {self.path}")
 
 
 def all_within(

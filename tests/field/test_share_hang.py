@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +523,106 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
             if proc is not None:
                 _stop(proc)
             checked.kill()
+
+
+def test_a_start_or_reload_while_several_shares_do_not_answer_gives_up_on_them_together(
+    site: Site, emulator: Emulator
+) -> None:
+    """The file server behind several inboxes is down at boot: their looks wait at once.
+
+    Each look gives up after 5 s. Made one after another, twenty silent shares
+    held the start for 100 s, past systemd's start timeout: the unit failed
+    and was started again, with the inboxes that answer never taken up. A
+    reload checked where each folder's done and failed are with no limit, and
+    held the loop until a silent share answered.
+    """
+    with contextlib.ExitStack() as stack:
+        mounted = [stack.enter_context(sshfs_share(site.root / f"share{n}")) for n in range(3)]
+        shares = []
+        for each in mounted:
+            shares.append(each.mount / "inbox")
+            shares[-1].mkdir()
+        folders = [{"path": str(s), "poll": True, "rules": RULES} for s in shares]
+        config = write_config(
+            site.root / "config.yaml",
+            emulator,
+            folders=[*folders, folder_spec(site.root, RULES)],
+            rescan_seconds=1,
+        )
+        for each in mounted:
+            each.stop_answering()
+        said = site.root / "check.out"
+        with said.open("w") as out:
+            started = time.monotonic()
+            checked = subprocess.Popen(
+                flowflexd_argv("check", "-c", str(config)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+            )
+        proc: LoggedProcess | None = None
+        try:
+            # Reading the configuration waits 5 s for the shares at most, the looks 5 s
+            # more: one after another, they were 15 s.
+            wait_until(lambda: f"inbox {site.inbox}" in said.read_text(), timeout=60)
+            assert time.monotonic() - started < 15, said.read_text()
+            text = said.read_text()
+            for share in shares:
+                assert f"inbox {share} does not answer" in text
+
+            proc = LoggedProcess(
+                flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
+            )
+            ready = _when(proc.wait_for_log("flowflexd ready", timeout=60))
+            silent = sorted(
+                _when(proc.wait_for_log(SILENT, folder=str(share), timeout=30)) for share in shares
+            )
+            # Together: within a second of each other, where one after another was 5 s apart.
+            assert silent[-1] - silent[0] < 2.5, silent
+            assert ready - silent[0] < 2.5, (silent, ready)
+            drop(site.inbox, "local.pdf", pdf(b"local"))
+            wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
+
+            for each in mounted:
+                each.answer()
+            for share in shares:
+                proc.wait_for_log("inbox is back", timeout=30, folder=str(share))
+            assert len(emulator.events()) == 1
+            assert checked.wait(timeout=30) == 2, said.read_text()
+
+            # A reload that adds two folders on a share that stops answering meanwhile.
+            added = [mounted[0].mount / "second", mounted[0].mount / "third"]
+            for folder in added:
+                folder.mkdir()
+            more = [{"path": str(f), "poll": True, "rules": RULES} for f in added]
+            write_config(
+                config,
+                emulator,
+                folders=[*folders, *more, folder_spec(site.root, RULES)],
+                rescan_seconds=1,
+            )
+            mounted[0].stop_answering()
+            proc.proc.send_signal(signal.SIGHUP)
+            proc.wait_for_log("configuration reloaded", timeout=60)
+            silent = sorted(
+                _when(proc.wait_for_log(SILENT, folder=str(f), timeout=30)) for f in added
+            )
+            assert silent[-1] - silent[0] < 2.5, silent
+            drop(site.inbox, "after.pdf", pdf(b"after"))
+            wait_until(lambda: "after.pdf" in files_in(site.done), timeout=30)
+            assert len(emulator.events()) == 2
+            assert not [r for r in proc.json_lines() if r["event"].startswith("the main loop")]
+        finally:
+            for each in mounted:
+                each.answer()
+            if proc is not None:
+                _stop(proc)
+            checked.kill()
+
+
+def _when(record: dict[str, Any]) -> float:
+    """A log line's time, in seconds."""
+    return datetime.fromisoformat(record["timestamp"]).timestamp()
 
 
 def with_fstab(table: Path, share: Path, argv: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ real sshfs inbox whose server stopped.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -88,3 +89,31 @@ def test_calls_made_together_wait_together_and_each_answers_alone(tmp_path: Path
     assert found[1:] == [os.stat(tmp_path).st_ino, "third"]
     with open(fifo, "wb"):  # let the held call go
         pass
+
+
+def test_looks_begun_together_are_given_up_on_together(tmp_path: Path) -> None:
+    """A start looks at each inbox in turn; three silent shares cost one limit, not three."""
+    fifos = [tmp_path / f"share{n}" for n in range(3)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    lookers = [Looker(fifo, _open_and_stat) for fifo in fifos]
+    answering = Looker(tmp_path, lambda p: os.stat(p).st_ino)
+    try:
+        started = time.monotonic()
+        for looker in [*lookers, answering]:
+            looker.begin()
+        found = [looker.look(timeout=1.0) for looker in [*lookers, answering]]
+        took = time.monotonic() - started
+        assert all(isinstance(each, NotAnswering) for each in found[:3])
+        assert found[3] == os.stat(tmp_path).st_ino
+        assert 1.0 <= took < 2.0, took  # one after another: 3 s and more
+
+        # Still waiting: a begin starts no second call into the share, and the look says so.
+        lookers[0].begin()
+        again = time.monotonic()
+        assert lookers[0].look(timeout=5) == found[0]
+        assert time.monotonic() - again < 1
+    finally:
+        for fifo in fifos:  # let the held looks go; a FIFO no look holds has no reader
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
