@@ -358,16 +358,17 @@ def cmd_once(args: argparse.Namespace) -> int:
         if emulator is not None:
             emulator.stop()
     totals = daemon.totals
-    left, waiting = daemon.left_claimed(), daemon.left_in_inboxes()
+    left = daemon.left()
     log.info(
         "once: finished",
         done=totals.done,
         failed=totals.failed,
-        left_claimed=left,
-        left_in_inbox=waiting,
+        left_claimed=left.claimed,
+        left_in_inbox=left.waiting,
+        not_answering=left.not_answering,
     )
-    # 1 for anything not sent: failed, still claimed, or still in an inbox.
-    return 1 if totals.failed or left or waiting else 0
+    # 1 for anything not sent: failed, still claimed, still in an inbox, or not looked at.
+    return 1 if totals.failed or left.claimed or left.waiting or left.not_answering else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

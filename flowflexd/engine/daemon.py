@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.engine.stall import HELD_FILE, StallWatch
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
-from flowflexd.inbox.answering import all_within
+from flowflexd.inbox.answering import NotAnswering, all_within
 from flowflexd.inbox.mounts import wants_own_thread
 from flowflexd.inbox.own_thread import Answered, OwnThread
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble, Turn
@@ -55,6 +55,25 @@ ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
 STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
 CLOSE_WAIT_SECONDS = 5.0  # at a stop, for the inboxes' own threads to finish their calls
+
+
+@dataclass
+class Left:
+    """What a run leaves behind (``once``): not sent, and so its exit status 1."""
+
+    claimed: int = 0  # claims still in the work areas: files taken, not finished
+    waiting: int = 0  # files a rule takes, still in their inbox
+    not_answering: list[str] = field(default_factory=list)  # inboxes not counted
+
+
+def _left_in(inbox: Inbox) -> tuple[int, int]:
+    """An inbox's claims, and the files a rule takes still in it."""
+    waiting = sum(
+        1
+        for path, _ in inbox.spool.waiting()
+        if match(inbox.folder.rules, *reversed(layout.split_path(path))) is not None
+    )
+    return inbox.spool.claimed_count(), waiting
 
 
 def _worst(kinds: Iterable[Pause | None]) -> Pause | None:
@@ -649,21 +668,31 @@ class Daemon:
 
     # ---------------------------------------------------------------- once
 
-    def left_claimed(self) -> int:
-        """Claims still in the work areas: files taken but not finished."""
-        return sum(i.spool.claimed_count() for i in self.inboxes)
+    def left(self) -> Left:
+        """What a run leaves behind, counted in each inbox with a look's limit.
 
-    def left_in_inboxes(self) -> int:
-        """Files a rule takes that are still in their inbox (not claimed, not sent)."""
-        return sum(
-            1
-            for i in self.inboxes
-            for path, _ in i.spool.waiting()
-            if match(i.folder.rules, *reversed(layout.split_path(path))) is not None
-        )
+        An inbox whose share does not answer is not counted but named: a
+        listing there would wait until its server is back.
+        """
+        silent = [i for i in self.inboxes if not i.answering]
+        counted = [i for i in self.inboxes if i not in silent]
+        found = all_within([partial(_left_in, i) for i in counted])
+        left = Left(not_answering=[str(i.path) for i in silent])
+        for inbox, each in zip(counted, found, strict=True):
+            if isinstance(each, NotAnswering):
+                left.not_answering.append(str(inbox.path))
+            else:
+                left.claimed += each[0]
+                left.waiting += each[1]
+        return left
 
     def _once_finished(self) -> bool:
-        if self.scheduler.pool.busy:
+        """Every file sent or failed; or none can go on now (named by ``left``).
+
+        Files of an inbox whose share does not answer are not waited for: they
+        cannot go on before it answers, and ``once`` is often run from a timer.
+        """
+        if self.scheduler.pool.busy > self.scheduler.lent():
             return False
         for gate in self.scheduler.gates().values():
             if gate.kind is Pause.CONFIG or (
@@ -679,7 +708,8 @@ class Daemon:
         if not self.scheduler.idle():
             return False
         return all(
-            not i.lent and (not i.online or i.tracker.unfinished() == 0) for i in self.inboxes
+            not i.answering or (not i.lent and (not i.online or i.tracker.unfinished() == 0))
+            for i in self.inboxes
         )
 
     # -------------------------------------------------------------- status

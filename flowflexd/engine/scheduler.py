@@ -354,8 +354,9 @@ class Scheduler:
         return min(due) if due else None
 
     def idle(self) -> bool:
-        """Nothing queued, nothing to retry, nothing with a worker."""
-        return not (any(lane.busy() for lane in self.lanes.values()) or self.pool.busy)
+        """Nothing queued, nothing to retry, nothing with a worker but in a silent share."""
+        busy = self.pool.busy > len(self._lent)
+        return not (any(lane.busy() for lane in self.lanes.values()) or busy)
 
     def retrying(self) -> int:
         return sum(len(lane.retries) for lane in self.lanes.values())

@@ -80,12 +80,9 @@ class Shares:
             if inbox.held_since is not None and inbox.own is not None and not inbox.lent:
                 log.info("inbox answers again", folder=str(inbox.path))
                 inbox.held_since = None
-            silent = inbox.held_since is not None or (
-                not inbox.online and inbox.trouble is not None and not inbox.trouble.answering
-            )
-            if silent and inbox.path not in held:
+            if not inbox.answering and inbox.path not in held:
                 self._scheduler.hold(inbox)
-            elif not silent and inbox.path in held:
+            elif inbox.answering and inbox.path in held:
                 self._scheduler.unhold(inbox)
 
     def look_where_workers_wait(self, now: float) -> None:

@@ -149,6 +149,13 @@ class Inbox:
         return self.folder.path
 
     @property
+    def answering(self) -> bool:
+        """False while its share is known not to answer: a look gave up, or a call is held."""
+        if self.held_since is not None:
+            return False
+        return self.online or self.trouble is None or self.trouble.answering
+
+    @property
     def lent(self) -> bool:
         """Its tracker is lent to its own thread: the main loop leaves it alone till it answers."""
         return self.out > 0

@@ -620,6 +620,85 @@ def test_a_start_or_reload_while_several_shares_do_not_answer_gives_up_on_them_t
             checked.kill()
 
 
+def test_once_while_a_share_does_not_answer_sends_the_rest_and_says_which_it_left(
+    site: Site, emulator: Emulator
+) -> None:
+    """``flowflexd once`` from cron, with the file server down: it must end, and say so.
+
+    It waited for the silent inbox's files for ever, and counting what was
+    left (a listing of each inbox) waited on the share too.
+    """
+    with sshfs_share(site.root / "share") as mounted:
+        share = mounted.mount / "inbox"
+        share.mkdir()
+        drop(share, "shared.pdf", pdf(b"shared"))
+        drop(site.inbox, "local.pdf", pdf(b"local"))
+        config = beside_local(site, emulator, share)
+        mounted.stop_answering()
+        proc = _once(config)
+        try:
+            finished = proc.wait_for_log("once: finished", timeout=60)
+            assert finished["done"] == 1
+            assert finished["not_answering"] == [str(share)], finished
+            assert "local.pdf" in files_in(site.done)
+            assert len(emulator.events()) == 1
+            # On FUSE its process ends once the share answers (NFS and CIFS waits end at once).
+            mounted.answer()
+            assert proc.wait_exit(timeout=30) == 1, proc.output()
+        finally:
+            mounted.answer()
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+        assert "shared.pdf" in os.listdir(share)  # left where it was, for the next run
+        again = _once(config)
+        assert again.wait_exit(timeout=60) == 0, again.output()
+        assert "shared.pdf" in files_in(share / "done")
+        assert len(emulator.events()) == 2
+
+
+def test_once_when_a_share_stops_answering_mid_run_ends_and_the_next_run_sends_its_files_once(
+    site: Site, emulator: Emulator
+) -> None:
+    """Its workers wait in the share: ``once`` does not wait for them, and names the inbox."""
+    with sshfs_share(site.root / "share") as mounted:
+        share = mounted.mount / "inbox"
+        config = beside_local(site, emulator, share)
+        share.mkdir()
+        big = {f"big-{n}.pdf": pdf(os.urandom(4 << 20)) for n in range(2)}
+        for name, data in big.items():
+            drop(share, name, data)
+        drop(site.inbox, "local.pdf", pdf(b"local"))
+        emulator.set_faults(latency_ms=1000)  # the workers are inside their uploads at the stop
+        proc = _once(config)
+        try:
+            wait_until(lambda: emulator.stats()["requests_by_path"].get("/_storage"), timeout=30)
+            mounted.stop_answering()
+            emulator.set_faults(latency_ms=0)
+            finished = proc.wait_for_log("once: finished", timeout=60)
+            assert finished["not_answering"] == [str(share)], finished
+            assert "local.pdf" in files_in(site.done)
+            mounted.answer()
+            assert proc.wait_exit(timeout=60) == 1, proc.output()
+        finally:
+            mounted.answer()
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+        again = _once(config)
+        assert again.wait_exit(timeout=60) == 0, again.output()
+        assert set(big) <= files_in(share / "done")
+        for name, data in big.items():
+            assert (share / "done" / name).read_bytes() == data
+        assert not files_in(share / "failed")
+        sent = [e["idempotency_key"] for e in emulator.events()]
+        assert len(sent) == len(set(sent)) == 3, emulator.events()
+
+
+def _once(config: Path) -> LoggedProcess:
+    return LoggedProcess(
+        flowflexd_argv("once", "-c", str(config), "--log-format", "json"), env=child_env()
+    )
+
+
 def _when(record: dict[str, Any]) -> float:
     """A log line's time, in seconds."""
     return datetime.fromisoformat(record["timestamp"]).timestamp()
