@@ -487,17 +487,12 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
         share.mkdir()
         config = beside_local(site, emulator, share, share_first=True)
         mounted.stop_answering()
-        # check says so while the share is down. Its process ends once the share answers:
-        # a look held by a FUSE server waits out a kill too (NFS and CIFS waits end).
+        # check says so while the share is down.
         said = site.root / "check.out"
         fstab = site.root / "fstab"
-        with said.open("w") as out:
-            checked = subprocess.Popen(
-                with_fstab(fstab, mounted.mount, flowflexd_argv("check", "-c", str(config))),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env(),
-            )
+        checked = _check_aside(
+            with_fstab(fstab, mounted.mount, flowflexd_argv("check", "-c", str(config))), said
+        )
         proc: LoggedProcess | None = None
         try:
             wait_until(lambda: f"inbox {site.inbox}" in said.read_text(), timeout=60)
@@ -552,14 +547,8 @@ def test_a_start_or_reload_while_several_shares_do_not_answer_gives_up_on_them_t
         for each in mounted:
             each.stop_answering()
         said = site.root / "check.out"
-        with said.open("w") as out:
-            started = time.monotonic()
-            checked = subprocess.Popen(
-                flowflexd_argv("check", "-c", str(config)),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=child_env(),
-            )
+        started = time.monotonic()
+        checked = _check_aside(flowflexd_argv("check", "-c", str(config)), said)
         proc: LoggedProcess | None = None
         try:
             # Reading the configuration waits 5 s for the shares at most, the looks 5 s
@@ -570,9 +559,7 @@ def test_a_start_or_reload_while_several_shares_do_not_answer_gives_up_on_them_t
             for share in shares:
                 assert f"inbox {share} does not answer" in text
 
-            proc = LoggedProcess(
-                flowflexd_argv("run", "-c", str(config), "--log-format", "json"), env=child_env()
-            )
+            proc = run_daemon(config)
             ready = _when(proc.wait_for_log("flowflexd ready", timeout=60))
             silent = sorted(
                 _when(proc.wait_for_log(SILENT, folder=str(share), timeout=30)) for share in shares
@@ -697,6 +684,16 @@ def _once(config: Path) -> LoggedProcess:
     return LoggedProcess(
         flowflexd_argv("once", "-c", str(config), "--log-format", "json"), env=child_env()
     )
+
+
+def _check_aside(argv: list[str], said: Path) -> subprocess.Popen[bytes]:
+    """``flowflexd check`` in the background, what it says in ``said``.
+
+    Its process ends only once a silent share answers: a look held by a FUSE
+    server waits out a kill too (NFS and CIFS waits end).
+    """
+    with said.open("w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env())
 
 
 def _when(record: dict[str, Any]) -> float:
