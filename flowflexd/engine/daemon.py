@@ -39,13 +39,14 @@ from flowflexd.engine.scheduler import Job, Scheduler, Totals
 from flowflexd.engine.shares import Shares, held_trouble
 from flowflexd.engine.snapshot import FolderCounts, Pause, Snapshot
 from flowflexd.engine.stall import HELD_FILE, StallWatch
+from flowflexd.engine.standby import wait_for_holders
 from flowflexd.errors import UserError
 from flowflexd.inbox import layout, retention
 from flowflexd.inbox.answering import NotAnswering, all_within
 from flowflexd.inbox.mounts import wants_own_thread
 from flowflexd.inbox.own_thread import Answered, OwnThread
 from flowflexd.inbox.runtime import Inbox, NameHint, Trouble, Turn
-from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable, try_lock
+from flowflexd.inbox.spool import Carried, Claim, Spool, Unreadable
 from flowflexd.rules.matching import match
 from flowflexd.support.durable import write_durable
 
@@ -53,7 +54,6 @@ log = structlog.get_logger("flowflexd")
 
 ONCE_OUTAGE_PROBES = 3
 SWEEP_SECONDS = 24 * 3600.0  # retention looks at done and failed once a day
-STANDBY_POLL_SECONDS = 1.0  # how soon a standby follows a holder that died
 CLOSE_WAIT_SECONDS = 5.0  # at a stop, for the inboxes' own threads to finish their calls
 
 
@@ -382,52 +382,21 @@ class Daemon:
         return 0
 
     def _wait_for_holders(self) -> bool:
-        """A standby: wait until no other daemon holds one of our inboxes; False if told to stop.
-
-        Each lock is taken as soon as it is free and kept, so no third daemon
-        slips in between. Checked every STANDBY_POLL seconds: a holder that
-        dies (its locks die with it) is followed within that.
-        """
+        """A standby: wait until no other daemon holds one of our inboxes; False if told to stop."""
         self.notifier.ready()  # started, as systemd sees it: waiting is its job
-        holders: dict[Path, str] = {}
-        while True:
-            for folder in self.config.folders:
-                if folder.path in self._adopted:
-                    continue
-                try:
-                    got = try_lock(folder.path)
-                except OSError:
-                    holders.pop(folder.path, None)  # not there: the start says so
-                    continue
-                if isinstance(got, int):
-                    self._adopted[folder.path] = got
-                    if holders.pop(folder.path, None) is not None:
-                        log.info(
-                            "standby: the holder is gone; taking over", folder=str(folder.path)
-                        )
-                elif holders.get(folder.path) != got:
-                    holders[folder.path] = got
-                    log.info(
-                        "standby: another flowflexd holds this inbox; waiting to take over "
-                        "when it stops",
-                        folder=str(folder.path),
-                        holder_pid=got,
-                    )
-            if not holders:
-                return True
-            pids = ", ".join(sorted(set(holders.values())))
-            self.notifier.status(
-                f"standby: waiting for flowflexd pid {pids} ({len(holders)} inboxes)"
-            )
-            try:
-                message = self._messages.get(timeout=STANDBY_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if isinstance(message, Stop):
-                for fd in self._adopted.values():
-                    os.close(fd)
-                self._adopted.clear()
-                return False
+        return wait_for_holders(
+            self.config.folders,
+            self._adopted,
+            status=self.notifier.status,
+            stop_asked=self._stop_asked,
+        )
+
+    def _stop_asked(self, timeout: float) -> bool:
+        """Wait ``timeout`` s for a message; whether it is a stop (a standby heeds no other)."""
+        try:
+            return isinstance(self._messages.get(timeout=timeout), Stop)
+        except queue.Empty:
+            return False
 
     def _serve_metrics(self) -> None:
         if self.metrics is None or self.config.metrics_listen is None:

@@ -45,6 +45,8 @@ SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 RULES = [{"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}]
 SILENT = "inbox does not answer; other folders keep running, this one resumes when it does"
 HELD = "the main loop has waited on a file system call; every folder waits with it"
+STANDBY_SILENT = "standby: inbox does not answer; not waited for, it is taken up once it answers"
+STANDBY_HELD = "standby: another flowflexd holds this inbox; waiting to take over when it stops"
 HELD_BACK = "files of an inbox whose share does not answer wait; other folders keep every worker"
 KEPT = {
     "cannot finish this file now; it stays claimed and is retried",
@@ -684,6 +686,63 @@ def _once(config: Path) -> LoggedProcess:
     return LoggedProcess(
         flowflexd_argv("once", "-c", str(config), "--log-format", "json"), env=child_env()
     )
+
+
+def test_a_standby_is_not_held_by_a_share_that_does_not_answer(
+    site: Site, emulator: Emulator
+) -> None:
+    """It follows the daemon holding its local inbox, and stops when told, share or no share.
+
+    Taking an inbox's lock opens a file there: on the silent share the standby
+    waited for ever, neither taking over when the holder died nor stopping.
+    """
+    with sshfs_share(site.root / "share") as mounted:
+        share = mounted.mount / "inbox"
+        share.mkdir()
+        config = beside_local(site, emulator, share, share_first=True)
+        # The active daemon serves the local inbox alone (a node that never had the share).
+        active_config = write_config(
+            site.root / "active.yaml", emulator, folders=[folder_spec(site.root, RULES)]
+        )
+        active = run_daemon(active_config)
+        waiting: LoggedProcess | None = None
+        second: LoggedProcess | None = None
+        try:
+            active.wait_for_log("flowflexd ready", timeout=30)
+            mounted.stop_answering()
+
+            waiting = _standby(config)
+            waiting.wait_for_log(STANDBY_HELD, timeout=30, folder=str(site.inbox))
+            waiting.wait_for_log(STANDBY_SILENT, timeout=1, folder=str(share))
+            waiting.proc.terminate()
+            # Stopped at once; on FUSE its process ends once the share answers, as ever.
+            waiting.wait_for_log("flowflexd stopped while on standby", timeout=10)
+
+            second = _standby(config)
+            second.wait_for_log(STANDBY_HELD, timeout=30, folder=str(site.inbox))
+            active.proc.send_signal(signal.SIGKILL)
+            active.wait_exit()
+            second.wait_for_log("flowflexd ready", timeout=30)
+            drop(site.inbox, "local.pdf", pdf(b"local"))
+            wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
+
+            mounted.answer()
+            second.wait_for_log("inbox is back", timeout=30, folder=str(share))
+            drop(share, "shared.pdf", pdf(b"shared"))
+            wait_until(lambda: "shared.pdf" in files_in(share / "done"), timeout=30)
+            assert len(emulator.events()) == 2
+            assert waiting.wait_exit(timeout=30) == 0, waiting.output()
+            _stop(second)
+        finally:
+            mounted.answer()
+            for proc in (active, waiting, second):
+                if proc is not None and proc.proc.poll() is None:
+                    proc.proc.kill()
+
+
+def _standby(config: Path) -> LoggedProcess:
+    argv = flowflexd_argv("run", "-c", str(config), "--log-format", "json", "--standby")
+    return LoggedProcess(argv, env=child_env())
 
 
 def _check_aside(argv: list[str], said: Path) -> subprocess.Popen[bytes]:
