@@ -505,13 +505,7 @@ def test_a_start_while_a_share_does_not_answer_takes_up_the_others_and_check_say
             proc = run_with_fstab(fstab, mounted.mount, config)
             proc.wait_for_log("flowflexd ready", timeout=60)
             proc.wait_for_log(SILENT, folder=str(share))
-            drop(site.inbox, "local.pdf", pdf(b"local"))
-            wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
-
-            mounted.answer()
-            proc.wait_for_log("inbox is back", timeout=30, folder=str(share))
-            drop(share, "shared.pdf", pdf(b"shared"))
-            wait_until(lambda: "shared.pdf" in files_in(share / "done"), timeout=30)
+            _local_now_shared_once_back(proc, site, mounted, share)
             assert len(emulator.events()) == 2
             assert not [r for r in proc.json_lines() if r["event"].startswith("the main loop")]
             assert checked.wait(timeout=30) == 2, said.read_text()
@@ -723,13 +717,7 @@ def test_a_standby_is_not_held_by_a_share_that_does_not_answer(
             active.proc.send_signal(signal.SIGKILL)
             active.wait_exit()
             second.wait_for_log("flowflexd ready", timeout=30)
-            drop(site.inbox, "local.pdf", pdf(b"local"))
-            wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
-
-            mounted.answer()
-            second.wait_for_log("inbox is back", timeout=30, folder=str(share))
-            drop(share, "shared.pdf", pdf(b"shared"))
-            wait_until(lambda: "shared.pdf" in files_in(share / "done"), timeout=30)
+            _local_now_shared_once_back(second, site, mounted, share)
             assert len(emulator.events()) == 2
             assert waiting.wait_exit(timeout=30) == 0, waiting.output()
             _stop(second)
@@ -738,6 +726,18 @@ def test_a_standby_is_not_held_by_a_share_that_does_not_answer(
             for proc in (active, waiting, second):
                 if proc is not None and proc.proc.poll() is None:
                     proc.proc.kill()
+
+
+def _local_now_shared_once_back(
+    proc: LoggedProcess, site: Site, mounted: Share, share: Path
+) -> None:
+    """The local inbox's file goes while the share is silent; once it answers, its own does."""
+    drop(site.inbox, "local.pdf", pdf(b"local"))
+    wait_until(lambda: "local.pdf" in files_in(site.done), timeout=30)
+    mounted.answer()
+    proc.wait_for_log("inbox is back", timeout=30, folder=str(share))
+    drop(share, "shared.pdf", pdf(b"shared"))
+    wait_until(lambda: "shared.pdf" in files_in(share / "done"), timeout=30)
 
 
 def _standby(config: Path) -> LoggedProcess:
