@@ -617,8 +617,7 @@ class Daemon:
         Files whose workers wait in a share that does not answer are not waited
         for: they cannot finish before it answers, and their claims stay.
         """
-        held = self.scheduler.lent()
-        busy = self.scheduler.pool.busy - held
+        held, busy = self.scheduler.lent(), self.scheduler.working()
         if busy and (self._stop_deadline is None or time.monotonic() < self._stop_deadline):
             return False
         if busy:
@@ -661,7 +660,7 @@ class Daemon:
         Files of an inbox whose share does not answer are not waited for: they
         cannot go on before it answers, and ``once`` is often run from a timer.
         """
-        if self.scheduler.pool.busy > self.scheduler.lent():
+        if self.scheduler.working():
             return False
         for gate in self.scheduler.gates().values():
             if gate.kind is Pause.CONFIG or (

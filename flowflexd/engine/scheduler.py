@@ -206,9 +206,13 @@ class Scheduler:
     def take_back_unstarted(self) -> None:
         """At a stop: jobs not yet started go back; their files were never touched."""
         for job in self.pool.take_unstarted():
-            self._flying.pop(id(job), None)
-            if job.ticket is not None:
-                self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
+            self._back_from_pool(job)
+
+    def _back_from_pool(self, job: Job) -> None:
+        """A job the pool never started: its file is as it was before it was handed over."""
+        self._flying.pop(id(job), None)
+        if job.ticket is not None:
+            self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
 
     # ------------------------------------------------------ silent shares
 
@@ -237,10 +241,8 @@ class Scheduler:
             if job.inbox.path != inbox.path:
                 self.pool.submit(job)  # the order of the others is kept
                 continue
-            self._flying.pop(id(job), None)
+            self._back_from_pool(job)
             self._no_longer_probing(job)
-            if job.ticket is not None:
-                self.ledger.move(job.ticket, Stage.READY if job.ready else Stage.RETRYING)
             if job.ready is not None:
                 held.waiting.append((self.destination(job), job.inbox, job.ready))
             elif job.claim is not None:
@@ -278,6 +280,10 @@ class Scheduler:
     def lent(self) -> int:
         """Jobs waiting in a share that does not answer, a thread lent for each."""
         return len(self._lent)
+
+    def working(self) -> int:
+        """Jobs with the workers that can finish: all but those waiting in a silent share."""
+        return self.pool.busy - len(self._lent)
 
     def held(self) -> set[Path]:
         return set(self._held)
@@ -333,7 +339,7 @@ class Scheduler:
 
     def _prefetch(self, inboxes: Iterable[Inbox]) -> None:
         """Workers with nothing to do ask for the upload URLs of settling files."""
-        idle = self.workers - self.pool.busy
+        idle = self.workers - self.working()
         for inbox in inboxes:
             if idle <= 0:
                 break
@@ -355,8 +361,7 @@ class Scheduler:
 
     def idle(self) -> bool:
         """Nothing queued, nothing to retry, nothing with a worker but in a silent share."""
-        busy = self.pool.busy > len(self._lent)
-        return not (any(lane.busy() for lane in self.lanes.values()) or busy)
+        return not (any(lane.busy() for lane in self.lanes.values()) or self.working())
 
     def retrying(self) -> int:
         return sum(len(lane.retries) for lane in self.lanes.values())
@@ -364,7 +369,7 @@ class Scheduler:
     @property
     def _capacity(self) -> int:
         # A job waiting in a silent share has a thread lent for it: it takes no turn.
-        return 2 * self.workers - self.pool.busy + len(self._lent)
+        return 2 * self.workers - self.working()
 
     def _submit(self, job: Job) -> None:
         if job.ticket is not None:
