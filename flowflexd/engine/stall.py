@@ -34,7 +34,7 @@ import structlog
 
 from flowflexd.inbox.answering import FORCE_OFF
 from flowflexd.support.durable import write_durable
-from flowflexd.support.kernelwait import HELD_AFTER, HELD_LOOKS, asleep_in_kernel
+from flowflexd.support.kernelwait import HELD_AFTER, KernelWaits
 
 log = structlog.get_logger("flowflexd")
 
@@ -103,7 +103,7 @@ class StallWatch:
         self._forget_note()
 
     def _watch(self) -> None:
-        asleep = 0  # looks in a row that found the loop asleep in the kernel
+        waits = KernelWaits()
         while not self._done.wait(self._next_look()):
             beat = self._beat
             if time.monotonic() - beat < self._after:
@@ -113,13 +113,13 @@ class StallWatch:
                     )
                     self._held_since = None
                     self._forget_note()
-                asleep = 0
+                waits.reset()
                 continue
             if self._held_since is not None:
                 self._feed_watchdog()
                 continue
-            asleep = asleep + 1 if self._in_kernel_wait() else 0
-            if asleep >= HELD_LOOKS:
+            # Asleep in a file system's wait, not on the GIL or a lock of ours.
+            if self._native is not None and waits.look(self._native):
                 self._held_since = beat
                 self._say_held(time.monotonic() - beat)
                 self._fed_at = 0.0
@@ -134,10 +134,6 @@ class StallWatch:
     def _next_look(self) -> float:
         due = self._beat + self._after - time.monotonic()
         return self._look if due <= 0 else max(0.05, due)
-
-    def _in_kernel_wait(self) -> bool:
-        """The loop's thread sleeps in a file system's wait, not on the GIL or a lock of ours."""
-        return self._native is not None and asleep_in_kernel(self._native)
 
     def _say_held(self, waited: float) -> None:
         folder = str(self._folder) if self._folder is not None else None

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from flowflexd.support.kernelwait import HELD_AFTER, HELD_LOOKS, asleep_in_kernel
+from flowflexd.support.kernelwait import HELD_AFTER, KernelWaits
 
 log = structlog.get_logger("flowflexd")
 
@@ -59,7 +59,7 @@ class OwnThread:
         self._since: float | None = None  # when the call now running began (monotonic)
         self._native_id: int | None = None
         self._looked_at = 0.0
-        self._asleep = 0  # looks in a row that found the running call asleep in the kernel
+        self._waits = KernelWaits()  # the looks at the running call's thread
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"inbox {path}", daemon=True)
         self._thread.start()
@@ -91,12 +91,12 @@ class OwnThread:
         """
         since = self._since
         if since is None or now - since < HELD_AFTER or self._native_id is None:
-            self._asleep = 0
+            self._waits.reset()
             return False
         if now - self._looked_at >= LOOK_EVERY:
             self._looked_at = now
-            self._asleep = self._asleep + 1 if asleep_in_kernel(self._native_id) else 0
-        return self._asleep >= HELD_LOOKS
+            self._waits.look(self._native_id)
+        return self._waits.held
 
     def _serve(self) -> None:
         self._native_id = threading.get_native_id()
@@ -114,7 +114,7 @@ class OwnThread:
                 answer = err
             finally:
                 self._since = None
-                self._asleep = 0
+                self._waits.reset()
             if then is not None:
                 self._deliver(Answered(then, answer))
             elif isinstance(answer, Exception):

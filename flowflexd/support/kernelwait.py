@@ -30,3 +30,24 @@ def asleep_in_kernel(native_id: int) -> bool:
     except OSError:
         return True
     return where not in ("", "0") and "futex" not in where
+
+
+class KernelWaits:
+    """Looks at one thread, a second or so apart: held once ``HELD_LOOKS`` in a row find it
+    asleep in the kernel (one that runs its own code in between is only slow)."""
+
+    def __init__(self) -> None:
+        self._asleep = 0  # looks in a row that found it asleep in the kernel
+
+    @property
+    def held(self) -> bool:
+        return self._asleep >= HELD_LOOKS
+
+    def look(self, native_id: int) -> bool:
+        """Look once more at the thread (its native id); whether it is held now."""
+        self._asleep = self._asleep + 1 if asleep_in_kernel(native_id) else 0
+        return self.held
+
+    def reset(self) -> None:
+        """It came back (or is not yet out long): the next looks count afresh."""
+        self._asleep = 0
