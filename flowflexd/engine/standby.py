@@ -17,12 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import structlog
 
 from flowflexd.config.model import Folder
-from flowflexd.inbox.answering import LOOK_TIMEOUT
+from flowflexd.inbox.answering import LOOK_TIMEOUT, Call
 from flowflexd.inbox.spool import try_lock
 
 log = structlog.get_logger("flowflexd")
@@ -33,34 +34,31 @@ Got = int | str | OSError  # the lock's descriptor, the holder's pid, or why it 
 
 
 class _Try:
-    """One try at an inbox's lock, in a thread of its own."""
+    """One try at an inbox's lock, made as a look is (``answering.Call``)."""
 
     def __init__(self, inbox: Path) -> None:
-        self.inbox = inbox
-        self.since = time.monotonic()
         self._lock = threading.Lock()
         self._got: Got | None = None
         self._abandoned = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"flowflexd-lock {inbox}", daemon=True
-        )
-        self._thread.start()
+        self._call = Call(partial(self._take, inbox), f"flowflexd-lock {inbox}")
 
-    def _run(self) -> None:
+    def _take(self, inbox: Path) -> Got:
         try:
-            got: Got = try_lock(self.inbox)
+            got: Got = try_lock(inbox)
         except OSError as err:
             got = err
         with self._lock:
             if self._abandoned and isinstance(got, int):
                 os.close(got)  # nobody will keep it: the inbox's take-up locks it itself
             self._got = got
+        return got
 
-    def wait(self, until: float) -> Got | None:
-        """What the try got, waiting till ``until`` (monotonic) at most; None if still out."""
-        self._thread.join(max(0.0, until - time.monotonic()))
+    def wait(self) -> Got | None:
+        """What the try got, waiting a look's limit from its start at most; None if still out."""
+        self._call.thread.join(max(0.0, self._call.since + LOOK_TIMEOUT - time.monotonic()))
+        self._call.answer()  # a bug in the try is raised here
         with self._lock:
-            return self._got
+            return self._got  # set as it ends, before the call's own answer is
 
     def abandon(self) -> None:
         """Given up on while it waited on its share: a lock it gets is let go."""
@@ -91,7 +89,7 @@ def wait_for_holders(
             if folder.path not in adopted and folder.path not in tries:
                 tries[folder.path] = _Try(folder.path)
         for path, each in list(tries.items()):
-            got = each.wait(each.since + LOOK_TIMEOUT)
+            got = each.wait()
             if got is None:
                 holders.pop(path, None)  # who holds it cannot be known now
                 if path not in silent:

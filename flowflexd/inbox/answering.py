@@ -50,7 +50,7 @@ class NotAnswering:
     since: float
 
 
-class _Call(Generic[T]):
+class Call(Generic[T]):
     """One call in a thread of its own, started at once; its answer or exception kept."""
 
     def __init__(self, call: Callable[[], T], name: str) -> None:
@@ -81,8 +81,8 @@ class Looker(Generic[T]):
     def __init__(self, path: Path, look: Callable[[Path], T]) -> None:
         self.path = path
         self._look = look
-        self._waiting: _Call[T] | None = None  # a look that has not come back
-        self._begun: _Call[T] | None = None  # a look started ahead, for the next ``look``
+        self._waiting: Call[T] | None = None  # a look that has not come back
+        self._begun: Call[T] | None = None  # a look started ahead, for the next ``look``
 
     def begin(self) -> None:
         """Start the next look now; ``look`` then waits for it, from when it began.
@@ -116,8 +116,8 @@ class Looker(Generic[T]):
             self._waiting = None  # it came back at last: look afresh, its answer is old
         return self._waiting is not None
 
-    def _start(self) -> _Call[T]:
-        return _Call(lambda: self._look(self.path), f"flowflexd-look {self.path}")
+    def _start(self) -> Call[T]:
+        return Call(lambda: self._look(self.path), f"flowflexd-look {self.path}")
 
 
 def all_within(
@@ -129,7 +129,7 @@ def all_within(
     resolving the configured folders' links at a start or a reload. A call
     that has not come back is NotAnswering, and is left waiting.
     """
-    started = [_Call(call, "flowflexd-look") for call in calls]
+    started = [Call(call, "flowflexd-look") for call in calls]
     deadline = time.monotonic() + timeout
     for call in started:
         call.thread.join(max(0.0, deadline - time.monotonic()))
