@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -238,6 +239,24 @@ class LoggedProcess:
             self.proc.kill()
             raise AssertionError("process did not exit:\n" + "\n".join(self.snapshot())) from None
 
+    @contextmanager
+    def held_still(self) -> Iterator[None]:
+        """SIGSTOP the process, and go on only once every thread of it has stopped; SIGCONT after.
+
+        The signal is sent, not yet acted on, when ``send_signal`` returns: a
+        thread running on the other CPU goes on for a moment, long enough to
+        read events or take a lock the test means it not to.
+        """
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: all(state == "T" for state in thread_states(self.proc.pid)),
+                what=f"every thread of {self.proc.pid} stopped",
+            )
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
+
     def output(self) -> str:
         for reader in self._readers:
             reader.join(timeout=5)
@@ -247,6 +266,18 @@ class LoggedProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def thread_states(pid: int) -> list[str]:
+    """The state letter of each thread of ``pid`` (``T``: stopped), read from /proc."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        states.append(stat.rsplit(")", 1)[1].split()[0])
+    return states
 
 
 def flowflexd_argv(*args: str) -> list[str]:

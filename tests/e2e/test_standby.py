@@ -75,13 +75,10 @@ def test_the_standby_takes_over_when_the_active_daemon_is_killed(
         # The standby is held still while the killed daemon's claims are read: it
         # polls the lock every second, and one that takes over at once would be
         # resuming (and releasing) the very claims being read.
-        second.proc.send_signal(signal.SIGSTOP)
-        try:
+        with second.held_still():
             active.proc.send_signal(signal.SIGKILL)
             assert active.wait_exit() == -signal.SIGKILL
             left_claimed = claims_that_took_their_file(tmp_path / "inbox")
-        finally:
-            second.proc.send_signal(signal.SIGCONT)
         free_at = time.monotonic()
         assert left_claimed  # workers were mid-file: the standby has claims to resume
 
