@@ -22,8 +22,10 @@ with the daemon limited to it and without (events/s measured at the emulator,
 429s answered); ``--only cpu`` measures CPU per delivered file for flowflexd,
 the SDK loop and three floors (requests, urllib3, http.client), beside
 flowflexd's own client making the three calls from memory, flowflexd with
-one worker, the durable file work alone (no HTTP), and that work and the
-three calls together in the same threads (the protocol's own floor); ``--only one_core``
+one worker, the durable file work alone (no HTTP), that work and the
+three calls together in the same threads (the protocol's own floor), and the
+same in a process of its own that notices each file by inotify
+(``least_daemon.py``: the least daemon there can be); ``--only one_core``
 measures flowflexd and the http.client floor confined to one CPU against
 free, the emulator on another; ``--only
 upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
@@ -486,6 +488,39 @@ def floor_protocol(url: str, root: Path, files: list[Path], threads: int) -> Non
     _floor_threads(files, threads, one)
 
 
+def floor_least_daemon(url: str, root: Path, payloads: list[bytes], threads: int) -> float:
+    """The protocol's floor plus noticing each file by inotify (``least_daemon.py``): CPU ms/file.
+
+    It runs in its own process, as a daemon does, while this one writes the
+    files; it counts its own CPU from the moment it watches to the last move.
+    """
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "least_daemon.py"),
+            url,
+            str(root),
+            str(len(payloads)),
+            str(threads),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("least_daemon.py did not start")
+        write_files(inbox, payloads, "l")
+        used = proc.stdout.readline().strip()
+    finally:
+        proc.wait(timeout=900)
+    if not used:
+        raise RuntimeError(f"least_daemon.py failed (exit {proc.returncode}); see above")
+    return float(used) / len(payloads) * 1000
+
+
 def own_cpu() -> float:
     """This process's user+sys CPU seconds, all threads, to the nanosecond.
 
@@ -590,7 +625,9 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     Beside them, flowflexd's own client making the three calls (``own_client_calls``),
     and the durable file work alone (``floor_durable_files``): no floor of the
     three calls does any, and flowflexd cannot do less of it; the two together in
-    the same threads (``floor_protocol``), as a daemon must do them. And flowflexd
+    the same threads (``floor_protocol``), as a daemon must do them; the same
+    in a process of its own that notices each file by inotify
+    (``floor_least_daemon``), the least daemon there can be. And flowflexd
     with one worker: what its threads cost in taking turns at the interpreter lock.
     """
     payloads = make_payloads(args.cpu_files, args.size)
@@ -599,7 +636,7 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         k: []
         for k in (
             *("flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client"),
-            *("client", "files", "protocol"),
+            *("client", "files", "protocol", "least_daemon"),
         )
     }
     rates: dict[str, list[float]] = {"flowflexd": [], "sdk": []}
@@ -625,6 +662,9 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             before = own_cpu()
             floor_protocol(emulator.url, protocol_at, files, 4)
             runs["protocol"].append((own_cpu() - before) / n * 1000)
+            runs["least_daemon"].append(
+                floor_least_daemon(emulator.url, root / f"least{i}", payloads, 4)
+            )
             before = own_cpu()
             rates["sdk"].append(baseline_a(emulator.url, root / f"sdk{i}", payloads))
             runs["sdk"].append((own_cpu() - before) / n * 1000)
@@ -655,6 +695,11 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         # the 2x-http.client budget the protocol itself takes, and what flowflexd adds.
         "protocol_vs_http_client": round(ms["protocol"] / ms["http_client"], 2),
         "flowflexd_vs_protocol": round(ms["flowflexd"] / ms["protocol"], 2),
+        # The same in a process of its own that notices each file by inotify: the
+        # least a daemon can do, and so what the 2x-http.client budget leaves for
+        # settling, the journal, rules and log lines.
+        "least_daemon_vs_http_client": round(ms["least_daemon"] / ms["http_client"], 2),
+        "flowflexd_vs_least_daemon": round(ms["flowflexd"] / ms["least_daemon"], 2),
         "files_per_s": medians(rates, 1),
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }
@@ -1165,6 +1210,10 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        # Below a few thousand, bursts overflow it and the daemon looks at whole folders.
+        "inotify_max_queued_events": int(
+            Path("/proc/sys/fs/inotify/max_queued_events").read_text()
         ),
     }
     with tempfile.TemporaryDirectory(prefix="flowflexd-bench-") as tmp:

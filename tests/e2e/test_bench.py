@@ -65,7 +65,9 @@ def test_the_worker_sweep_measures_0_ms_only_at_each_count(tmp_path: Path) -> No
 
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
-    assert set(result) == {"when", "machine", "throughput"}
+    assert set(result) == {"when", "machine", "inotify_max_queued_events", "throughput"}
+    queue = Path("/proc/sys/fs/inotify/max_queued_events").read_text()
+    assert result["inotify_max_queued_events"] == int(queue)
     rows = result["throughput"]
     assert [(r["latency_ms"], r["workers"]) for r in rows] == [(0, 1), (0, 2)]
     assert all(r["files"] == 20 and r["flowflexd_files_per_s"] > 0 for r in rows)
@@ -89,7 +91,7 @@ def test_the_scaling_checks_run_and_report_cpu_per_file_by_quarter(tmp_path: Pat
     assert idle["cpu_seconds_per_minute"] >= 0
 
 
-def test_the_cpu_part_measures_flowflexd_the_sdk_the_floors_the_file_work_and_the_protocol(
+def test_the_cpu_part_measures_flowflexd_the_sdk_the_floors_the_protocol_and_the_least_daemon(
     tmp_path: Path,
 ) -> None:
     cpu = bench_part(tmp_path, "cpu", "--cpu-files", "40", "--repeat", "1")
@@ -99,7 +101,7 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_floors_the_file_work_and_th
     measured = cpu["cpu_ms_per_file"]
     assert set(measured) == {
         "flowflexd", "flowflexd_1_worker", "sdk", "requests", "urllib3", "http_client", "client",
-        "files", "protocol",
+        "files", "protocol", "least_daemon",
     }  # fmt: skip
     assert all(ms > 0 for ms in measured.values())
     assert set(cpu["flowflexd_vs"]) == {"sdk", "requests", "urllib3", "http_client"}
@@ -116,6 +118,12 @@ def test_the_cpu_part_measures_flowflexd_the_sdk_the_floors_the_file_work_and_th
     )
     assert cpu["flowflexd_vs_protocol"] == pytest.approx(
         measured["flowflexd"] / measured["protocol"], abs=0.01
+    )
+    assert cpu["least_daemon_vs_http_client"] == pytest.approx(
+        measured["least_daemon"] / measured["http_client"], abs=0.01
+    )
+    assert cpu["flowflexd_vs_least_daemon"] == pytest.approx(
+        measured["flowflexd"] / measured["least_daemon"], abs=0.01
     )
 
 
