@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,14 @@ def test_the_readme_names_every_module_with_its_one_job() -> None:
     assert readme[start:end] == module_table(), (
         "README's module table is out of date; replace it with:\n" + module_table()
     )
+
+
+def test_every_benchmark_result_the_readme_cites_is_in_the_repository() -> None:
+    """A figure in the README must be checkable: its JSON is committed, not left on one machine."""
+    cited = set(re.findall(r"bench/results/[\w.-]+\.json", (ROOT / "README.md").read_text()))
+    tracked = subprocess.run(
+        ["git", "ls-files", "bench/results"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+    assert cited, "the README cites no benchmark results: has the Performance section moved?"
+    assert sorted(cited - set(tracked)) == []
