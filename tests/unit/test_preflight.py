@@ -3,8 +3,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flowflexd.commands.preflight import Findings, check_folder
-from flowflexd.config.model import Folder
+import yaml
+
+from flowflexd.commands.preflight import Findings, check, check_folder
+from flowflexd.config.model import Config, Folder, load
 from flowflexd.inbox.mounts import (
     has_cap_lease,
     lease_problem,
@@ -191,3 +193,54 @@ def test_the_deepest_fstab_mount_point_above_an_inbox_decides(tmp_path: Path) ->
 
     assert unmounted_share(os.path.realpath(inner / "inbox"), str(mounts_now), table) == str(inner)
     assert unmounted_share(os.path.realpath(outer / "local-inbox"), str(mounts_now), table) is None
+
+
+def queue_file(tmp_path: Path, size: int) -> str:
+    path = tmp_path / "max_queued_events"
+    path.write_text(f"{size}\n")
+    return str(path)
+
+
+RULE = {"name": "pdf", "pattern": "*.pdf", "event": "doc"}
+
+
+def config_with(tmp_path: Path, *, poll: bool) -> Config:
+    (tmp_path / "inbox").mkdir(parents=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "folders": [{"path": str(tmp_path / "inbox"), "poll": poll, "rules": [RULE]}],
+            }
+        )
+    )
+    return load(path, offline=True)
+
+
+def test_a_small_inotify_queue_is_warned_with_its_size_and_the_sysctl(tmp_path: Path) -> None:
+    config = config_with(tmp_path, poll=False)
+
+    findings = check(config, mounts(tmp_path, "ext4"), queue_file(tmp_path, 16))
+
+    [warning] = [w for w in findings.warnings if "max_queued_events" in w]
+    assert warning.startswith("fs.inotify.max_queued_events is 16: a burst of more than about 5 ")
+    assert "sysctl -w fs.inotify.max_queued_events=16384" in warning
+    assert not findings.errors
+
+
+def test_the_kernels_default_queue_and_polled_inboxes_are_not_warned(tmp_path: Path) -> None:
+    default = check(
+        config_with(tmp_path / "a", poll=False),
+        mounts(tmp_path, "ext4"),
+        queue_file(tmp_path, 16384),
+    )
+    polled = check(
+        config_with(tmp_path / "b", poll=True), mounts(tmp_path, "ext4"), queue_file(tmp_path, 16)
+    )
+    unreadable = check(
+        config_with(tmp_path / "c", poll=False), mounts(tmp_path, "ext4"), str(tmp_path / "none")
+    )
+
+    for findings in (default, polled, unreadable):
+        assert not [w for w in findings.warnings if "max_queued_events" in w]
