@@ -185,7 +185,7 @@ def small_inotify_queue(queue_file: str = INOTIFY_QUEUE) -> str | None:
     return (
         f"fs.inotify.max_queued_events is {size}: a burst of more than about {max(size // 3, 1)} "
         "files overflows the kernel's event queue, and each overflow costs a look at the "
-        "whole folder and a warning in the log (no file is lost). Run: sysctl -w "
+        "whole folder, with a warning in the log once a minute (no file is lost). Run: sysctl -w "
         "fs.inotify.max_queued_events=16384, and persist it in /etc/sysctl.d/"
     )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
@@ -45,12 +46,16 @@ from watchdog.observers.polling import PollingObserver
 
 from flowflexd.config.model import Folder
 from flowflexd.inbox import layout
+from flowflexd.support.sparingly import Sparingly
 
 log = structlog.get_logger("flowflexd.inbox.watcher")
 
 Hint = Callable[[str | None], None]  # a name to look at again; None: rescan the folder
 
 OBSERVER_STOP_WAIT = 2.0  # seconds a stop waits for a polling thread; a held one is left
+# A queue that overflows under a flood does so many times a second: each time the
+# folder is looked at whole, and the warning is said once a minute with a count.
+OVERFLOW_SAID_EVERY = 60.0
 
 # A file that appeared, was closed after writing, moved or went is enough of a
 # hint: the tracker re-checks a file that is still changing on its own
@@ -125,6 +130,7 @@ class _InotifyWatch:
         self._hint = hint
         self._lock = threading.Lock()  # the reader thread and stop(); no hint after stop
         self._live = True
+        self._overflows = Sparingly(OVERFLOW_SAID_EVERY)
         self._id = CallbackId(id(self))
         self._reader = InotifyFD.get_instance()
         self._folders: dict[WatchDescriptor, str] = {}  # a watch -> its folder ("": the inbox)
@@ -169,11 +175,14 @@ class _InotifyWatch:
         with self._lock:
             if not self._live:
                 return
-            log.warning(
-                "inotify's queue overflowed, events were lost; looking at the whole folder",
-                folder=self._inbox,
-                fix="if this comes often, raise fs.inotify.max_queued_events (sysctl)",
-            )
+            overflows = self._overflows.came(time.monotonic())
+            if overflows is not None:
+                log.warning(
+                    "inotify's queue overflowed, events were lost; looking at the whole folder",
+                    folder=self._inbox,
+                    overflows=overflows,
+                    fix="if this comes often, raise fs.inotify.max_queued_events (sysctl)",
+                )
             if self._tree:
                 # Folders made or moved while events were lost: watch the tree afresh.
                 self._unwatch([wd for wd, f in self._folders.items() if f])

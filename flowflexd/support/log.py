@@ -200,3 +200,6 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: TextIO | None =
     # Their chatter at info is per connection or per inotify event: too much.
     for noisy in ("urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Its one warning, a queue overflow, is said by flowflexd's watcher, with the
+    # folder, a count and the fix; watchdog's own line would say it again, each time.
+    logging.getLogger("watchdog.observers.inotify_c").setLevel(max(logging.ERROR, root.level))
