@@ -65,6 +65,7 @@ import urllib3
 import yaml
 
 import flowflexd.client as flowflexd_client
+from flowflexd.commands.preflight import inotify_queue_size
 from flowflexd.support.durable import fsync_dir
 
 HERE = Path(__file__).resolve().parent
@@ -1212,9 +1213,7 @@ def main() -> int:
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
         # Below a few thousand, bursts overflow it and the daemon looks at whole folders.
-        "inotify_max_queued_events": int(
-            Path("/proc/sys/fs/inotify/max_queued_events").read_text()
-        ),
+        "inotify_max_queued_events": inotify_queue_size(),
     }
     with tempfile.TemporaryDirectory(prefix="flowflexd-bench-") as tmp:
         root = Path(tmp)

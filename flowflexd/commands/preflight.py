@@ -174,14 +174,19 @@ def lease_warning(folder: Folder, why: str) -> str:
     return f"inbox {folder.path}: {NO_LEASE} ({why}); {settled}: {NO_LEASE_FIX}"
 
 
+def inotify_queue_size(queue_file: str = INOTIFY_QUEUE) -> int | None:
+    """How many events inotify's queue holds on this machine; None where it cannot be read."""
+    try:
+        return int(Path(queue_file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def small_inotify_queue(queue_file: str = INOTIFY_QUEUE) -> str | None:
     """Why inotify's event queue on this machine is too small for bursts of files, or None."""
-    try:
-        size = int(Path(queue_file).read_text())
-    except (OSError, ValueError):
-        return None  # not readable here: an overflow still says so in the log, with the fix
-    if size >= SMALL_INOTIFY_QUEUE:
-        return None
+    size = inotify_queue_size(queue_file)
+    if size is None or size >= SMALL_INOTIFY_QUEUE:
+        return None  # unread here, an overflow still says so in the log, with the fix
     return (
         f"fs.inotify.max_queued_events is {size}: a burst of more than about {max(size // 3, 1)} "
         "files overflows the kernel's event queue, and each overflow costs a look at the "

@@ -29,6 +29,7 @@ from support import (
     write_config,
 )
 
+from flowflexd.commands.preflight import inotify_queue_size
 from flowflexd.config.model import STATE_FILE, load
 from flowflexd.emulator import Emulator
 from flowflexd.engine.notify import Notifier
@@ -655,7 +656,8 @@ def fill_inotify_queue(folder: Path) -> None:
     before putting it back would leave every later inotify user on the
     machine losing events.
     """
-    size = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    size = inotify_queue_size()
+    assert size is not None, "fs.inotify.max_queued_events cannot be read"
     if size > 200_000:
         pytest.skip(f"fs.inotify.max_queued_events is {size}: too many events to fill quickly")
     a, b = folder / ".churn-a", folder / ".churn-b"
