@@ -618,8 +618,7 @@ def test_once_while_a_share_does_not_answer_sends_the_rest_and_says_which_it_lef
         drop(site.inbox, "local.pdf", pdf(b"local"))
         config = beside_local(site, emulator, share)
         mounted.stop_answering()
-        proc = _once(config)
-        try:
+        with _once_beside(mounted, config) as proc:
             finished = proc.wait_for_log("once: finished", timeout=60)
             assert finished["done"] == 1
             assert finished["not_answering"] == [str(share)], finished
@@ -628,10 +627,6 @@ def test_once_while_a_share_does_not_answer_sends_the_rest_and_says_which_it_lef
             # On FUSE its process ends once the share answers (NFS and CIFS waits end at once).
             mounted.answer()
             assert proc.wait_exit(timeout=30) == 1, proc.output()
-        finally:
-            mounted.answer()
-            if proc.proc.poll() is None:
-                proc.proc.kill()
         assert "shared.pdf" in os.listdir(share)  # left where it was, for the next run
         again = _once(config)
         assert again.wait_exit(timeout=60) == 0, again.output()
@@ -652,8 +647,7 @@ def test_once_when_a_share_stops_answering_mid_run_ends_and_the_next_run_sends_i
             drop(share, name, data)
         drop(site.inbox, "local.pdf", pdf(b"local"))
         emulator.set_faults(latency_ms=1000)  # the workers are inside their uploads at the stop
-        proc = _once(config)
-        try:
+        with _once_beside(mounted, config) as proc:
             wait_until(lambda: emulator.stats()["requests_by_path"].get("/_storage"), timeout=30)
             mounted.stop_answering()
             emulator.set_faults(latency_ms=0)
@@ -662,10 +656,6 @@ def test_once_when_a_share_stops_answering_mid_run_ends_and_the_next_run_sends_i
             assert "local.pdf" in files_in(site.done)
             mounted.answer()
             assert proc.wait_exit(timeout=60) == 1, proc.output()
-        finally:
-            mounted.answer()
-            if proc.proc.poll() is None:
-                proc.proc.kill()
         again = _once(config)
         assert again.wait_exit(timeout=60) == 0, again.output()
         assert set(big) <= files_in(share / "done")
@@ -680,6 +670,21 @@ def _once(config: Path) -> LoggedProcess:
     return LoggedProcess(
         flowflexd_argv("once", "-c", str(config), "--log-format", "json"), env=child_env()
     )
+
+
+@contextlib.contextmanager
+def _once_beside(share: Share, config: Path) -> Iterator[LoggedProcess]:
+    """``once`` running beside ``share``; after, the share answers and the process is gone.
+
+    The share is made to answer first: a FUSE call of the process ends only then.
+    """
+    proc = _once(config)
+    try:
+        yield proc
+    finally:
+        share.answer()
+        if proc.proc.poll() is None:
+            proc.proc.kill()
 
 
 def test_a_standby_is_not_held_by_a_share_that_does_not_answer(
