@@ -60,12 +60,13 @@ def test_the_readme_names_every_module_with_its_one_job() -> None:
     )
 
 
-def test_every_benchmark_result_the_readme_cites_is_in_the_repository() -> None:
-    """A figure in the README must be checkable: its JSON is committed, not left on one machine."""
-    cited = set(re.findall(r"bench/results/[\w.-]+\.json", (ROOT / "README.md").read_text()))
+@pytest.mark.parametrize("document", ["README.md", "bench/HISTORY.md"])
+def test_every_benchmark_result_cited_is_in_the_repository(document: str) -> None:
+    """A figure in the README or the bench history must be checkable: its JSON is committed."""
+    cited = set(re.findall(r"bench/results/[\w.-]+\.json", (ROOT / document).read_text()))
     tracked = subprocess.run(
         ["git", "ls-files", "bench/results"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
 
-    assert cited, "the README cites no benchmark results: has the Performance section moved?"
+    assert cited, f"{document} cites no benchmark results: has the Performance section moved?"
     assert sorted(cited - set(tracked)) == []
