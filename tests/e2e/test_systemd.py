@@ -92,14 +92,35 @@ def shlex_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def wheelhouse(tmp_path: Path) -> Path:
-    """The built wheel and what it needs, for an offline install in the container."""
+def container_python(root: Path) -> str:
+    """The container's Python as pip's ``--python-version`` wants it: ``3.11`` for bookworm."""
+    return os.readlink(root / "usr/bin/python3").removeprefix("python")
+
+
+def wheelhouse(tmp_path: Path, python: str) -> Path:
+    """The built wheel and what it needs, for an offline install in the container.
+
+    Wheels for the container's Python, not this one's: a host on another
+    Python would fetch a PyYAML the container cannot install.
+    """
     wheel = built_wheel(tmp_path)
     house = tmp_path / "wheels"
     house.mkdir()
     shutil.copy(wheel, house)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "-d", str(house), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "-d",
+            str(house),
+            "--python-version",
+            python,
+            "--only-binary=:all:",
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -204,7 +225,7 @@ def out() -> Iterator[Path]:
 def test_the_readme_service_steps_under_a_real_systemd(tmp_path: Path, out: Path) -> None:
     need_root_and_tools()
     root = rootfs()
-    wheels = wheelhouse(tmp_path)
+    wheels = wheelhouse(tmp_path, container_python(root))
     [wheel] = wheels.glob("flowflexd-*.whl")
     (out / "steps.sh").write_text(steps_script(wheel.name))
     (out / "drops.sh").write_text(drops_script())
