@@ -77,6 +77,21 @@ def reachable_folder(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def skip_unless_runs_as(user_argv: Sequence[str], argv: Sequence[str]) -> None:
+    """Skip, saying why, when ``argv`` cannot start under ``user_argv`` (setpriv as nobody).
+
+    This environment's Python may sit where another user cannot reach it (a
+    private home) or cannot load it (a shared libpython found only through
+    root's environment); CI's is Debian's own, which everyone can run.
+    """
+    done = subprocess.run(
+        [*user_argv, *argv], capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        pytest.skip(f"{argv[0]} does not start under {' '.join(user_argv)}: {said}")
+
+
 def wait_until(
     predicate: Callable[[], T | None],
     *,

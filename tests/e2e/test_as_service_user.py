@@ -22,6 +22,7 @@ from support import (
     folder_spec,
     pdf,
     reachable_folder,
+    skip_unless_runs_as,
     status_json,
     wait_until,
     write_config,
@@ -51,13 +52,7 @@ def as_nobody(*, cap_lease: bool) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def nobody_can_run_flowflexd() -> None:
-    done = subprocess.run(
-        [*as_nobody(cap_lease=False), *flowflexd_argv("--help")], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(
-            f"user nobody cannot run {flowflexd_argv()[0]} (a folder on its path is private)"
-        )
+    skip_unless_runs_as(as_nobody(cap_lease=False), flowflexd_argv("--help"))
 
 
 @pytest.fixture

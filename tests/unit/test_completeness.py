@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import PDF_END, PNG_END, pdf
+from support import PDF_END, PNG_END, pdf, skip_unless_runs_as
 
 from flowflexd.inbox.completeness import (
     Writers,
@@ -100,6 +100,7 @@ def test_without_cap_lease_on_another_users_file_it_cannot_tell(tmp_path: Path) 
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) is not installed")
+    skip_unless_runs_as(as_nobody(setpriv), [sys.executable, "-c", "pass"])
     path = tmp_path / "root-owned.pdf"
     path.write_bytes(pdf())
     # Opened here, probed by a process running as nobody: the lease is judged
@@ -112,11 +113,7 @@ def test_without_cap_lease_on_another_users_file_it_cannot_tell(tmp_path: Path) 
     try:
         done = subprocess.run(
             [
-                setpriv,
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
+                *as_nobody(setpriv),
                 sys.executable,
                 "-c",
                 code,
