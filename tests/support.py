@@ -77,8 +77,18 @@ def reachable_folder(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def skip_unless_runs_as(user_argv: Sequence[str], argv: Sequence[str]) -> None:
-    """Skip, saying why, when ``argv`` cannot start under ``user_argv`` (setpriv as nobody).
+NOBODY = 65534  # Debian's nobody and nogroup
+
+
+def as_nobody(*, cap_lease: bool = False) -> list[str]:
+    """``setpriv``'s words for running what follows as nobody: no capability, or CAP_LEASE alone
+    (the one the unit's AmbientCapabilities= grants)."""
+    caps = ["--inh-caps=-all,+lease", "--ambient-caps=+lease"] if cap_lease else ["--inh-caps=-all"]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps]
+
+
+def skip_unless_nobody_runs(argv: Sequence[str]) -> None:
+    """Skip, saying why, when ``argv`` cannot start as nobody.
 
     This environment's Python may sit where another user cannot reach it (a
     private home) or cannot load it (a shared libpython found only through
@@ -86,11 +96,11 @@ def skip_unless_runs_as(user_argv: Sequence[str], argv: Sequence[str]) -> None:
     it fails, so that the service-user tests are never skipped unseen.
     """
     done = subprocess.run(
-        [*user_argv, *argv], capture_output=True, text=True, check=False, timeout=60
+        [*as_nobody(), *argv], capture_output=True, text=True, check=False, timeout=60
     )
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        message = f"{argv[0]} does not start under {' '.join(user_argv)}: {said}"
+        message = f"{argv[0]} does not start as nobody: {said}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from support import (
+    NOBODY,
     LoggedProcess,
+    as_nobody,
     child_env,
     drop,
     files_in,
@@ -22,7 +24,7 @@ from support import (
     folder_spec,
     pdf,
     reachable_folder,
-    skip_unless_runs_as,
+    skip_unless_nobody_runs,
     status_json,
     wait_until,
     write_config,
@@ -32,7 +34,6 @@ from flowflexd.config.model import load
 from flowflexd.emulator import Emulator
 from flowflexd.inbox.spool import FolderUnavailable, Spool
 
-NOBODY = 65534
 PDF = {"name": "pdf", "pattern": "*.pdf", "event": "doc.received"}
 NO_LEASE = "cannot tell whether another process still writes files here"
 UNAVAILABLE = (
@@ -45,14 +46,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def as_nobody(*, cap_lease: bool) -> list[str]:
-    caps = ["--inh-caps=-all,+lease", "--ambient-caps=+lease"] if cap_lease else ["--inh-caps=-all"]
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def nobody_can_run_flowflexd() -> None:
-    skip_unless_runs_as(as_nobody(cap_lease=False), flowflexd_argv("--help"))
+    skip_unless_nobody_runs(flowflexd_argv("--help"))
 
 
 @pytest.fixture

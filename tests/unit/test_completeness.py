@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import PDF_END, PNG_END, pdf, skip_unless_runs_as
+from support import PDF_END, PNG_END, as_nobody, pdf, skip_unless_nobody_runs
 
 from flowflexd.inbox.completeness import (
     Writers,
@@ -91,16 +91,11 @@ def test_the_probe_lets_a_writer_open_the_file_at_once(tmp_path: Path) -> None:
         pass
 
 
-def as_nobody(setpriv: str) -> list[str]:
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user (setpriv)")
 def test_without_cap_lease_on_another_users_file_it_cannot_tell(tmp_path: Path) -> None:
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
+    if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    skip_unless_runs_as(as_nobody(setpriv), [sys.executable, "-c", "pass"])
+    skip_unless_nobody_runs([sys.executable, "-c", "pass"])
     path = tmp_path / "root-owned.pdf"
     path.write_bytes(pdf())
     # Opened here, probed by a process running as nobody: the lease is judged
@@ -112,13 +107,7 @@ def test_without_cap_lease_on_another_users_file_it_cannot_tell(tmp_path: Path) 
     fd = os.open(path, os.O_RDONLY)
     try:
         done = subprocess.run(
-            [
-                *as_nobody(setpriv),
-                sys.executable,
-                "-c",
-                code,
-                str(fd),
-            ],
+            [*as_nobody(), sys.executable, "-c", code, str(fd)],
             capture_output=True,
             text=True,
             check=True,
