@@ -32,8 +32,11 @@ upload_speed`` times a 25 MB upload by flowflexd's client against ``curl -T``
 of the same file to the same emulator; ``--only cpu_ab --against OTHER``
 runs flowflexd and another install of it (``OTHER``: its ``flowflexd``
 command, from a virtualenv holding an earlier commit, say) in turns against
-one emulator, CPU per file and files/s of each run. The emulator
-runs in its own process; so does the daemon.
+one emulator, CPU per file and files/s of each run; ``--only counts``
+counts instead of timing what flowflexd and the least daemon do per file:
+Python calls (``count_calls.py``) and system calls by kind (strace), which
+do not move with the machine's load. The emulator runs in its own process;
+so does the daemon.
 Prints a table and writes JSON (bench/results/latest.json).
 """
 
@@ -41,11 +44,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
+import contextlib
 import http.client
 import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,8 +60,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +155,7 @@ class Daemon:
         rescan: float = 60.0,
         rule: dict[str, Any] | None = None,
         events_per_second: float | None = None,
-        command: str = FLOWFLEXD,
+        command: str | Sequence[str] = FLOWFLEXD,
     ) -> None:
         self.root = root
         limit = {"max_events_per_second": events_per_second} if events_per_second else {}
@@ -179,8 +186,9 @@ class Daemon:
         path.chmod(0o600)
         self.log = root / "daemon.log"
         self.started = time.monotonic()
+        argv = [command] if isinstance(command, str) else list(command)
         self.proc = subprocess.Popen(
-            [command, "run", "-c", str(path), "--log-format", "json"],
+            [*argv, "run", "-c", str(path), "--log-format", "json"],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("wb"),
         )
@@ -489,17 +497,27 @@ def floor_protocol(url: str, root: Path, files: list[Path], threads: int) -> Non
     _floor_threads(files, threads, one)
 
 
-def floor_least_daemon(url: str, root: Path, payloads: list[bytes], threads: int) -> float:
+def floor_least_daemon(
+    url: str,
+    root: Path,
+    payloads: list[bytes],
+    threads: int,
+    *,
+    python: Sequence[str] = (sys.executable,),
+    watch: Callable[[int], AbstractContextManager[Any]] = lambda pid: nullcontext(),
+) -> float:
     """The protocol's floor plus noticing each file by inotify (``least_daemon.py``): CPU ms/file.
 
     It runs in its own process, as a daemon does, while this one writes the
     files; it counts its own CPU from the moment it watches to the last move.
+    ``python`` starts it (``count_calls.py`` in front, say); ``watch(pid)`` is
+    entered once it watches and left once it is done (``strace_counts``).
     """
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
     proc = subprocess.Popen(
         [
-            sys.executable,
+            *python,
             str(HERE / "least_daemon.py"),
             url,
             str(root),
@@ -513,8 +531,9 @@ def floor_least_daemon(url: str, root: Path, payloads: list[bytes], threads: int
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("least_daemon.py did not start")
-        write_files(inbox, payloads, "l")
-        used = proc.stdout.readline().strip()
+        with watch(proc.pid):
+            write_files(inbox, payloads, "l")
+            used = proc.stdout.readline().strip()
     finally:
         proc.wait(timeout=900)
     if not used:
@@ -704,6 +723,158 @@ def cpu_per_file(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "files_per_s": medians(rates, 1),
         "all_runs": {k: [round(v, 2) for v in vs] for k, vs in runs.items()},
     }
+
+
+def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """What flowflexd and the least daemon do per file, counted rather than timed.
+
+    CPU per file moves by several per cent between runs on a shared machine,
+    more than most single changes to the per-file path are worth. These counts
+    do not: Python calls per file (``count_calls.py``: every thread under
+    cProfile, builtins included; the difference between a run of
+    ``--count-files`` files and one of three times as many, so the start and
+    the stop cancel out), and system calls per file by kind (``strace -f -c``
+    attached once the program watches, detached once the last file is in done;
+    skipped, saying so, where strace is not installed). futex calls are the
+    threads' hand-offs, the interpreter lock's included; strace slows every
+    call, so read them as a comparison between the two, not as a rate.
+    """
+    small, large = args.count_files, 3 * args.count_files
+    emulator = Emulator(root, args.cpu_latency)
+    tracing = shutil.which("strace") is not None
+    calls: dict[str, list[dict[str, int]]] = {"flowflexd": [], "least_daemon": []}
+    syscalls: dict[str, dict[str, float]] = {}
+    try:
+        for n in (small, large):
+            payloads = make_payloads(n, args.size)
+            out = root / f"calls-flowflexd-{n}.json"
+            daemon_work(
+                root / f"calls-flowflexd-{n}",
+                emulator.url,
+                payloads,
+                [*_COUNTING, str(out), "-m", "flowflexd"],
+            )
+            calls["flowflexd"].append(json.loads(out.read_text()))
+            out = root / f"calls-least-{n}.json"
+            floor_least_daemon(
+                emulator.url, root / f"calls-least-{n}", payloads, 4, python=[*_COUNTING, str(out)]
+            )
+            calls["least_daemon"].append(json.loads(out.read_text()))
+        if tracing:
+            payloads = make_payloads(small, args.size)
+            out = root / "strace-flowflexd.txt"
+            daemon_work(root / "strace-flowflexd", emulator.url, payloads, watch_out=out)
+            syscalls["flowflexd"] = syscalls_per_file(out, small)
+            out = root / "strace-least.txt"
+            floor_least_daemon(
+                emulator.url,
+                root / "strace-least",
+                payloads,
+                4,
+                watch=lambda pid: strace_counts(pid, out),
+            )
+            syscalls["least_daemon"] = syscalls_per_file(out, small)
+    finally:
+        emulator.stop()
+    per_file = {name: per_file_calls(*runs, more=large - small) for name, runs in calls.items()}
+    by_module: dict[str, float] = collections.defaultdict(float)
+    for key, n in per_file["flowflexd"].items():
+        by_module[_module_of(key)] += n
+    return {
+        "files": [small, large],
+        "size": args.size,
+        "latency_ms": args.cpu_latency,
+        "workers": 4,
+        "python_calls_per_file": {
+            name: round(sum(found.values())) for name, found in per_file.items()
+        },
+        "flowflexd_python_calls_by_module": {
+            module: round(n, 1)
+            for module, n in sorted(by_module.items(), key=lambda item: -item[1])[:15]
+        },
+        "syscalls_per_file": syscalls if tracing else "strace is not installed",
+    }
+
+
+_COUNTING = (sys.executable, str(HERE / "count_calls.py"))
+
+
+def daemon_work(
+    root: Path,
+    url: str,
+    payloads: list[bytes],
+    command: Sequence[str] = (FLOWFLEXD,),
+    *,
+    watch_out: Path | None = None,
+) -> None:
+    """flowflexd (``command``) with 4 workers carries ``payloads`` to done, then stops.
+
+    ``watch_out``: its system calls while it does, counted by strace into that file.
+    """
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    daemon = Daemon(root, url, [inbox], workers=4, settle=0.5, command=command)
+    try:
+        with strace_counts(daemon.proc.pid, watch_out) if watch_out else nullcontext():
+            write_files(inbox, payloads, "n")
+            wait_count(root / "inbox-done", len(payloads), timeout=900)
+    finally:
+        daemon.stop()
+
+
+@contextlib.contextmanager
+def strace_counts(pid: int, out: Path) -> Iterator[None]:
+    """Count the system calls of every thread of ``pid`` (and any it starts) into ``out``."""
+    # strace -p of a process attaches all its threads ("attached with N threads").
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-o", str(out), "-p", str(pid)], stderr=subprocess.PIPE, text=True
+    )
+    assert tracer.stderr is not None
+    line = tracer.stderr.readline()  # it says so once it traces
+    if "attached" not in line:
+        tracer.kill()
+        raise RuntimeError(f"strace could not attach to {pid}: {line.strip()}")
+    try:
+        yield
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=60)
+
+
+def syscalls_per_file(out: Path, files: int) -> dict[str, float]:
+    """strace -c's table, per file: all calls, futex, fsync and the rest."""
+    found: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        cells = line.split()
+        if len(cells) >= 5 and cells[0][0].isdigit() and cells[-1] != "total":
+            found[cells[-1]] = int(cells[3])
+    total = sum(found.values())
+    futex, fsync = found.get("futex", 0), found.get("fsync", 0) + found.get("fdatasync", 0)
+    return {
+        "all": round(total / files, 1),
+        "futex": round(futex / files, 1),
+        "fsync": round(fsync / files, 1),
+        "other": round((total - futex - fsync) / files, 1),
+    }
+
+
+def per_file_calls(small: dict[str, int], large: dict[str, int], *, more: int) -> dict[str, float]:
+    """Each function's calls per file: the larger run's count less the smaller's, over ``more``."""
+    return {key: (n - small.get(key, 0)) / more for key, n in large.items()}
+
+
+def _module_of(key: str) -> str:
+    """Where a function of ``count_calls.py``'s keys lives: flowflexd/..., a package, builtins."""
+    if key.startswith("<") and ":" not in key:
+        return "builtins"  # C functions and methods: keyed by their own description
+    filename = key.rsplit(":", 2)[0]
+    if "/flowflexd/" in filename:
+        return "flowflexd/" + filename.rsplit("/flowflexd/", 1)[1]
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if filename.startswith("<frozen "):
+        return filename[len("<frozen ") : -1]
+    return Path(filename).stem if filename.endswith(".py") else filename
 
 
 def one_core(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -1167,8 +1338,8 @@ def arguments() -> argparse.Namespace:
         nargs="*",
         default=None,
         help="throughput latency big_files idle backlog; also sidecar_backlog ignored_idle "
-        "(the scaling checks), rate_limit, cpu, one_core, upload_speed and cpu_ab, not in "
-        "the default run",
+        "(the scaling checks), rate_limit, cpu, one_core, upload_speed, cpu_ab and counts, "
+        "not in the default run",
     )
     parser.add_argument(
         "--against",
@@ -1190,6 +1361,12 @@ def arguments() -> argparse.Namespace:
         type=float,
         default=0.0,
         help="cpu: the emulator's latency in ms (the targets are at 0; a far API is 50 or more)",
+    )
+    parser.add_argument(
+        "--count-files",
+        type=int,
+        default=500,
+        help="counts: files in the smaller run (the larger has three times as many)",
     )
     parser.add_argument("--quota", type=float, default=50, help="rate_limit: events/s quota")
     parser.add_argument("--rate-files", type=int, default=1000, help="rate_limit: files sent")
@@ -1245,6 +1422,7 @@ def main() -> int:
                     "cpu": cpu_per_file,
                     "cpu_ab": cpu_ab,
                     "one_core": one_core,
+                    "counts": counts,
                     "upload_speed": upload_speed,
                 }[part](args, sub)
             print(json.dumps(results[part]), file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,26 @@ def test_the_one_core_part_measures_flowflexd_and_the_floor_free_and_on_one_cpu(
     assert part["flowflexd_vs_http_client"]["one_cpu"] == pytest.approx(
         measured["flowflexd_one_cpu"] / measured["http_client_one_cpu"], abs=0.01
     )
+
+
+def test_the_counts_part_counts_python_and_system_calls_per_file(tmp_path: Path) -> None:
+    part = bench_part(tmp_path, "counts", "--count-files", "10")
+
+    assert part["files"] == [10, 30]
+    calls = part["python_calls_per_file"]
+    assert set(calls) == {"flowflexd", "least_daemon"}
+    assert all(n > 100 for n in calls.values())  # three HTTP calls alone take hundreds
+    modules = part["flowflexd_python_calls_by_module"]
+    assert "builtins" in modules and any(m.startswith("flowflexd/") for m in modules)
+    if shutil.which("strace") is None:
+        assert part["syscalls_per_file"] == "strace is not installed"
+        return
+    syscalls = part["syscalls_per_file"]
+    for program in ("flowflexd", "least_daemon"):
+        kinds = syscalls[program]
+        assert kinds["all"] == pytest.approx(
+            kinds["futex"] + kinds["fsync"] + kinds["other"], abs=0.2
+        )
+    # Counted, not timed: the least daemon fsyncs exactly five times a file, by its design.
+    assert syscalls["least_daemon"]["fsync"] == 5.0
+    assert syscalls["flowflexd"]["fsync"] > 0
