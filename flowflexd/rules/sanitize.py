@@ -43,6 +43,8 @@ def asset_name(name: str) -> str:
     name), so bytes that were not UTF-8 become U+FFFD and control or format
     characters become ``_``; the extension, and with it the type, is kept.
     """
+    if name.isascii() and name.isprintable():  # most names: nothing to replace
+        return name
     text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return "".join(
         "_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char for char in text
