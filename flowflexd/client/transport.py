@@ -194,7 +194,9 @@ class Transport:
         return found
 
     def _connection(self, parts: Any, proxy: str | None, verify: str | bool) -> Kept:
-        key = (parts.scheme, parts.hostname, parts.port, proxy, verify)
+        # By netloc as written: the same host and port spelled two ways gets a
+        # second connection, and no request pays for parsing the netloc again.
+        key = (parts.scheme, parts.netloc, proxy, verify)
         connections = self._connections()
         conn = connections.get(key)
         if conn is not None and _dropped(conn):
