@@ -46,11 +46,13 @@ import argparse
 import base64
 import collections
 import contextlib
+import functools
 import http.client
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -738,15 +740,30 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     skipped, saying so, where strace is not installed). futex calls are the
     threads' hand-offs, the interpreter lock's included; strace slows every
     call, so read them as a comparison between the two, not as a rate.
+    Beside them, from runs with nothing attached (the same two sizes, the same
+    difference): context switches per file, each a thread that gave up or was
+    made to give up the CPU, and user and system CPU per file (timed, so as
+    noisy as ``cpu``; here to show which half the switches land in).
     """
     small, large = args.count_files, 3 * args.count_files
     emulator = Emulator(root, args.cpu_latency)
     tracing = shutil.which("strace") is not None
     calls: dict[str, list[dict[str, int]]] = {"flowflexd": [], "least_daemon": []}
+    usage: dict[str, list[list[float]]] = {"flowflexd": [], "least_daemon": []}
     syscalls: dict[str, dict[str, float]] = {}
     try:
         for n in (small, large):
             payloads = make_payloads(n, args.size)
+            plain = root / f"plain-flowflexd-{n}"
+            usage["flowflexd"].append(
+                children_usage(functools.partial(daemon_work, plain, emulator.url, payloads))
+            )
+            plain = root / f"plain-least-{n}"
+            usage["least_daemon"].append(
+                children_usage(
+                    functools.partial(floor_least_daemon, emulator.url, plain, payloads, 4)
+                )
+            )
             out = root / f"calls-flowflexd-{n}.json"
             daemon_work(
                 root / f"calls-flowflexd-{n}",
@@ -793,7 +810,38 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for module, n in sorted(by_module.items(), key=lambda item: -item[1])[:15]
         },
         "syscalls_per_file": syscalls if tracing else "strace is not installed",
+        "switches_per_file": {
+            name: {
+                "voluntary": round((runs[1][0] - runs[0][0]) / (large - small), 1),
+                "involuntary": round((runs[1][1] - runs[0][1]) / (large - small), 1),
+            }
+            for name, runs in usage.items()
+        },
+        "cpu_ms_per_file": {
+            name: {
+                "user": round((runs[1][2] - runs[0][2]) / (large - small) * 1000, 2),
+                "sys": round((runs[1][3] - runs[0][3]) / (large - small) * 1000, 2),
+            }
+            for name, runs in usage.items()
+        },
     }
+
+
+def children_usage(run: Callable[[], object]) -> list[float]:
+    """What ``run`` cost in the processes it started and waited for (none may be left running).
+
+    [voluntary and involuntary context switches, user and system CPU seconds],
+    every thread counted, those that ended before the process included.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return [
+        after.ru_nvcsw - before.ru_nvcsw,
+        after.ru_nivcsw - before.ru_nivcsw,
+        after.ru_utime - before.ru_utime,
+        after.ru_stime - before.ru_stime,
+    ]
 
 
 _COUNTING = (sys.executable, str(HERE / "count_calls.py"))
