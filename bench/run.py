@@ -743,13 +743,18 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     Beside them, from runs with nothing attached (the same two sizes, the same
     difference): context switches per file, each a thread that gave up or was
     made to give up the CPU, and user and system CPU per file (timed, so as
-    noisy as ``cpu``; here to show which half the switches land in).
+    noisy as ``cpu``; here to show which half the switches land in), also for
+    flowflexd with one worker: what its workers' taking turns costs.
     """
     small, large = args.count_files, 3 * args.count_files
     emulator = Emulator(root, args.cpu_latency)
     tracing = shutil.which("strace") is not None
     calls: dict[str, list[dict[str, int]]] = {"flowflexd": [], "least_daemon": []}
-    usage: dict[str, list[list[float]]] = {"flowflexd": [], "least_daemon": []}
+    usage: dict[str, list[list[float]]] = {
+        "flowflexd": [],
+        "flowflexd_1_worker": [],
+        "least_daemon": [],
+    }
     syscalls: dict[str, dict[str, float]] = {}
     try:
         for n in (small, large):
@@ -757,6 +762,12 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             plain = root / f"plain-flowflexd-{n}"
             usage["flowflexd"].append(
                 children_usage(functools.partial(daemon_work, plain, emulator.url, payloads))
+            )
+            plain = root / f"plain-flowflexd-1-{n}"
+            usage["flowflexd_1_worker"].append(
+                children_usage(
+                    functools.partial(daemon_work, plain, emulator.url, payloads, workers=1)
+                )
             )
             plain = root / f"plain-least-{n}"
             usage["least_daemon"].append(
@@ -853,15 +864,16 @@ def daemon_work(
     payloads: list[bytes],
     command: Sequence[str] = (FLOWFLEXD,),
     *,
+    workers: int = 4,
     watch_out: Path | None = None,
 ) -> None:
-    """flowflexd (``command``) with 4 workers carries ``payloads`` to done, then stops.
+    """flowflexd (``command``) with ``workers`` workers carries ``payloads`` to done, then stops.
 
     ``watch_out``: its system calls while it does, counted by strace into that file.
     """
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
-    daemon = Daemon(root, url, [inbox], workers=4, settle=0.5, command=command)
+    daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5, command=command)
     try:
         with strace_counts(daemon.proc.pid, watch_out) if watch_out else nullcontext():
             write_files(inbox, payloads, "n")

@@ -157,7 +157,8 @@ def test_the_counts_part_counts_python_and_system_calls_per_file(tmp_path: Path)
     assert all(n > 100 for n in calls.values())  # three HTTP calls alone take hundreds
     modules = part["flowflexd_python_calls_by_module"]
     assert "builtins" in modules and any(m.startswith("flowflexd/") for m in modules)
-    for program in ("flowflexd", "least_daemon"):
+    assert set(part["switches_per_file"]) == {"flowflexd", "flowflexd_1_worker", "least_daemon"}
+    for program in ("flowflexd", "flowflexd_1_worker", "least_daemon"):
         # Every file wakes a worker at least once: a switch per file or more.
         assert part["switches_per_file"][program]["voluntary"] >= 1
         assert set(part["cpu_ms_per_file"][program]) == {"user", "sys"}
