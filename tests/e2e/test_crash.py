@@ -321,8 +321,14 @@ def test_corrupted_state_never_stops_a_start_and_nothing_is_sent_twice(
     damaged = []
     # Emptied folders kept for reuse hold no claim file: nothing there to damage.
     for claim_dir in claim_dirs(inbox):
+        claim_file = claim_dir / "claim.jsonl"
+        if not claim_file.is_file() or claim_file.stat().st_size == 0:
+            # Another worker was making its claim when the kill came (its folder
+            # made, its first line not yet written): a state of its own, left as is.
+            damaged.append("none: claim not yet written")
+            continue
         harm = rng.choice(CLAIM_DAMAGE)
-        harm(claim_dir / "claim.jsonl")
+        harm(claim_file)
         damaged.append(harm.__name__)
     journal_damage = damage_journal(tmp_path / "state", rng)
     what = f"killed {point}, claims {damaged}, journal {journal_damage}"
