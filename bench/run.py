@@ -564,11 +564,14 @@ def daemon_cpu(
     workers: int,
     cpu: int | None = None,
     *,
-    command: str = FLOWFLEXD,
+    command: str | Sequence[str] = FLOWFLEXD,
+    watch: Callable[[int], AbstractContextManager[Any]] = lambda pid: nullcontext(),
 ) -> tuple[float, float]:
     """flowflexd's CPU ms per delivered file, and its files/s, with ``workers`` workers.
 
-    ``cpu``: the daemon confined to that one CPU once it is ready.
+    ``cpu``: the daemon confined to that one CPU once it is ready. ``command``
+    starts it (``count_calls.py`` in front, say); ``watch(pid)`` is entered
+    once it is ready and left once the last file is in done (``strace_counts``).
     """
     inbox = root / "inbox"
     inbox.mkdir(parents=True)
@@ -576,11 +579,12 @@ def daemon_cpu(
     if cpu is not None:
         confine(daemon.proc.pid, cpu)
     try:
-        before = daemon.cpu_seconds()
-        started = time.monotonic()
-        write_files(inbox, payloads, "c")
-        finished = wait_count(root / "inbox-done", len(payloads), timeout=900)
-        used = daemon.cpu_seconds() - before
+        with watch(daemon.proc.pid):
+            before = daemon.cpu_seconds()
+            started = time.monotonic()
+            write_files(inbox, payloads, "c")
+            finished = wait_count(root / "inbox-done", len(payloads), timeout=900)
+            used = daemon.cpu_seconds() - before
     finally:
         daemon.stop()
     return used / len(payloads) * 1000, len(payloads) / (finished - started)
@@ -759,16 +763,13 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     try:
         for n in (small, large):
             payloads = make_payloads(n, args.size)
-            plain = root / f"plain-flowflexd-{n}"
-            usage["flowflexd"].append(
-                children_usage(functools.partial(daemon_work, plain, emulator.url, payloads))
-            )
-            plain = root / f"plain-flowflexd-1-{n}"
-            usage["flowflexd_1_worker"].append(
-                children_usage(
-                    functools.partial(daemon_work, plain, emulator.url, payloads, workers=1)
+            for name, workers in (("flowflexd", 4), ("flowflexd_1_worker", 1)):
+                plain = root / f"plain-{name}-{n}"
+                usage[name].append(
+                    children_usage(
+                        functools.partial(daemon_cpu, plain, emulator.url, payloads, workers)
+                    )
                 )
-            )
             plain = root / f"plain-least-{n}"
             usage["least_daemon"].append(
                 children_usage(
@@ -776,11 +777,12 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 )
             )
             out = root / f"calls-flowflexd-{n}.json"
-            daemon_work(
+            daemon_cpu(
                 root / f"calls-flowflexd-{n}",
                 emulator.url,
                 payloads,
-                [*_COUNTING, str(out), "-m", "flowflexd"],
+                4,
+                command=[*_COUNTING, str(out), "-m", "flowflexd"],
             )
             calls["flowflexd"].append(json.loads(out.read_text()))
             out = root / f"calls-least-{n}.json"
@@ -791,7 +793,13 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if tracing:
             payloads = make_payloads(small, args.size)
             out = root / "strace-flowflexd.txt"
-            daemon_work(root / "strace-flowflexd", emulator.url, payloads, watch_out=out)
+            daemon_cpu(
+                root / "strace-flowflexd",
+                emulator.url,
+                payloads,
+                4,
+                watch=functools.partial(strace_counts, out=out),
+            )
             syscalls["flowflexd"] = syscalls_per_file(out, small)
             out = root / "strace-least.txt"
             floor_least_daemon(
@@ -799,12 +807,17 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 root / "strace-least",
                 payloads,
                 4,
-                watch=lambda pid: strace_counts(pid, out),
+                watch=functools.partial(strace_counts, out=out),
             )
             syscalls["least_daemon"] = syscalls_per_file(out, small)
     finally:
         emulator.stop()
     per_file = {name: per_file_calls(*runs, more=large - small) for name, runs in calls.items()}
+    # Each of children_usage's four figures, per file: the larger run's less the smaller's.
+    per_file_usage = {
+        name: [(b - a) / (large - small) for a, b in zip(*runs, strict=True)]
+        for name, runs in usage.items()
+    }
     by_module: dict[str, float] = collections.defaultdict(float)
     for key, n in per_file["flowflexd"].items():
         by_module[_module_of(key)] += n
@@ -822,18 +835,12 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         },
         "syscalls_per_file": syscalls if tracing else "strace is not installed",
         "switches_per_file": {
-            name: {
-                "voluntary": round((runs[1][0] - runs[0][0]) / (large - small), 1),
-                "involuntary": round((runs[1][1] - runs[0][1]) / (large - small), 1),
-            }
-            for name, runs in usage.items()
+            name: {"voluntary": round(d[0], 1), "involuntary": round(d[1], 1)}
+            for name, d in per_file_usage.items()
         },
         "cpu_ms_per_file": {
-            name: {
-                "user": round((runs[1][2] - runs[0][2]) / (large - small) * 1000, 2),
-                "sys": round((runs[1][3] - runs[0][3]) / (large - small) * 1000, 2),
-            }
-            for name, runs in usage.items()
+            name: {"user": round(d[2] * 1000, 2), "sys": round(d[3] * 1000, 2)}
+            for name, d in per_file_usage.items()
         },
     }
 
@@ -856,30 +863,6 @@ def children_usage(run: Callable[[], object]) -> list[float]:
 
 
 _COUNTING = (sys.executable, str(HERE / "count_calls.py"))
-
-
-def daemon_work(
-    root: Path,
-    url: str,
-    payloads: list[bytes],
-    command: Sequence[str] = (FLOWFLEXD,),
-    *,
-    workers: int = 4,
-    watch_out: Path | None = None,
-) -> None:
-    """flowflexd (``command``) with ``workers`` workers carries ``payloads`` to done, then stops.
-
-    ``watch_out``: its system calls while it does, counted by strace into that file.
-    """
-    inbox = root / "inbox"
-    inbox.mkdir(parents=True)
-    daemon = Daemon(root, url, [inbox], workers=workers, settle=0.5, command=command)
-    try:
-        with strace_counts(daemon.proc.pid, watch_out) if watch_out else nullcontext():
-            write_files(inbox, payloads, "n")
-            wait_count(root / "inbox-done", len(payloads), timeout=900)
-    finally:
-        daemon.stop()
 
 
 @contextlib.contextmanager
