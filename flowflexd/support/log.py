@@ -45,6 +45,7 @@ def _text(value: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret in value:
             value = value.replace(secret, "***")
+    # printable() starts with the same check; made here, it spares most values the call.
     return value if value.isascii() and value.isprintable() else printable(value)
 
 
