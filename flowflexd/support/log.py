@@ -41,17 +41,12 @@ def add_secret(value: str | None) -> None:
             _longest_first = sorted(_secrets, key=len, reverse=True)
 
 
-def _text(value: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret in value:
-            value = value.replace(secret, "***")
-    # printable() starts with the same check; made here, it spares most values the call.
-    return value if value.isascii() and value.isprintable() else printable(value)
-
-
 def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        return _text(value, secrets)
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return printable(value)
     if isinstance(value, dict):
         return {_scrub(str(k), secrets): _scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -59,24 +54,10 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-_AS_IS = (int, float, bool, type(None))  # nothing in them to redact or escape
-
-
 def guard(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Redact secrets and escape control characters in every value."""
     secrets = _longest_first
-    # Text and numbers, most of a line's dozen values, are sorted out here
-    # rather than by a call to _scrub each: two lines per delivered file.
-    guarded = {}
-    for key, value in event_dict.items():
-        kind = type(value)
-        if kind is str:
-            guarded[key] = _text(value, secrets)
-        elif kind in _AS_IS:
-            guarded[key] = value
-        else:
-            guarded[key] = _scrub(value, secrets)
-    return guarded
+    return {key: _scrub(value, secrets) for key, value in event_dict.items()}
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
