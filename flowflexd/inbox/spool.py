@@ -818,10 +818,9 @@ class Spool:
                 # The users whose file failed read why: the report is as readable as the file.
                 shown = os.lstat(target / names["file"]) if "file" in names else None
                 write_durable(target / report_file, _json_bytes(body), readable_as=shown)
-            at = os.fspath(target).rstrip("/")  # joined by hand: a Path join costs ten calls
-            moved = {role: f"{at}/{name}" for role, name in names.items()}
+            moved = {role: str(target / name) for role, name in names.items()}
             if "file" not in moved:  # gone from the claim folder: where it would be
-                moved["file"] = f"{at}/{suffixed(claim.name, tag)}"
+                moved["file"] = str(target / suffixed(claim.name, tag))
             return Placed(claim, target, moved, tuple(linked))
         raise OSError(errno.EEXIST, f"no free name for {claim.name} in {target}")
 
