@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
+from flowflexd.support import log
 from flowflexd.support.log import add_secret, guard
 
 SECRET = "guard-test-secret-7f3a"
+
+
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only() -> Iterator[None]:
+    """The secrets a test adds are forgotten after it.
+
+    They live for the process, and a test in the same worker that logs a
+    value holding "1234" would otherwise find it redacted.
+    """
+    known, longest_first = set(log._secrets), list(log._longest_first)
+    yield
+    with log._secrets_lock:
+        log._secrets.clear()
+        log._secrets.update(known)
+        log._longest_first = longest_first
 
 
 def guarded(**values: object) -> dict[str, object]:
