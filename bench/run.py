@@ -753,6 +753,26 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     small, large = args.count_files, 3 * args.count_files
     emulator = Emulator(root, args.cpu_latency)
     tracing = shutil.which("strace") is not None
+
+    def run(
+        program: str,
+        where: Path,
+        payloads: list[bytes],
+        *,
+        calls_into: Path | None = None,
+        watch: Callable[[int], AbstractContextManager[Any]] = lambda pid: nullcontext(),
+    ) -> None:
+        """One run of ``program``; under ``count_calls.py`` when ``calls_into`` is given."""
+        counting = [*_COUNTING, str(calls_into)] if calls_into is not None else []
+        if program == "least_daemon":
+            floor_least_daemon(
+                emulator.url, where, payloads, 4, python=counting or [sys.executable], watch=watch
+            )
+            return
+        workers = 1 if program == "flowflexd_1_worker" else 4
+        command = [*counting, "-m", "flowflexd"] if counting else FLOWFLEXD
+        daemon_cpu(where, emulator.url, payloads, workers, command=command, watch=watch)
+
     calls: dict[str, list[dict[str, int]]] = {"flowflexd": [], "least_daemon": []}
     usage: dict[str, list[list[float]]] = {
         "flowflexd": [],
@@ -763,53 +783,20 @@ def counts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     try:
         for n in (small, large):
             payloads = make_payloads(n, args.size)
-            for name, workers in (("flowflexd", 4), ("flowflexd_1_worker", 1)):
-                plain = root / f"plain-{name}-{n}"
-                usage[name].append(
-                    children_usage(
-                        functools.partial(daemon_cpu, plain, emulator.url, payloads, workers)
-                    )
-                )
-            plain = root / f"plain-least-{n}"
-            usage["least_daemon"].append(
-                children_usage(
-                    functools.partial(floor_least_daemon, emulator.url, plain, payloads, 4)
-                )
-            )
-            out = root / f"calls-flowflexd-{n}.json"
-            daemon_cpu(
-                root / f"calls-flowflexd-{n}",
-                emulator.url,
-                payloads,
-                4,
-                command=[*_COUNTING, str(out), "-m", "flowflexd"],
-            )
-            calls["flowflexd"].append(json.loads(out.read_text()))
-            out = root / f"calls-least-{n}.json"
-            floor_least_daemon(
-                emulator.url, root / f"calls-least-{n}", payloads, 4, python=[*_COUNTING, str(out)]
-            )
-            calls["least_daemon"].append(json.loads(out.read_text()))
+            for name, used in usage.items():
+                where = root / f"plain-{name}-{n}"
+                used.append(children_usage(functools.partial(run, name, where, payloads)))
+            for name, found in calls.items():
+                out = root / f"calls-{name}-{n}.json"
+                run(name, root / f"calls-{name}-{n}", payloads, calls_into=out)
+                found.append(json.loads(out.read_text()))
         if tracing:
             payloads = make_payloads(small, args.size)
-            out = root / "strace-flowflexd.txt"
-            daemon_cpu(
-                root / "strace-flowflexd",
-                emulator.url,
-                payloads,
-                4,
-                watch=functools.partial(strace_counts, out=out),
-            )
-            syscalls["flowflexd"] = syscalls_per_file(out, small)
-            out = root / "strace-least.txt"
-            floor_least_daemon(
-                emulator.url,
-                root / "strace-least",
-                payloads,
-                4,
-                watch=functools.partial(strace_counts, out=out),
-            )
-            syscalls["least_daemon"] = syscalls_per_file(out, small)
+            for name in ("flowflexd", "least_daemon"):
+                out = root / f"strace-{name}.txt"
+                watch = functools.partial(strace_counts, out=out)
+                run(name, root / f"strace-{name}", payloads, watch=watch)
+                syscalls[name] = syscalls_per_file(out, small)
     finally:
         emulator.stop()
     per_file = {name: per_file_calls(*runs, more=large - small) for name, runs in calls.items()}
