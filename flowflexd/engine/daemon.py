@@ -173,7 +173,6 @@ class Daemon:
             note=config.state_dir / HELD_FILE,
         )
         self.pipeline.commits.watch = self.stall
-        self.scheduler.on_gate_change = self._write_state
         self.totals: Totals = self.scheduler.totals
         self.shares = Shares(
             self.scheduler, self.ledger, take_turn=self._take_turn, inboxes=lambda: self.inboxes
@@ -187,6 +186,7 @@ class Daemon:
         self._published = 0.0
         self._published_from: tuple[object, ...] = ()
         self._troubles_written: dict[str, Trouble] = {}
+        self.scheduler.on_gate_change = self._gate_changed
         self._next_sweep = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -525,7 +525,6 @@ class Daemon:
             case Refused(reason, destination):
                 gate = self.scheduler.lane(destination).gate if destination else self.gate
                 gate.trip(Pause.CONFIG, reason, time.monotonic(), probe=False)
-                self._publish(force=True)
             case Reload():
                 if not self._stopping:
                     self._reload()
@@ -689,6 +688,16 @@ class Daemon:
             if held is not None:
                 troubles[str(inbox.path)] = held
         return troubles
+
+    def _gate_changed(self) -> None:
+        """A destination paused or resumed: the state file and the snapshot say so at once.
+
+        /healthz reads the gates themselves; /metrics and sd_notify's status read
+        the snapshot, which the loop otherwise rebuilds at most every 0.25 s.
+        Rebuilt here, a scrape never shows a pause that /healthz does not.
+        """
+        self._write_state()
+        self._publish(force=True)
 
     def _write_state(self, *, running: bool = True) -> None:
         """What ``flowflexd status`` cannot see from the folders: who runs, and any pause."""
